@@ -1,0 +1,142 @@
+//! The kernel ↔ userspace ABI of dnstrace.
+//!
+//! Only fixed-width integers and byte arrays, with padding written out and
+//! sizes asserted at compile time. Userspace converts these `Raw*` types into
+//! domain types in `dnstrace::capture` and nowhere else.
+#![no_std]
+
+/// Name of the BPF ring buffer map that carries [`RawEventHeader`] + packet bytes.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-CPU array of [`Counter`] values.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the read-only global holding [`RawConfig`].
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// tc classifiers for devices with an Ethernet header, one per direction.
+pub const PROG_TC_ETH_IN: &str = "dt_tc_eth_in";
+pub const PROG_TC_ETH_OUT: &str = "dt_tc_eth_out";
+/// tc classifiers for L2-less devices (tun, wireguard, ipip…): data starts at the IP header.
+pub const PROG_TC_RAW_IN: &str = "dt_tc_raw_in";
+pub const PROG_TC_RAW_OUT: &str = "dt_tc_raw_out";
+/// cgroup_skb ingress: packets delivered to local sockets (any netns).
+pub const PROG_SOCK_IN: &str = "dt_sock_in";
+/// cgroup_skb egress: packets sent by local sockets (any netns).
+pub const PROG_SOCK_OUT: &str = "dt_sock_out";
+
+/// Largest number of packet bytes one event can carry.
+pub const MAX_SNAPLEN: u32 = 2048;
+/// Size classes for ring buffer reservations; an event uses the smallest one that fits.
+pub const SNAP_CLASSES: [u32; 4] = [256, 512, 1024, MAX_SNAPLEN];
+/// Most DNS ports the kernel filter matches on.
+pub const MAX_PORTS: usize = 8;
+/// IPv6 extension headers skipped before giving up on finding UDP/TCP.
+pub const MAX_IPV6_EXT: usize = 6;
+
+/// Where an event was captured.
+pub mod point {
+    pub const TC_INGRESS: u8 = 0;
+    pub const TC_EGRESS: u8 = 1;
+    pub const SOCKET_IN: u8 = 2;
+    pub const SOCKET_OUT: u8 = 3;
+}
+
+/// How to read the first byte of the captured data.
+pub mod link {
+    /// Ethernet header first.
+    pub const ETHERNET: u8 = 0;
+    /// IPv4 or IPv6 header first (L2-less device, or the socket hop).
+    pub const RAW_IP: u8 = 1;
+}
+
+/// Index of each per-CPU counter in [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the programs ran on, DNS or not.
+    Packets = 0,
+    /// Packets that matched the DNS port filter.
+    DnsSeen = 1,
+    /// Events submitted to the ring buffer.
+    Emitted = 2,
+    /// Events lost because the ring buffer was full.
+    RingFull = 3,
+    /// Events whose copy was cut at the snaplen.
+    Truncated = 4,
+    /// Events lost because copying the packet bytes failed.
+    CopyFailed = 5,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 6] = [
+        Counter::Packets,
+        Counter::DnsSeen,
+        Counter::Emitted,
+        Counter::RingFull,
+        Counter::Truncated,
+        Counter::CopyFailed,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+}
+
+/// Loader-set configuration, read by every program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawConfig {
+    /// DNS ports in host byte order; unused slots are 0.
+    pub ports: [u16; MAX_PORTS],
+    /// Bytes to copy per packet, 1..=MAX_SNAPLEN.
+    pub snaplen: u32,
+    /// Number of valid entries in `ports`.
+    pub nports: u32,
+}
+
+impl RawConfig {
+    pub const fn empty() -> Self {
+        Self { ports: [53, 0, 0, 0, 0, 0, 0, 0], snaplen: 512, nports: 1 }
+    }
+}
+
+/// Fixed header in front of the copied packet bytes in every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEventHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `bpf_get_netns_cookie()` of the packet's netns; 0 when the hook cannot tell.
+    pub netns_cookie: u64,
+    /// Device the packet was seen on (tc) or arrived on (socket hop); 0 if unknown.
+    pub ifindex: u32,
+    /// Length of the packet as seen by the hook.
+    pub wire_len: u32,
+    /// Bytes of packet that follow this header.
+    pub cap_len: u32,
+    /// Thread group id of the sending task (socket egress only), else 0.
+    pub pid: u32,
+    /// One of [`point`].
+    pub point: u8,
+    /// One of [`link`].
+    pub link: u8,
+    pub _pad: [u8; 6],
+    /// Command name of the sending task (socket egress only), NUL padded.
+    pub comm: [u8; 16],
+}
+
+pub const HEADER_LEN: usize = core::mem::size_of::<RawEventHeader>();
+
+const _: () = assert!(HEADER_LEN == 56);
+const _: () = assert!(core::mem::size_of::<RawConfig>() == 24);
+const _: () = assert!(HEADER_LEN % 8 == 0);
+
+/// One ring buffer record: header followed by `N` bytes of packet data (of which
+/// `header.cap_len` are valid).
+#[repr(C)]
+pub struct RawEvent<const N: usize> {
+    pub header: RawEventHeader,
+    pub data: [u8; N],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), padding written out.
+    unsafe impl aya::Pod for super::RawConfig {}
+}
