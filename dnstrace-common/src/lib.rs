@@ -92,7 +92,11 @@ pub struct RawConfig {
 
 impl RawConfig {
     pub const fn empty() -> Self {
-        Self { ports: [53, 0, 0, 0, 0, 0, 0, 0], snaplen: 512, nports: 1 }
+        Self {
+            ports: [53, 0, 0, 0, 0, 0, 0, 0],
+            snaplen: 512,
+            nports: 1,
+        }
     }
 }
 

@@ -1,0 +1,314 @@
+//! Attaching the kernel programs: tcx at the head of the chain when the kernel
+//! has it, netlink clsact filters otherwise, and cgroup_skb on the cgroup v2
+//! root for the socket hop. One function per kind, taking the direction.
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
+    },
+    util::KernelVersion,
+};
+use dnstrace_common::{
+    PROG_SOCK_IN, PROG_SOCK_OUT, PROG_TC_ETH_IN, PROG_TC_ETH_OUT, PROG_TC_RAW_IN, PROG_TC_RAW_OUT,
+};
+use futures::TryStreamExt as _;
+
+use super::{
+    CaptureError,
+    links::{Framing, Link},
+};
+use crate::decode::Point;
+
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// tcx on Linux ≥ 6.6, netlink clsact filters before that.
+    Auto,
+    /// tcx links only (Linux ≥ 6.6); they vanish with the process, even after SIGKILL.
+    Tcx,
+    /// netlink clsact filters (any kernel); removed on exit, but they survive SIGKILL.
+    Netlink,
+}
+
+/// How one attach point is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Netlink { priority: u16 },
+    Cgroup,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcx => f.write_str("tcx"),
+            Self::Netlink { priority } => write!(f, "netlink tc prio {priority}"),
+            Self::Cgroup => f.write_str("cgroup_skb"),
+        }
+    }
+}
+
+/// One place a program is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachPoint {
+    /// Interface name, or the cgroup path for the socket hop.
+    pub target: String,
+    pub ifindex: u32,
+    pub point: Point,
+    pub mode: AttachMode,
+}
+
+/// Netlink priorities tried after the requested one when it is taken.
+const PRIORITY_TRIES: u16 = 16;
+
+pub(super) struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    tcx: bool,
+    explicit_tcx: bool,
+    priority: u16,
+    created_clsact: Vec<String>,
+}
+
+impl<'a> Attacher<'a> {
+    pub(super) fn new(
+        ebpf: &'a mut Ebpf,
+        mode: TcMode,
+        priority: u16,
+    ) -> Result<Self, CaptureError> {
+        let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = match mode {
+            TcMode::Auto => has_tcx,
+            TcMode::Tcx => true,
+            TcMode::Netlink => false,
+        };
+        Ok(Self {
+            ebpf,
+            tcx,
+            explicit_tcx: mode == TcMode::Tcx,
+            priority: priority.max(2),
+            created_clsact: Vec::new(),
+        })
+    }
+
+    pub(super) fn into_created_clsact(self) -> Vec<String> {
+        self.created_clsact
+    }
+
+    /// Attaches on ingress and egress of `link`.
+    pub(super) fn attach_tc(&mut self, link: &Link) -> Result<Vec<AttachPoint>, CaptureError> {
+        let mut points = Vec::with_capacity(2);
+        for point in [Point::TcIngress, Point::TcEgress] {
+            points.push(self.attach_tc_dir(link, point)?);
+        }
+        Ok(points)
+    }
+
+    fn attach_tc_dir(&mut self, link: &Link, point: Point) -> Result<AttachPoint, CaptureError> {
+        let (name, tc_type) = match (link.framing, point) {
+            (Framing::Ethernet, Point::TcIngress) => (PROG_TC_ETH_IN, TcAttachType::Ingress),
+            (Framing::Ethernet, _) => (PROG_TC_ETH_OUT, TcAttachType::Egress),
+            (Framing::RawIp, Point::TcIngress) => (PROG_TC_RAW_IN, TcAttachType::Ingress),
+            (Framing::RawIp, _) => (PROG_TC_RAW_OUT, TcAttachType::Egress),
+            (Framing::Unsupported, _) => {
+                return Err(CaptureError::Bpf {
+                    action: format!("attaching to {}", link.name),
+                    detail: "unsupported link-layer type (dnstrace parses Ethernet and L2-less IP devices)".into(),
+                });
+            }
+        };
+        let action = format!("attaching {name} to {} {}", link.name, point.as_str());
+        let prog: &mut SchedClassifier = program(self.ebpf, name, &action)?;
+        if self.tcx {
+            let opts = TcAttachOptions::TcxOrder(LinkOrder::first());
+            match prog.attach_with_options(&link.name, tc_type, opts) {
+                Ok(_) => {
+                    return Ok(AttachPoint {
+                        target: link.name.clone(),
+                        ifindex: link.index,
+                        point,
+                        mode: AttachMode::Tcx,
+                    });
+                }
+                Err(e) if self.explicit_tcx => return Err(CaptureError::from_aya(action, &e)),
+                Err(e) => {
+                    let err = CaptureError::from_aya(action.clone(), &e);
+                    if matches!(err, CaptureError::Permission { .. }) {
+                        return Err(err);
+                    }
+                    log::warn!("tcx attach failed ({err}); falling back to netlink tc");
+                    self.tcx = false;
+                }
+            }
+        }
+        match qdisc_add_clsact(&link.name) {
+            Ok(()) => {
+                if !self.created_clsact.contains(&link.name) {
+                    self.created_clsact.push(link.name.clone());
+                }
+            }
+            // EEXIST: someone (maybe an earlier direction of ours) has it; never ours to delete.
+            Err(e) if e.to_string().contains("exists") || format!("{e:?}").contains("17") => {}
+            Err(e) => {
+                return Err(CaptureError::from_aya(
+                    format!("adding clsact to {}", link.name),
+                    &e,
+                ));
+            }
+        }
+        let mut last = None;
+        for priority in self.priority..self.priority.saturating_add(PRIORITY_TRIES) {
+            let opts = TcAttachOptions::Netlink(NlOptions {
+                priority,
+                ..Default::default()
+            });
+            match prog.attach_with_options(&link.name, tc_type, opts) {
+                Ok(_) => {
+                    return Ok(AttachPoint {
+                        target: link.name.clone(),
+                        ifindex: link.index,
+                        point,
+                        mode: AttachMode::Netlink { priority },
+                    });
+                }
+                Err(e) => last = Some(CaptureError::from_aya(action.clone(), &e)),
+            }
+        }
+        Err(last.expect("at least one priority tried"))
+    }
+
+    /// Attaches the socket hop programs to the cgroup v2 root.
+    pub(super) fn attach_cgroup(
+        &mut self,
+        dir: &std::fs::File,
+        label: &str,
+    ) -> Result<Vec<AttachPoint>, CaptureError> {
+        let mut points = Vec::with_capacity(2);
+        for (name, ty, point) in [
+            (PROG_SOCK_IN, CgroupSkbAttachType::Ingress, Point::SocketIn),
+            (PROG_SOCK_OUT, CgroupSkbAttachType::Egress, Point::SocketOut),
+        ] {
+            let action = format!("attaching {name} to {label}");
+            let prog: &mut CgroupSkb = program(self.ebpf, name, &action)?;
+            // bpf_link attachments (5.7+) always share the cgroup and take no
+            // flags; the older prog_attach path must ask to share it.
+            let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+                CgroupAttachMode::Single
+            } else {
+                CgroupAttachMode::AllowMultiple
+            };
+            prog.attach(dir, ty, mode)
+                .map_err(|e| CaptureError::from_aya(action, &e))?;
+            points.push(AttachPoint {
+                target: label.to_owned(),
+                ifindex: 0,
+                point,
+                mode: AttachMode::Cgroup,
+            });
+        }
+        Ok(points)
+    }
+}
+
+/// Looks up a program by name and loads it on first use.
+fn program<'e, P>(ebpf: &'e mut Ebpf, name: &str, action: &str) -> Result<&'e mut P, CaptureError>
+where
+    P: 'e + Loadable,
+    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or_else(|| CaptureError::Bpf {
+        action: action.to_owned(),
+        detail: format!("program {name} missing from the eBPF object"),
+    })?;
+    let prog: &mut P = prog
+        .try_into()
+        .map_err(|e| CaptureError::from_aya(action, &e))?;
+    if !prog.is_loaded() {
+        prog.load_prog()
+            .map_err(|e| CaptureError::from_aya(format!("loading {name} into the kernel"), &e))?;
+    }
+    Ok(prog)
+}
+
+pub(super) trait Loadable {
+    fn is_loaded(&self) -> bool;
+    fn load_prog(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl Loadable for SchedClassifier {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_prog(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for CgroupSkb {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_prog(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+/// Deletes a clsact qdisc this process added, but only when no filter is
+/// left on it: someone may have added theirs since.
+pub(super) async fn remove_own_clsact(iface: &str) {
+    if let Err(e) = try_remove_own_clsact(iface).await {
+        log::warn!("could not remove the clsact qdisc dnstrace added on {iface}: {e}");
+    }
+}
+
+async fn try_remove_own_clsact(iface: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use rtnetlink::packet_route::tc::TcHandle;
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let Some(link) = handle
+            .link()
+            .get()
+            .match_name(iface.to_owned())
+            .execute()
+            .try_next()
+            .await?
+        else {
+            return Ok(());
+        };
+        let index = link.header.index as i32;
+        let ingress: Vec<_> = handle
+            .traffic_filter(index)
+            .get()
+            .ingress()
+            .execute()
+            .try_collect()
+            .await?;
+        let egress: Vec<_> = handle
+            .traffic_filter(index)
+            .get()
+            .egress()
+            .execute()
+            .try_collect()
+            .await?;
+        if !ingress.is_empty() || !egress.is_empty() {
+            log::info!("leaving clsact on {iface}: other filters use it");
+            return Ok(());
+        }
+        let mut req = handle.qdisc().del(index);
+        let msg = req.message_mut();
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0xfff1,
+        };
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        req.execute().await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+    .await;
+    task.abort();
+    result
+}

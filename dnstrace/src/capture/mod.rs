@@ -1,0 +1,472 @@
+//! The only module that talks to the kernel through aya: load the programs,
+//! attach them (tcx, netlink tc, cgroup), drain the ring buffer and read the
+//! per-CPU counters. `Raw*` ABI types never leave this module.
+mod attach;
+pub mod links;
+mod ring;
+
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    util::KernelVersion,
+};
+use dnstrace_common::{
+    Counter, GLOBAL_CONFIG, HEADER_LEN, MAP_COUNTERS, MAP_EVENTS, MAX_PORTS, MAX_SNAPLEN,
+    RawConfig, RawEventHeader, link, point,
+};
+
+pub use attach::{AttachMode, AttachPoint, TcMode};
+pub use ring::{Batch, Drain, DrainStats};
+
+use crate::decode::{LinkType, Meta, Point};
+
+/// Smallest and largest accepted `--snaplen`.
+pub const SNAPLEN_MIN: u32 = 64;
+pub const SNAPLEN_MAX: u32 = MAX_SNAPLEN;
+
+/// What to capture and where.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Interfaces of the current netns to hook with tc.
+    pub ifaces: Vec<String>,
+    /// Hook the socket hop (cgroup_skb on the cgroup v2 root).
+    pub socket_hop: bool,
+    pub ports: Vec<u16>,
+    pub snaplen: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    pub tc_mode: TcMode,
+    /// Priority of netlink tc filters (never 1).
+    pub tc_priority: u16,
+}
+
+/// A packet as delivered by the kernel, ready for `decode`.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub meta: Meta,
+    pub link: LinkType,
+    pub data: bytes::Bytes,
+}
+
+/// Sums of the per-CPU kernel counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    /// Packets the programs ran on (DNS or not).
+    pub packets: u64,
+    /// Packets on a DNS port.
+    pub dns_seen: u64,
+    /// Events handed to userspace.
+    pub emitted: u64,
+    /// Events lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Events whose copy was cut at the snaplen.
+    pub truncated: u64,
+    /// Events lost because the packet copy failed.
+    pub copy_failed: u64,
+}
+
+impl KernelCounters {
+    /// Events the kernel saw but userspace never got.
+    pub fn lost(&self) -> u64 {
+        self.ring_full + self.copy_failed
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "permission denied while {action}: dnstrace needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+         (run as root, or `setcap cap_bpf,cap_net_admin,cap_perfmon,cap_sys_resource+ep $(command -v dnstrace)`; \
+         in Kubernetes use a privileged pod or add those capabilities)"
+    )]
+    Permission { action: String },
+    #[error(
+        "kernel {version} is too old: the BPF ring buffer needs Linux 5.8 or later (tcx needs 6.6; older kernels use netlink tc)"
+    )]
+    OldKernel { version: String },
+    #[error("interface {name:?} not found in this network namespace (see `ip -br link`)")]
+    NoSuchInterface { name: String },
+    #[error(
+        "no cgroup v2 found (none in /proc/self/mounts, and mounting one failed): the socket hop needs cgroup v2 and CAP_SYS_ADMIN; run without --socket-hop / with --no-socket-hop to skip it"
+    )]
+    NoCgroup2,
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{action}: {detail}")]
+    Bpf { action: String, detail: String },
+}
+
+impl CaptureError {
+    /// Turns an aya error into a message that names the fix where one is known.
+    fn from_aya(action: impl Into<String>, err: &dyn std::error::Error) -> Self {
+        let action = action.into();
+        let mut detail = err.to_string();
+        let mut src = err.source();
+        let mut eperm = false;
+        while let Some(e) = src {
+            detail.push_str(": ");
+            detail.push_str(&e.to_string());
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                eperm |= io.raw_os_error() == Some(libc::EPERM);
+            }
+            src = e.source();
+        }
+        if eperm || detail.contains("Operation not permitted") {
+            Self::Permission { action }
+        } else {
+            Self::Bpf { action, detail }
+        }
+    }
+}
+
+/// Loaded and attached kernel programs plus their maps.
+pub struct Capture {
+    /// Owns the programs and, through them, every link; dropping it detaches all.
+    ebpf: Option<Ebpf>,
+    attached: Vec<AttachPoint>,
+    ring: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    own_netns: u64,
+    names: Vec<links::Link>,
+    created_clsact: Vec<String>,
+}
+
+impl Capture {
+    /// Loads the programs and attaches them everywhere `cfg` asks. Either every
+    /// attach succeeds or the error is returned and everything is detached.
+    pub async fn open(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        check_kernel()?;
+        raise_memlock();
+        let names = links::list().await.map_err(|source| CaptureError::Io {
+            action: "listing interfaces over rtnetlink".into(),
+            source,
+        })?;
+        let mut config = RawConfig::empty();
+        let ports = &cfg.ports[..cfg.ports.len().min(MAX_PORTS)];
+        config.ports = [0; MAX_PORTS];
+        config.ports[..ports.len()].copy_from_slice(ports);
+        config.nports = ports.len() as u32;
+        config.snaplen = cfg.snaplen.clamp(SNAPLEN_MIN, SNAPLEN_MAX);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_CONFIG, &config, true)
+            .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/dnstrace-ebpf"
+            )))
+            .map_err(|e| CaptureError::from_aya("loading the eBPF object", &e))?;
+        let ring = ebpf
+            .take_map(MAP_EVENTS)
+            .expect("EVENTS map is in the object");
+        let ring = RingBuf::try_from(ring)
+            .map_err(|e| CaptureError::from_aya("opening the ring buffer", &e))?;
+        let counters = ebpf
+            .take_map(MAP_COUNTERS)
+            .expect("COUNTERS map is in the object");
+        let counters = PerCpuArray::try_from(counters)
+            .map_err(|e| CaptureError::from_aya("opening the counters", &e))?;
+
+        let mut capture = Self {
+            ebpf: None,
+            attached: Vec::new(),
+            ring: Some(ring),
+            counters,
+            own_netns: own_netns_cookie(),
+            names,
+            created_clsact: Vec::new(),
+        };
+        let mut attacher = attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority)?;
+        for name in &cfg.ifaces {
+            let link = capture
+                .names
+                .iter()
+                .find(|l| &l.name == name)
+                .ok_or_else(|| CaptureError::NoSuchInterface { name: name.clone() })?;
+            let points = attacher.attach_tc(link)?;
+            capture.attached.extend(points);
+        }
+        if cfg.socket_hop {
+            let (dir, label) = open_cgroup2_root()?;
+            let points = attacher.attach_cgroup(&dir, &label)?;
+            capture.attached.extend(points);
+        }
+        capture.created_clsact = attacher.into_created_clsact();
+        capture.ebpf = Some(ebpf);
+        Ok(capture)
+    }
+
+    /// Every attach point, in attach order.
+    pub fn attached(&self) -> &[AttachPoint] {
+        &self.attached
+    }
+
+    /// Interfaces of our network namespace, as listed at start.
+    pub fn links(&self) -> &[links::Link] {
+        &self.names
+    }
+
+    /// Cookie of the netns dnstrace runs in (tc events belong to it).
+    pub fn netns(&self) -> u64 {
+        self.own_netns
+    }
+
+    /// Takes the ring buffer for draining; call once.
+    pub fn take_drain(&mut self) -> Option<Drain> {
+        let ring = self.ring.take()?;
+        Drain::new(ring, self.own_netns).ok()
+    }
+
+    /// Detaches every program (links go with the programs) and removes the
+    /// clsact qdiscs this process created, if nothing else uses them. The maps
+    /// stay readable so that the last events and counters can be collected.
+    pub async fn detach(&mut self) {
+        self.ebpf = None;
+        for iface in std::mem::take(&mut self.created_clsact) {
+            attach::remove_own_clsact(&iface).await;
+        }
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |c: Counter| -> u64 {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            packets: sum(Counter::Packets),
+            dns_seen: sum(Counter::DnsSeen),
+            emitted: sum(Counter::Emitted),
+            ring_full: sum(Counter::RingFull),
+            truncated: sum(Counter::Truncated),
+            copy_failed: sum(Counter::CopyFailed),
+        }
+    }
+}
+
+/// Converts one ring buffer record. The only place that reads the kernel ABI.
+pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
+    if record.len() < HEADER_LEN {
+        return None;
+    }
+    // SAFETY: RawEventHeader is repr(C) plain data with no invalid bit patterns,
+    // the length was checked above, and read_unaligned copes with any alignment.
+    let h: RawEventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let data = &record[HEADER_LEN..];
+    let cap = (h.cap_len as usize).min(data.len());
+    let point = match h.point {
+        point::TC_INGRESS => Point::TcIngress,
+        point::TC_EGRESS => Point::TcEgress,
+        point::SOCKET_IN => Point::SocketIn,
+        point::SOCKET_OUT => Point::SocketOut,
+        _ => return None,
+    };
+    let link = if h.link == link::ETHERNET {
+        LinkType::Ethernet
+    } else {
+        LinkType::RawIp
+    };
+    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
+    let comm = (comm_len > 0).then(|| String::from_utf8_lossy(&h.comm[..comm_len]).into_owned());
+    Some(Captured {
+        meta: Meta {
+            ts_ns: h.ts_ns,
+            ifindex: h.ifindex,
+            netns: if h.netns_cookie != 0 {
+                h.netns_cookie
+            } else {
+                own_netns
+            },
+            point,
+            wire_len: h.wire_len,
+            cap_len: cap as u32,
+            pid: h.pid,
+            comm,
+        },
+        link,
+        data: bytes::Bytes::copy_from_slice(&data[..cap]),
+    })
+}
+
+fn check_kernel() -> Result<(), CaptureError> {
+    if let Ok(v) = KernelVersion::current() {
+        if v < KernelVersion::new(5, 8, 0) {
+            return Err(CaptureError::OldKernel {
+                version: format!("{v:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it, best effort.
+fn raise_memlock() {
+    let rl = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) };
+}
+
+/// SO_NETNS_COOKIE of the calling thread's netns (Linux 5.14+), 0 if unknown.
+pub fn own_netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return 0;
+    };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: valid fd, valid out pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
+}
+
+/// Opens the cgroup v2 root directory. Uses our own mount when there is one;
+/// otherwise (e.g. under `ip netns exec`, which remounts /sys) mounts cgroup2
+/// on a temporary folder, opens it and unmounts it again at once: the open
+/// directory keeps the cgroup, and no mount is left behind.
+pub fn open_cgroup2_root() -> Result<(std::fs::File, String), CaptureError> {
+    let io = |action: &str| {
+        let action = action.to_owned();
+        move |source| CaptureError::Io { action, source }
+    };
+    if let Some(path) = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| cgroup2_from_mounts(&m))
+    {
+        let dir = std::fs::File::open(&path)
+            .map_err(io(&format!("opening cgroup2 root {}", path.display())))?;
+        return Ok((dir, path.display().to_string()));
+    }
+    let tmp = std::env::temp_dir().join(format!("dnstrace-cgroup2-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io("creating a temporary cgroup2 mount point"))?;
+    let target = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())
+        .map_err(|_| CaptureError::NoCgroup2)?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let _ = std::fs::remove_dir(&tmp);
+        return Err(CaptureError::NoCgroup2);
+    }
+    let dir = std::fs::File::open(&tmp);
+    // SAFETY: valid NUL-terminated string.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(&tmp);
+    Ok((
+        dir.map_err(io("opening the temporary cgroup2 mount"))?,
+        "cgroup2 root".to_owned(),
+    ))
+}
+
+fn cgroup2_from_mounts(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| Path::new(path).to_path_buf())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(h: RawEventHeader, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; HEADER_LEN];
+        // SAFETY: writing a POD into a buffer of exactly its size.
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), h) };
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn header() -> RawEventHeader {
+        RawEventHeader {
+            ts_ns: 42,
+            netns_cookie: 0,
+            ifindex: 7,
+            wire_len: 100,
+            cap_len: 3,
+            pid: 0,
+            point: point::TC_EGRESS,
+            link: link::ETHERNET,
+            _pad: [0; 6],
+            comm: [0; 16],
+        }
+    }
+
+    #[test]
+    fn abi_round_trip() {
+        let mut h = header();
+        h.comm[..3].copy_from_slice(b"dig");
+        h.pid = 99;
+        h.point = point::SOCKET_OUT;
+        h.link = link::RAW_IP;
+        h.netns_cookie = 5;
+        let c = from_bytes(&record(h, &[1, 2, 3, 0xff, 0xff]), 1).unwrap();
+        assert_eq!(c.meta.ts_ns, 42);
+        assert_eq!(c.meta.ifindex, 7);
+        assert_eq!(c.meta.netns, 5);
+        assert_eq!(c.meta.point, Point::SocketOut);
+        assert_eq!(c.meta.wire_len, 100);
+        assert_eq!(c.meta.cap_len, 3);
+        assert_eq!(c.meta.pid, 99);
+        assert_eq!(c.meta.comm.as_deref(), Some("dig"));
+        assert_eq!(c.link, LinkType::RawIp);
+        // The size class pads the record; only cap_len bytes are packet data.
+        assert_eq!(&c.data[..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn abi_fills_own_netns_and_rejects_garbage() {
+        let c = from_bytes(&record(header(), &[9; 3]), 77).unwrap();
+        assert_eq!(c.meta.netns, 77);
+        assert_eq!(c.meta.comm, None);
+        // cap_len larger than the record is clamped, never read past the end.
+        let mut h = header();
+        h.cap_len = 4000;
+        assert_eq!(from_bytes(&record(h, &[1, 2]), 1).unwrap().data.len(), 2);
+        let mut h = header();
+        h.point = 9;
+        assert!(from_bytes(&record(h, &[]), 1).is_none());
+        assert!(from_bytes(&[0u8; HEADER_LEN - 1], 1).is_none());
+    }
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let mounts = "sysfs /sys sysfs rw 0 0\n\
+                      tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(
+            cgroup2_from_mounts(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_from_mounts("proc /proc proc rw 0 0\n"), None);
+    }
+}

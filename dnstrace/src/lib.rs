@@ -1,0 +1,8 @@
+//! dnstrace: a packet-level DNS wire tracer for Kubernetes nodes.
+//!
+//! Data flows one way: kernel → ring buffer → [`capture`] → [`decode`] → [`sink`].
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod decode;
+pub mod sink;

@@ -1,0 +1,124 @@
+//! JSON lines: one object per packet, `{"type":"packet",...}`, and one
+//! `{"type":"summary",...}` at the end. The schema is documented in the README
+//! and is a user-facing API: add fields, never rename or remove them.
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::{Names, Summary};
+use crate::decode::{Packet, dns};
+
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+#[derive(Serialize)]
+struct PacketRecord<'a> {
+    r#type: &'static str,
+    ts_ns: u64,
+    iface: String,
+    ifindex: u32,
+    netns: u64,
+    dir: &'static str,
+    proto: Option<&'static str>,
+    src: Option<String>,
+    dst: Option<String>,
+    id: Option<u16>,
+    qr: Option<bool>,
+    opcode: Option<&'a str>,
+    rcode: Option<&'a str>,
+    flags: Vec<&'static str>,
+    qname: Option<&'a str>,
+    qtype: Option<&'a str>,
+    edns: Option<&'a dns::Edns>,
+    answers: &'a [dns::Answer],
+    wire_len: u32,
+    cap_len: u32,
+    tcp_flags: Option<String>,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    issue: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SummaryRecord<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    summary: &'a Summary,
+    lost: u64,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+
+    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+        let m = &p.meta;
+        let dns = p.dns.as_ref();
+        let q = dns.and_then(|d| d.question.as_ref());
+        let rec = PacketRecord {
+            r#type: "packet",
+            ts_ns: names.epoch_ns(m.ts_ns),
+            iface: names.iface(m),
+            ifindex: m.ifindex,
+            netns: m.netns,
+            dir: m.point.as_str(),
+            proto: p.proto.map(|p| match p {
+                crate::decode::Proto::Udp => "udp",
+                crate::decode::Proto::Tcp => "tcp",
+            }),
+            src: p.src.map(|a| a.to_string()),
+            dst: p.dst.map(|a| a.to_string()),
+            id: dns.map(|d| d.id),
+            qr: dns.map(|d| d.qr),
+            opcode: dns.map(|d| d.opcode.as_str()),
+            rcode: dns.filter(|d| d.qr).map(|d| d.rcode.as_str()),
+            flags: dns.map(|d| flag_names(&d.flags)).unwrap_or_default(),
+            qname: q.map(|q| q.name.as_str()),
+            qtype: q.map(|q| q.qtype.as_str()),
+            edns: dns.and_then(|d| d.edns.as_ref()),
+            answers: dns.map(|d| d.answers.as_slice()).unwrap_or(&[]),
+            wire_len: m.wire_len,
+            cap_len: m.cap_len,
+            tcp_flags: p.tcp_flags.map(|f| f.short()),
+            pid: (m.pid != 0).then_some(m.pid),
+            comm: m.comm.as_deref(),
+            issue: p
+                .issue
+                .as_ref()
+                .map(|i| format!("{}: {}", i.kind.as_str(), i.detail)),
+        };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn summary(&mut self, summary: &Summary) -> std::io::Result<()> {
+        let rec = SummaryRecord {
+            r#type: "summary",
+            summary,
+            lost: summary.kernel.lost(),
+        };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub(super) fn flag_names(f: &dns::Flags) -> Vec<&'static str> {
+    [
+        ("aa", f.aa),
+        ("tc", f.tc),
+        ("rd", f.rd),
+        ("ra", f.ra),
+        ("ad", f.ad),
+        ("cd", f.cd),
+    ]
+    .into_iter()
+    .filter_map(|(n, set)| set.then_some(n))
+    .collect()
+}

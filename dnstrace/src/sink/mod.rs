@@ -1,0 +1,160 @@
+//! Output stages. Each consumes decoded packets (and, at the end, the run's
+//! counters) and writes them somewhere.
+mod json;
+mod text;
+
+use std::{collections::HashMap, io::Write};
+
+pub use json::JsonSink;
+pub use text::TextSink;
+
+use crate::{
+    capture::{DrainStats, KernelCounters},
+    decode::{IssueKind, Meta, Packet, Point},
+};
+
+/// Turns capture metadata into names a human reads.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    own_netns: u64,
+    by_index: HashMap<u32, String>,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
+    mono_to_epoch_ns: i128,
+}
+
+impl Names {
+    pub fn new(own_netns: u64, ifaces: impl IntoIterator<Item = (u32, String)>) -> Self {
+        Self {
+            own_netns,
+            by_index: ifaces.into_iter().collect(),
+            mono_to_epoch_ns: mono_to_epoch_ns(),
+        }
+    }
+
+    /// The capture point: the interface name for tc hooks, "socket" for the socket hop.
+    pub fn iface(&self, meta: &Meta) -> String {
+        match meta.point {
+            Point::SocketIn | Point::SocketOut => "socket".to_owned(),
+            Point::TcIngress | Point::TcEgress => match self.by_index.get(&meta.ifindex) {
+                Some(name) if meta.netns == self.own_netns => name.clone(),
+                _ => format!("if{}", meta.ifindex),
+            },
+        }
+    }
+
+    /// Kernel timestamp (CLOCK_MONOTONIC) as nanoseconds since the Unix epoch.
+    pub fn epoch_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.mono_to_epoch_ns).max(0) as u64
+    }
+}
+
+fn mono_to_epoch_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// Counts of per-packet problems, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IssueCounts {
+    /// Packets whose DNS message or headers could not be parsed (junk, hostile, cut short).
+    pub malformed: u64,
+    /// Packets cut by the snaplen, or TCP segments holding part of a message.
+    pub partial: u64,
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl IssueCounts {
+    pub fn add(&mut self, packet: &Packet) {
+        let Some(issue) = &packet.issue else { return };
+        match issue.kind {
+            IssueKind::Truncated | IssueKind::TcpPartial => self.partial += 1,
+            _ => self.malformed += 1,
+        }
+        *self.by_kind.entry(issue.kind.as_str()).or_default() += 1;
+    }
+}
+
+/// Everything counted in one run, printed at exit.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub kernel: KernelCounters,
+    pub userspace: DrainStats,
+    pub decoded: u64,
+    pub issues: IssueCounts,
+    pub duration_ms: u64,
+}
+
+impl Summary {
+    /// The human-readable exit lines.
+    pub fn lines(&self) -> Vec<String> {
+        let k = &self.kernel;
+        let u = &self.userspace;
+        let mut v = vec![
+            format!(
+                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}), {} cut at snaplen",
+                k.packets,
+                k.dns_seen,
+                k.emitted,
+                k.lost(),
+                k.ring_full,
+                k.copy_failed,
+                k.truncated
+            ),
+            format!(
+                "dnstrace: userspace: {} received, {} dropped (queue full), {} decoded, {} malformed, {} partial",
+                u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
+            ),
+        ];
+        if !self.issues.by_kind.is_empty() {
+            let kinds: Vec<_> = self
+                .issues
+                .by_kind
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            v.push(format!("dnstrace: problems by kind: {}", kinds.join(" ")));
+        }
+        if k.lost() > 0 || u.dropped > 0 {
+            v.push("dnstrace: events were lost; try a larger --ring-size or --queue, or fewer interfaces".into());
+        }
+        v
+    }
+}
+
+/// Where decoded packets go.
+pub enum Sink<W: Write> {
+    Text(TextSink<W>),
+    Json(JsonSink<W>),
+}
+
+impl<W: Write> Sink<W> {
+    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.packet(p, names),
+            Self::Json(s) => s.packet(p, names),
+        }
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.flush(),
+            Self::Json(s) => s.flush(),
+        }
+    }
+
+    /// Writes the end-of-run record (JSON only; text prints it on stderr).
+    pub fn summary(&mut self, summary: &Summary) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.flush(),
+            Self::Json(s) => s.summary(summary),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Aligned text, one line per packet.
+use std::{fmt::Write as _, io::Write};
+
+use super::Names;
+use crate::decode::{Packet, Proto};
+
+pub struct TextSink<W: Write> {
+    out: W,
+    header_done: bool,
+}
+
+/// Answers shown before "(+N more)".
+const ANSWERS_SHOWN: usize = 2;
+
+impl<W: Write> TextSink<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            header_done: false,
+        }
+    }
+
+    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<15} {:<12} {:<10} {:<3} {:>23}   {:<23} {:<8} {:<11} {}",
+                "TIME (UTC)",
+                "IFACE",
+                "DIR",
+                "L4",
+                "SOURCE",
+                "DESTINATION",
+                "ID",
+                "FLAGS",
+                "QUESTION / RESULT"
+            )?;
+        }
+        let line = format_line(p, names);
+        self.out.write_all(line.as_bytes())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One packet as a text line (with its newline).
+pub fn format_line(p: &Packet, names: &Names) -> String {
+    let m = &p.meta;
+    let mut s = String::with_capacity(160);
+    let iface = names.iface(m);
+    let proto = match p.proto {
+        Some(Proto::Udp) => "udp",
+        Some(Proto::Tcp) => "tcp",
+        None => "?",
+    };
+    let addr =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let _ = write!(
+        s,
+        "{} {:<12} {:<10} {:<3} {:>23} → {:<23}",
+        clock(names.epoch_ns(m.ts_ns)),
+        iface,
+        m.point.as_str(),
+        proto,
+        addr(p.src),
+        addr(p.dst)
+    );
+    match &p.dns {
+        Some(d) => {
+            let kind = if d.qr { 'R' } else { 'Q' };
+            let _ = write!(s, " {kind} {:04x} {:<11}", d.id, d.flags.short());
+            if d.opcode != "QUERY" {
+                let _ = write!(s, " {}", d.opcode);
+            }
+            match &d.question {
+                Some(q) => {
+                    let _ = write!(s, " {} {}", q.qtype, q.name);
+                }
+                None => s.push_str(" (no question)"),
+            }
+            if d.qr {
+                let _ = write!(s, "  {}", d.rcode);
+                for a in d.answers.iter().take(ANSWERS_SHOWN) {
+                    let _ = write!(s, " {} {}", a.rtype, a.data);
+                }
+                if d.answers.len() > ANSWERS_SHOWN {
+                    let _ = write!(s, " (+{} more)", d.answers.len() - ANSWERS_SHOWN);
+                } else if d.answers.is_empty() && d.ancount > 0 {
+                    let _ = write!(s, " ({} answers)", d.ancount);
+                }
+            }
+            if let Some(e) = &d.edns {
+                let _ = write!(s, "  edns udp={} do={}", e.udp_size, u8::from(e.dnssec_ok));
+                if !e.options.is_empty() {
+                    let _ = write!(s, " [{}]", e.options.join(","));
+                }
+            }
+        }
+        None => {
+            if let Some(f) = p.tcp_flags {
+                let _ = write!(s, " tcp [{}]", f.short());
+            }
+        }
+    }
+    if m.cap_len < m.wire_len {
+        let _ = write!(s, "  (captured {}/{} bytes)", m.cap_len, m.wire_len);
+    }
+    if m.pid != 0 {
+        let _ = write!(s, "  [pid {} {}]", m.pid, m.comm.as_deref().unwrap_or("?"));
+    }
+    if let Some(i) = &p.issue {
+        let _ = write!(s, "  !! {}: {}", i.kind.as_str(), i.detail);
+    }
+    s.push('\n');
+    s
+}
+
+/// HH:MM:SS.micro (UTC) of a Unix-epoch nanosecond timestamp.
+fn clock(epoch_ns: u64) -> String {
+    let secs = epoch_ns / 1_000_000_000;
+    let micros = (epoch_ns % 1_000_000_000) / 1_000;
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock;
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        // 2026-11-23T19:20:05.123456789Z
+        assert_eq!(clock(1_795_461_605_123_456_789), "19:20:05.123456");
+        assert_eq!(clock(0), "00:00:00.000000");
+    }
+}
