@@ -22,6 +22,10 @@ pub const PROG_TC_RAW_OUT: &str = "dt_tc_raw_out";
 pub const PROG_SOCK_IN: &str = "dt_sock_in";
 /// cgroup_skb egress: packets sent by local sockets (any netns).
 pub const PROG_SOCK_OUT: &str = "dt_sock_out";
+/// tp_btf on skb:kfree_skb: DNS packets the kernel dropped, with the reason.
+pub const PROG_DROP: &str = "dt_drop";
+/// The tracepoint `PROG_DROP` attaches to.
+pub const DROP_TRACEPOINT: &str = "kfree_skb";
 
 /// Largest number of packet bytes one event can carry.
 pub const MAX_SNAPLEN: u32 = 2048;
@@ -38,6 +42,8 @@ pub mod point {
     pub const TC_EGRESS: u8 = 1;
     pub const SOCKET_IN: u8 = 2;
     pub const SOCKET_OUT: u8 = 3;
+    /// skb:kfree_skb with a drop reason; data starts at the network header.
+    pub const DROP: u8 = 4;
 }
 
 /// How to read the first byte of the captured data.
@@ -64,16 +70,19 @@ pub enum Counter {
     Truncated = 4,
     /// Events lost because copying the packet bytes failed.
     CopyFailed = 5,
+    /// DNS packets dropped by the kernel (skb:kfree_skb with a drop reason).
+    Drops = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Packets,
         Counter::DnsSeen,
         Counter::Emitted,
         Counter::RingFull,
         Counter::Truncated,
         Counter::CopyFailed,
+        Counter::Drops,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }
@@ -88,6 +97,45 @@ pub struct RawConfig {
     pub snaplen: u32,
     /// Number of valid entries in `ports`.
     pub nports: u32,
+    /// Where the drop program finds things in kernel structs (read from BTF).
+    pub skb: RawSkbOffsets,
+}
+
+/// Byte offsets of kernel struct fields, resolved from the running kernel's
+/// BTF by userspace (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawSkbOffsets {
+    /// Non-zero when the offsets below are valid and drops should be traced.
+    pub enabled: u32,
+    /// `enum skb_drop_reason` values up to this one are not drops (NOT_DROPPED_YET, CONSUMED).
+    pub not_a_drop_max: u32,
+    /// `struct sk_buff` fields.
+    pub head: u32,
+    pub network_header: u32,
+    pub tail: u32,
+    pub len: u32,
+    pub dev: u32,
+    /// `struct net_device` fields.
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    /// `struct net` field.
+    pub net_cookie: u32,
+}
+
+impl RawSkbOffsets {
+    pub const DISABLED: Self = Self {
+        enabled: 0,
+        not_a_drop_max: 1,
+        head: 0,
+        network_header: 0,
+        tail: 0,
+        len: 0,
+        dev: 0,
+        dev_ifindex: 0,
+        dev_nd_net: 0,
+        net_cookie: 0,
+    };
 }
 
 impl RawConfig {
@@ -96,6 +144,7 @@ impl RawConfig {
             ports: [53, 0, 0, 0, 0, 0, 0, 0],
             snaplen: 512,
             nports: 1,
+            skb: RawSkbOffsets::DISABLED,
         }
     }
 }
@@ -120,7 +169,9 @@ pub struct RawEventHeader {
     pub point: u8,
     /// One of [`link`].
     pub link: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `enum skb_drop_reason` value for [`point::DROP`] events, else 0.
+    pub drop_reason: u32,
     /// Command name of the sending task (socket egress only), NUL padded.
     pub comm: [u8; 16],
 }
@@ -128,7 +179,7 @@ pub struct RawEventHeader {
 pub const HEADER_LEN: usize = core::mem::size_of::<RawEventHeader>();
 
 const _: () = assert!(HEADER_LEN == 56);
-const _: () = assert!(core::mem::size_of::<RawConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<RawConfig>() == 64);
 const _: () = assert!(HEADER_LEN % 8 == 0);
 
 /// One ring buffer record: header followed by `N` bytes of packet data (of which

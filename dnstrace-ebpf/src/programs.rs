@@ -11,11 +11,12 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_ktime_get_ns,
-        bpf_skb_load_bytes,
+        bpf_probe_read_kernel, bpf_skb_load_bytes,
+        generated::bpf_probe_read_kernel as probe_read_raw,
     },
-    macros::{cgroup_skb, classifier, map},
+    macros::{btf_tracepoint, cgroup_skb, classifier, map},
     maps::{PerCpuArray, RingBuf},
-    programs::{SkBuffContext, TcContext},
+    programs::{BtfTracePointContext, SkBuffContext, TcContext},
 };
 use dnstrace_common::{
     Counter, MAX_IPV6_EXT, MAX_PORTS, MAX_SNAPLEN, RawConfig, RawEvent, RawEventHeader, link, point,
@@ -71,6 +72,13 @@ pub fn dt_sock_in(ctx: SkBuffContext) -> i32 {
 pub fn dt_sock_out(ctx: SkBuffContext) -> i32 {
     let _ = on_packet(ctx.skb.skb, false, point::SOCKET_OUT);
     1
+}
+
+/// skb:kfree_skb(skb, location, reason, …): observes drops, never causes one.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn dt_drop(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_drop(&ctx);
+    0
 }
 
 #[inline(always)]
@@ -180,69 +188,19 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     let [s0, s1, d0, d1] = bytes::<4>(data, end, l4)?;
     let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
     let cfg = CONFIG.load();
-    let mut hit = false;
-    for i in 0..MAX_PORTS {
-        if i as u32 >= cfg.nports {
-            break;
-        }
-        let p = cfg.ports[i];
-        if p == sport || p == dport {
-            hit = true;
-            break;
-        }
-    }
-    if !hit {
+    if !dns_port(&cfg, sport, dport) {
         return None;
     }
     count(Counter::DnsSeen);
 
     // SAFETY: the context pointer is valid for the program's lifetime.
     let wire_len = unsafe { (*skb).len };
-    let snaplen = if cfg.snaplen == 0 || cfg.snaplen > MAX_SNAPLEN {
-        MAX_SNAPLEN
-    } else {
-        cfg.snaplen
-    };
-    let cap = if wire_len < snaplen {
-        wire_len
-    } else {
-        snaplen
-    };
+    let cap = wire_len.min(snaplen(&cfg));
     if cap < wire_len {
         count(Counter::Truncated);
     }
-    let link = if ethernet {
-        link::ETHERNET
-    } else {
-        link::RAW_IP
-    };
-    if cap <= 256 {
-        emit::<256>(skb, at, link, wire_len, cap)
-    } else if cap <= 512 {
-        emit::<512>(skb, at, link, wire_len, cap)
-    } else if cap <= 1024 {
-        emit::<1024>(skb, at, link, wire_len, cap)
-    } else {
-        emit::<{ MAX_SNAPLEN as usize }>(skb, at, link, wire_len, cap)
-    }
-}
-
-#[inline(always)]
-fn emit<const N: usize>(
-    skb: *mut __sk_buff,
-    at: u8,
-    link: u8,
-    wire_len: u32,
-    cap: u32,
-) -> Option<()> {
-    let Some(mut entry) = EVENTS.reserve::<RawEvent<N>>(0) else {
-        count(Counter::RingFull);
-        return None;
-    };
-    let ev = entry.as_mut_ptr();
-    let socket = at == point::SOCKET_IN || at == point::SOCKET_OUT;
-    let mut header = RawEventHeader {
-        // SAFETY: helpers without preconditions.
+    let header = RawEventHeader {
+        // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         netns_cookie: 0,
         // SAFETY: the context pointer is valid for the program's lifetime.
@@ -251,15 +209,170 @@ fn emit<const N: usize>(
         cap_len: 0,
         pid: 0,
         point: at,
-        link,
-        _pad: [0; 6],
+        link: if ethernet {
+            link::ETHERNET
+        } else {
+            link::RAW_IP
+        },
+        _pad: [0; 2],
+        drop_reason: 0,
         comm: [0; 16],
     };
-    if socket {
-        // SAFETY: cgroup_skb programs may ask for the netns cookie of the skb.
+    let socket = at == point::SOCKET_IN || at == point::SOCKET_OUT;
+    // SAFETY (closure): `emit` passes a destination with room for `len` bytes.
+    emit_sized(header, cap, socket.then_some(skb), |dst, len| unsafe {
+        bpf_skb_load_bytes(skb.cast(), 0, dst, len)
+    })
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn kread<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn on_drop(ctx: &BtfTracePointContext) -> Option<()> {
+    let cfg = CONFIG.load();
+    let o = cfg.skb;
+    if o.enabled == 0 {
+        return None;
+    }
+    let skb: u64 = ctx.arg(0);
+    let reason = ctx.arg::<u64>(2) as u32;
+    if reason <= o.not_a_drop_max {
+        return None;
+    }
+    count(Counter::Packets);
+    let head: u64 = kread(skb, o.head)?;
+    let nh: u16 = kread(skb, o.network_header)?;
+    let tail: u32 = kread(skb, o.tail)?;
+    if nh == 0xffff || head == 0 {
+        return None;
+    }
+    let l3 = head + nh as u64;
+    let hdr: [u8; 64] = kread(l3, 0)?;
+    let (proto, l4) = match hdr[0] >> 4 {
+        4 => (hdr[9], ((hdr[0] & 0x0f) as usize) * 4),
+        6 => (hdr[6], 40usize),
+        _ => return None,
+    };
+    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP) || !(20..=60).contains(&l4) {
+        return None;
+    }
+    let sport = u16::from_be_bytes([hdr[l4 & 63], hdr[(l4 + 1) & 63]]);
+    let dport = u16::from_be_bytes([hdr[(l4 + 2) & 63], hdr[(l4 + 3) & 63]]);
+    if !dns_port(&cfg, sport, dport) {
+        return None;
+    }
+    count(Counter::DnsSeen);
+    count(Counter::Drops);
+    let linear = tail.saturating_sub(nh as u32);
+    let wire_len: u32 = kread(skb, o.len).unwrap_or(linear);
+    let cap = linear.min(snaplen(&cfg));
+    if cap < wire_len {
+        count(Counter::Truncated);
+    }
+    let dev: u64 = kread(skb, o.dev).unwrap_or(0);
+    let (ifindex, netns_cookie) = if dev == 0 {
+        (0, 0)
+    } else {
+        let ifindex: u32 = kread(dev, o.dev_ifindex).unwrap_or(0);
+        let net: u64 = kread(dev, o.dev_nd_net).unwrap_or(0);
+        let cookie: u64 = if net == 0 {
+            0
+        } else {
+            kread(net, o.net_cookie).unwrap_or(0)
+        };
+        (ifindex, cookie)
+    };
+    let header = RawEventHeader {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        netns_cookie,
+        ifindex,
+        wire_len,
+        cap_len: 0,
+        pid: 0,
+        point: point::DROP,
+        link: link::RAW_IP,
+        _pad: [0; 2],
+        drop_reason: reason,
+        comm: [0; 16],
+    };
+    // SAFETY (closure): `emit` passes a destination with room for `len` bytes.
+    emit_sized(header, cap, None, |dst, len| unsafe {
+        probe_read_raw(dst, len, l3 as *const _)
+    })
+}
+
+#[inline(always)]
+fn dns_port(cfg: &RawConfig, sport: u16, dport: u16) -> bool {
+    for i in 0..MAX_PORTS {
+        if i as u32 >= cfg.nports {
+            break;
+        }
+        let p = cfg.ports[i];
+        if p == sport || p == dport {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn snaplen(cfg: &RawConfig) -> u32 {
+    if cfg.snaplen == 0 || cfg.snaplen > MAX_SNAPLEN {
+        MAX_SNAPLEN
+    } else {
+        cfg.snaplen
+    }
+}
+
+/// Picks the smallest ring buffer size class that holds `cap` bytes.
+/// `socket` is the cgroup_skb context, which can tell the netns and sender.
+#[inline(always)]
+fn emit_sized(
+    header: RawEventHeader,
+    cap: u32,
+    socket: Option<*mut __sk_buff>,
+    copy: impl Fn(*mut core::ffi::c_void, u32) -> i64,
+) -> Option<()> {
+    if cap == 0 {
+        return None;
+    }
+    if cap <= 256 {
+        emit::<256>(header, cap, socket, copy)
+    } else if cap <= 512 {
+        emit::<512>(header, cap, socket, copy)
+    } else if cap <= 1024 {
+        emit::<1024>(header, cap, socket, copy)
+    } else {
+        emit::<{ MAX_SNAPLEN as usize }>(header, cap, socket, copy)
+    }
+}
+
+/// Reserves a record with room for `N` packet bytes, fills the header and
+/// copies `cap` (0 < cap <= N) bytes with `copy(dst, len)`.
+#[inline(always)]
+fn emit<const N: usize>(
+    mut header: RawEventHeader,
+    cap: u32,
+    socket: Option<*mut __sk_buff>,
+    copy: impl Fn(*mut core::ffi::c_void, u32) -> i64,
+) -> Option<()> {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent<N>>(0) else {
+        count(Counter::RingFull);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    if let Some(skb) = socket {
+        // The socket hop sees every netns; say which one.
+        // SAFETY: cgroup_skb programs may ask for the skb's netns cookie.
         header.netns_cookie = unsafe { bpf_get_netns_cookie(skb.cast()) };
-        if at == point::SOCKET_OUT {
-            // Egress runs in the sender's context.
+        if header.point == point::SOCKET_OUT {
+            // Egress runs in the sender's context (best effort: TCP ACKs may not).
             header.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             if let Ok(comm) = bpf_get_current_comm() {
                 header.comm = comm;
@@ -272,11 +385,11 @@ fn emit<const N: usize>(
     let cap = unsafe { core::ptr::read_volatile(&cap) };
     let len = (cap.wrapping_sub(1) & (N as u32 - 1)) + 1;
     header.cap_len = len;
-    // SAFETY: `ev` points at a reserved record of size_of::<RawEvent<N>>() bytes,
-    // and 0 < len <= N bytes are copied into its data array.
+    // SAFETY: `ev` points at a reserved record of size_of::<RawEvent<N>>()
+    // bytes, and 0 < len <= N bytes are copied into its data array.
     let ret = unsafe {
         addr_of_mut!((*ev).header).write(header);
-        bpf_skb_load_bytes(skb.cast(), 0, addr_of_mut!((*ev).data).cast(), len)
+        copy(addr_of_mut!((*ev).data).cast(), len)
     };
     if ret != 0 {
         entry.discard(0);

@@ -53,6 +53,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         ring_bytes: cfg.ring_size,
         tc_mode: cfg.tc_mode,
         tc_priority: cfg.tc_priority,
+        drops: cfg.drops,
     };
     let mut capture = Capture::open(&capture_cfg).await?;
     announce(&capture, &cfg);
@@ -64,7 +65,8 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let names = Names::new(
         capture.netns(),
         capture.links().iter().map(|l| (l.index, l.name.clone())),
-    );
+    )
+    .with_drop_reasons(capture.drop_reasons().clone());
     let (tx, rx) = mpsc::channel::<Batch>(cfg.queue);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut drain = capture
@@ -129,9 +131,11 @@ fn announce(capture: &Capture, cfg: &WatchConfig) {
     let mut tc: Vec<String> = Vec::new();
     let mut socket = None;
     let mut mode = None;
+    let mut drops = false;
     for p in capture.attached() {
         match p.mode {
             crate::capture::AttachMode::Cgroup => socket = Some(p.target.clone()),
+            crate::capture::AttachMode::Tracepoint => drops = true,
             m => {
                 mode = Some(m.to_string());
                 if !tc.contains(&p.target) {
@@ -159,6 +163,9 @@ fn announce(capture: &Capture, cfg: &WatchConfig) {
             "; socket hop via cgroup_skb on {root} (every netns)"
         ));
     }
+    if drops {
+        msg.push_str("; kernel drops via tp_btf/kfree_skb");
+    }
     eprintln!("{msg}; netns cookie {}; Ctrl-C to stop", capture.netns());
 }
 
@@ -177,10 +184,11 @@ fn consume(
     let mut issues = IssueCounts::default();
     while let Some(batch) = rx.blocking_recv() {
         for c in batch {
+            let drop = c.drop_reason.map(|r| names.drop_reason(r));
             let p = decode::decode(c.meta, c.link, &c.data);
             decoded += 1;
             issues.add(&p);
-            if sink.packet(&p, &names).is_err() {
+            if sink.packet(&p, drop.as_deref(), &names).is_err() {
                 return (decoded, issues, sink);
             }
         }

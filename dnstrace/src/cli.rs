@@ -70,7 +70,7 @@ pub struct WatchArgs {
     )]
     pub ifaces: Vec<String>,
 
-    /// Capture on every interface of the current network namespace, plus the socket hop.
+    /// Capture on every interface of the current network namespace, plus the socket hop and kernel drops.
     #[arg(short, long, env = "DNSTRACE_AUTO")]
     pub auto: bool,
 
@@ -81,6 +81,14 @@ pub struct WatchArgs {
     /// With --auto, leave the socket hop out.
     #[arg(long, env = "DNSTRACE_NO_SOCKET_HOP")]
     pub no_socket_hop: bool,
+
+    /// Also trace kernel drops of DNS packets with their reason (tp_btf skb:kfree_skb; on with --auto).
+    #[arg(long, env = "DNSTRACE_DROPS", conflicts_with = "no_drops")]
+    pub drops: bool,
+
+    /// With --auto, do not trace kernel drops.
+    #[arg(long, env = "DNSTRACE_NO_DROPS")]
+    pub no_drops: bool,
 
     /// DNS port to match, source or destination (repeatable, at most 8).
     #[arg(
@@ -148,6 +156,7 @@ pub struct WatchConfig {
     pub ifaces: Vec<String>,
     pub auto: bool,
     pub socket_hop: bool,
+    pub drops: bool,
     pub ports: Vec<u16>,
     pub snaplen: u32,
     pub output: Output,
@@ -161,7 +170,7 @@ pub struct WatchConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("nothing to capture: give --iface IF (repeatable), --auto, or --socket-hop")]
+    #[error("nothing to capture: give --iface IF (repeatable), --auto, --socket-hop or --drops")]
     NothingToCapture,
     #[error("--port: 0 is not a port")]
     PortZero,
@@ -182,7 +191,8 @@ impl TryFrom<WatchArgs> for WatchConfig {
 
     fn try_from(a: WatchArgs) -> Result<Self, ConfigError> {
         let socket_hop = a.socket_hop || (a.auto && !a.no_socket_hop);
-        if a.ifaces.is_empty() && !a.auto && !socket_hop {
+        let drops = a.drops || (a.auto && !a.no_drops);
+        if a.ifaces.is_empty() && !a.auto && !socket_hop && !drops {
             return Err(ConfigError::NothingToCapture);
         }
         let mut ports = a.ports;
@@ -220,6 +230,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             ifaces,
             auto: a.auto,
             socket_hop,
+            drops,
             ports,
             snaplen: a.snaplen,
             output: a.output,

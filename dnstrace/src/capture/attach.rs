@@ -4,13 +4,15 @@
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder,
+        SchedClassifier, TcAttachType,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
     util::KernelVersion,
 };
 use dnstrace_common::{
-    PROG_SOCK_IN, PROG_SOCK_OUT, PROG_TC_ETH_IN, PROG_TC_ETH_OUT, PROG_TC_RAW_IN, PROG_TC_RAW_OUT,
+    DROP_TRACEPOINT, PROG_DROP, PROG_SOCK_IN, PROG_SOCK_OUT, PROG_TC_ETH_IN, PROG_TC_ETH_OUT,
+    PROG_TC_RAW_IN, PROG_TC_RAW_OUT,
 };
 use futures::TryStreamExt as _;
 
@@ -37,6 +39,7 @@ pub enum AttachMode {
     Tcx,
     Netlink { priority: u16 },
     Cgroup,
+    Tracepoint,
 }
 
 impl std::fmt::Display for AttachMode {
@@ -45,6 +48,7 @@ impl std::fmt::Display for AttachMode {
             Self::Tcx => f.write_str("tcx"),
             Self::Netlink { priority } => write!(f, "netlink tc prio {priority}"),
             Self::Cgroup => f.write_str("cgroup_skb"),
+            Self::Tracepoint => f.write_str("tp_btf"),
         }
     }
 }
@@ -207,6 +211,34 @@ impl<'a> Attacher<'a> {
             });
         }
         Ok(points)
+    }
+}
+
+impl Attacher<'_> {
+    /// Attaches the drop observer to the skb:kfree_skb tracepoint.
+    pub(super) fn attach_drops(&mut self) -> Result<Vec<AttachPoint>, CaptureError> {
+        let action = format!("attaching {PROG_DROP} to tp_btf/{DROP_TRACEPOINT}");
+        let btf = aya::Btf::from_sys_fs()
+            .map_err(|e| CaptureError::from_aya(format!("{action}: reading kernel BTF"), &e))?;
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(PROG_DROP)
+            .ok_or_else(|| CaptureError::Bpf {
+                action: action.clone(),
+                detail: "program missing from the eBPF object".into(),
+            })?
+            .try_into()
+            .map_err(|e| CaptureError::from_aya(action.clone(), &e))?;
+        prog.load(DROP_TRACEPOINT, &btf)
+            .map_err(|e| CaptureError::from_aya(format!("loading {PROG_DROP}"), &e))?;
+        prog.attach()
+            .map_err(|e| CaptureError::from_aya(action, &e))?;
+        Ok(vec![AttachPoint {
+            target: format!("skb:{DROP_TRACEPOINT}"),
+            ifindex: 0,
+            point: Point::Drop,
+            mode: AttachMode::Tracepoint,
+        }])
     }
 }
 

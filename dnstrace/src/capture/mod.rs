@@ -2,6 +2,7 @@
 //! attach them (tcx, netlink tc, cgroup), drain the ring buffer and read the
 //! per-CPU counters. `Raw*` ABI types never leave this module.
 mod attach;
+mod btf;
 pub mod links;
 mod ring;
 
@@ -43,6 +44,8 @@ pub struct CaptureConfig {
     pub tc_mode: TcMode,
     /// Priority of netlink tc filters (never 1).
     pub tc_priority: u16,
+    /// Trace kernel drops of DNS packets (tp_btf skb:kfree_skb).
+    pub drops: bool,
 }
 
 /// A packet as delivered by the kernel, ready for `decode`.
@@ -51,6 +54,8 @@ pub struct Captured {
     pub meta: Meta,
     pub link: LinkType,
     pub data: bytes::Bytes,
+    /// For `Point::Drop` events: the kernel's `enum skb_drop_reason` value.
+    pub drop_reason: Option<u32>,
 }
 
 /// Sums of the per-CPU kernel counters.
@@ -68,6 +73,8 @@ pub struct KernelCounters {
     pub truncated: u64,
     /// Events lost because the packet copy failed.
     pub copy_failed: u64,
+    /// DNS packets the kernel dropped.
+    pub drops: u64,
 }
 
 impl KernelCounters {
@@ -138,6 +145,7 @@ pub struct Capture {
     own_netns: u64,
     names: Vec<links::Link>,
     created_clsact: Vec<String>,
+    drop_reasons: std::collections::HashMap<u32, String>,
 }
 
 impl Capture {
@@ -156,6 +164,16 @@ impl Capture {
         config.ports[..ports.len()].copy_from_slice(ports);
         config.nports = ports.len() as u32;
         config.snaplen = cfg.snaplen.clamp(SNAPLEN_MIN, SNAPLEN_MAX);
+        let mut drop_reasons = Default::default();
+        if cfg.drops {
+            match btf::resolve() {
+                Ok(info) => {
+                    config.skb = info.offsets;
+                    drop_reasons = info.reasons;
+                }
+                Err(e) => log::warn!("not tracing kernel drops: {e}"),
+            }
+        }
 
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CONFIG, &config, true)
@@ -184,6 +202,7 @@ impl Capture {
             own_netns: own_netns_cookie(),
             names,
             created_clsact: Vec::new(),
+            drop_reasons,
         };
         let mut attacher = attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority)?;
         for name in &cfg.ifaces {
@@ -200,6 +219,10 @@ impl Capture {
             let points = attacher.attach_cgroup(&dir, &label)?;
             capture.attached.extend(points);
         }
+        if config.skb.enabled != 0 {
+            let points = attacher.attach_drops()?;
+            capture.attached.extend(points);
+        }
         capture.created_clsact = attacher.into_created_clsact();
         capture.ebpf = Some(ebpf);
         Ok(capture)
@@ -213,6 +236,19 @@ impl Capture {
     /// Interfaces of our network namespace, as listed at start.
     pub fn links(&self) -> &[links::Link] {
         &self.names
+    }
+
+    /// Name of a kernel drop reason, e.g. "NETFILTER_DROP".
+    pub fn drop_reason_name(&self, reason: u32) -> String {
+        self.drop_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{reason}"))
+    }
+
+    /// All drop reason names known from BTF (value → name).
+    pub fn drop_reasons(&self) -> &std::collections::HashMap<u32, String> {
+        &self.drop_reasons
     }
 
     /// Cookie of the netns dnstrace runs in (tc events belong to it).
@@ -250,6 +286,7 @@ impl Capture {
             ring_full: sum(Counter::RingFull),
             truncated: sum(Counter::Truncated),
             copy_failed: sum(Counter::CopyFailed),
+            drops: sum(Counter::Drops),
         }
     }
 }
@@ -269,6 +306,7 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
         point::TC_EGRESS => Point::TcEgress,
         point::SOCKET_IN => Point::SocketIn,
         point::SOCKET_OUT => Point::SocketOut,
+        point::DROP => Point::Drop,
         _ => return None,
     };
     let link = if h.link == link::ETHERNET {
@@ -295,6 +333,7 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
         },
         link,
         data: bytes::Bytes::copy_from_slice(&data[..cap]),
+        drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
     })
 }
 
@@ -416,7 +455,8 @@ mod tests {
             pid: 0,
             point: point::TC_EGRESS,
             link: link::ETHERNET,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            drop_reason: 0,
             comm: [0; 16],
         }
     }

@@ -22,6 +22,9 @@ pub enum Point {
     SocketIn,
     #[serde(rename = "socket-out")]
     SocketOut,
+    /// The kernel freed the packet as a drop (skb:kfree_skb with a drop reason).
+    #[serde(rename = "drop")]
+    Drop,
 }
 
 impl Point {
@@ -31,6 +34,7 @@ impl Point {
             Self::TcEgress => "egress",
             Self::SocketIn => "socket-in",
             Self::SocketOut => "socket-out",
+            Self::Drop => "drop",
         }
     }
 }

@@ -37,6 +37,7 @@ struct PacketRecord<'a> {
     tcp_flags: Option<String>,
     pid: Option<u32>,
     comm: Option<&'a str>,
+    drop_reason: Option<&'a str>,
     issue: Option<String>,
 }
 
@@ -53,7 +54,7 @@ impl<W: Write> JsonSink<W> {
         Self { out }
     }
 
-    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+    pub fn packet(&mut self, p: &Packet, drop: Option<&str>, names: &Names) -> std::io::Result<()> {
         let m = &p.meta;
         let dns = p.dns.as_ref();
         let q = dns.and_then(|d| d.question.as_ref());
@@ -84,6 +85,7 @@ impl<W: Write> JsonSink<W> {
             tcp_flags: p.tcp_flags.map(|f| f.short()),
             pid: (m.pid != 0).then_some(m.pid),
             comm: m.comm.as_deref(),
+            drop_reason: drop,
             issue: p
                 .issue
                 .as_ref()

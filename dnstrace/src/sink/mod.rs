@@ -20,6 +20,7 @@ pub struct Names {
     by_index: HashMap<u32, String>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
     mono_to_epoch_ns: i128,
+    drop_reasons: HashMap<u32, String>,
 }
 
 impl Names {
@@ -28,17 +29,33 @@ impl Names {
             own_netns,
             by_index: ifaces.into_iter().collect(),
             mono_to_epoch_ns: mono_to_epoch_ns(),
+            drop_reasons: HashMap::new(),
         }
+    }
+
+    pub fn with_drop_reasons(mut self, reasons: HashMap<u32, String>) -> Self {
+        self.drop_reasons = reasons;
+        self
+    }
+
+    /// Name of a kernel drop reason value, e.g. "NETFILTER_DROP".
+    pub fn drop_reason(&self, value: u32) -> String {
+        self.drop_reasons
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{value}"))
     }
 
     /// The capture point: the interface name for tc hooks, "socket" for the socket hop.
     pub fn iface(&self, meta: &Meta) -> String {
         match meta.point {
             Point::SocketIn | Point::SocketOut => "socket".to_owned(),
-            Point::TcIngress | Point::TcEgress => match self.by_index.get(&meta.ifindex) {
-                Some(name) if meta.netns == self.own_netns => name.clone(),
-                _ => format!("if{}", meta.ifindex),
-            },
+            Point::TcIngress | Point::TcEgress | Point::Drop => {
+                match self.by_index.get(&meta.ifindex) {
+                    Some(name) if meta.netns == self.own_netns => name.clone(),
+                    _ => format!("if{}", meta.ifindex),
+                }
+            }
         }
     }
 
@@ -136,10 +153,11 @@ pub enum Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
-    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+    /// Writes one packet; `drop` is the kernel drop reason for drop events.
+    pub fn packet(&mut self, p: &Packet, drop: Option<&str>, names: &Names) -> std::io::Result<()> {
         match self {
-            Self::Text(s) => s.packet(p, names),
-            Self::Json(s) => s.packet(p, names),
+            Self::Text(s) => s.packet(p, drop, names),
+            Self::Json(s) => s.packet(p, drop, names),
         }
     }
 

@@ -20,7 +20,7 @@ impl<W: Write> TextSink<W> {
         }
     }
 
-    pub fn packet(&mut self, p: &Packet, names: &Names) -> std::io::Result<()> {
+    pub fn packet(&mut self, p: &Packet, drop: Option<&str>, names: &Names) -> std::io::Result<()> {
         if !self.header_done {
             self.header_done = true;
             writeln!(
@@ -37,7 +37,7 @@ impl<W: Write> TextSink<W> {
                 "QUESTION / RESULT"
             )?;
         }
-        let line = format_line(p, names);
+        let line = format_line(p, drop, names);
         self.out.write_all(line.as_bytes())
     }
 
@@ -47,7 +47,7 @@ impl<W: Write> TextSink<W> {
 }
 
 /// One packet as a text line (with its newline).
-pub fn format_line(p: &Packet, names: &Names) -> String {
+pub fn format_line(p: &Packet, drop: Option<&str>, names: &Names) -> String {
     let m = &p.meta;
     let mut s = String::with_capacity(160);
     let iface = names.iface(m);
@@ -107,6 +107,9 @@ pub fn format_line(p: &Packet, names: &Names) -> String {
     }
     if m.cap_len < m.wire_len {
         let _ = write!(s, "  (captured {}/{} bytes)", m.cap_len, m.wire_len);
+    }
+    if let Some(reason) = drop {
+        let _ = write!(s, "  DROPPED by the kernel: {reason}");
     }
     if m.pid != 0 {
         let _ = write!(s, "  [pid {} {}]", m.pid, m.comm.as_deref().unwrap_or("?"));
