@@ -109,6 +109,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     drop(tx);
     let (decoded, issues, mut sink) = consumer.await.context("the output task failed")?;
     let summary = Summary {
+        netns: capture.netns(),
         kernel: capture.counters(),
         userspace: drain.stats(),
         decoded,

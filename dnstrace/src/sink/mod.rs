@@ -102,6 +102,8 @@ impl IssueCounts {
 /// Everything counted in one run, printed at exit.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Summary {
+    /// Netns cookie of the namespace dnstrace ran in (its tc hooks' events carry it).
+    pub netns: u64,
     pub kernel: KernelCounters,
     pub userspace: DrainStats,
     pub decoded: u64,

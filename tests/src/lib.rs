@@ -1,0 +1,56 @@
+//! The dnstrace network lab: real network namespaces, links, NAT and DNS
+//! servers (dnsmasq, unbound, BIND) that exist only while a [`Lab`] lives.
+//!
+//! - [`Lab`] is the RAII guard: every namespace it creates and every process it
+//!   spawns goes away on drop, and a crashed run's leftovers with the same tag
+//!   are removed by the next `Lab::new`.
+//! - [`Node`] builds a Kubernetes node's DNS path (pod → node-local-dns →
+//!   ClusterIP DNAT → CoreDNS-role pod → MASQUERADE → upstream BIND) on a lab.
+//!
+//! This crate must not depend on `dnstrace`: xtask uses it before the eBPF
+//! toolchain exists. Tests find the tracer binary through [`dnstrace_bin`].
+
+mod lab;
+mod node;
+mod servers;
+
+use std::path::PathBuf;
+
+pub use lab::{CmdOutput, Lab, MAX_TAG_LEN, Proc, RUN_DIR, Signal, VethEnd, is_root};
+pub use node::{Node, example_zone};
+pub use servers::Zone;
+
+/// Environment variable naming the `dnstrace` binary the privileged tests run.
+pub const DNSTRACE_BIN_ENV: &str = "DNSTRACE_BIN";
+
+/// True (after printing why) when the caller should skip a test that needs root.
+///
+/// `if dnstrace_tests::skip_without_root() { return; }`
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "skipped: needs root (creates network namespaces and loads eBPF); run `cargo xtask test`"
+    );
+    true
+}
+
+/// The `dnstrace` binary named by `DNSTRACE_BIN` (set by `cargo xtask test`),
+/// or `None` after printing why the caller should skip.
+pub fn dnstrace_bin() -> Option<PathBuf> {
+    match std::env::var_os(DNSTRACE_BIN_ENV) {
+        Some(path) if PathBuf::from(&path).is_file() => Some(PathBuf::from(path)),
+        Some(path) => {
+            eprintln!(
+                "skipped: {DNSTRACE_BIN_ENV}={} is not a file",
+                PathBuf::from(path).display()
+            );
+            None
+        }
+        None => {
+            eprintln!("skipped: {DNSTRACE_BIN_ENV} is unset; run `cargo xtask test`");
+            None
+        }
+    }
+}

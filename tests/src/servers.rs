@@ -1,0 +1,193 @@
+//! Real DNS servers from Debian, configured in the lab's directory and started
+//! inside a lab namespace. Each `start_*` returns once the server answers.
+//! All of them listen on port 53 and log to `<lab dir>/<name>.log`.
+
+use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::{Lab, Proc};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A zone for [`Lab::start_named`]: its origin and the zone file's text.
+#[derive(Clone, Debug)]
+pub struct Zone {
+    pub name: String,
+    pub text: String,
+}
+
+impl Lab {
+    /// dnsmasq listening on `listen` only (`--bind-interfaces`), no cache, no
+    /// /etc/resolv.conf, no /etc/hosts; `args` adds options such as
+    /// `--server=10.96.0.10` or `--address=/local.test/10.0.0.53`. Each listen
+    /// address must be configured on an interface of `ns`.
+    pub fn start_dnsmasq(
+        &self,
+        ns: &str,
+        name: &str,
+        listen: &[IpAddr],
+        args: &[&str],
+    ) -> Result<Proc> {
+        check_listen(name, listen)?;
+        let mut cmd = self.cmd(ns, "dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--group=root",
+            "--bind-interfaces",
+            "--log-facility=-",
+            "--log-queries",
+            "--cache-size=0",
+        ]);
+        cmd.arg(format!(
+            "--pid-file={}",
+            self.dir().join(format!("{name}.pid")).display()
+        ));
+        for addr in listen {
+            cmd.arg(format!("--listen-address={addr}"));
+        }
+        cmd.args(args);
+        let proc = self.spawn_logged(name, cmd)?;
+        self.wait_all_ready(ns, listen, &proc)?;
+        Ok(proc)
+    }
+
+    /// unbound as a forwarder: listens on `listen`, forwards everything (`.`)
+    /// to `forward_to`, no DNSSEC (`module-config: "iterator"`), no trust
+    /// anchors, and `test.` not blocked (unbound answers it NXDOMAIN by default,
+    /// per RFC 6761). `extra_server` is appended to the `server:` clause (indent it).
+    pub fn start_unbound(
+        &self,
+        ns: &str,
+        name: &str,
+        listen: &[IpAddr],
+        forward_to: &[IpAddr],
+        extra_server: &str,
+    ) -> Result<Proc> {
+        check_listen(name, listen)?;
+        let dir = self.dir().display().to_string();
+        let mut conf = format!(
+            "server:\n\
+             \x20   do-daemonize: no\n\
+             \x20   chroot: \"\"\n\
+             \x20   username: \"\"\n\
+             \x20   directory: \"{dir}\"\n\
+             \x20   pidfile: \"{dir}/{name}.pid\"\n\
+             \x20   use-syslog: no\n\
+             \x20   logfile: \"\"\n\
+             \x20   verbosity: 1\n\
+             \x20   log-queries: yes\n\
+             \x20   num-threads: 1\n\
+             \x20   interface-automatic: no\n\
+             \x20   port: 53\n\
+             \x20   do-ip6: {ip6}\n\
+             \x20   do-not-query-localhost: no\n\
+             \x20   module-config: \"iterator\"\n\
+             \x20   local-zone: \"test.\" nodefault\n\
+             \x20   access-control: 0.0.0.0/0 allow\n\
+             \x20   access-control: ::/0 allow\n",
+            ip6 = if listen.iter().chain(forward_to).any(IpAddr::is_ipv6) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+        for addr in listen {
+            let _ = writeln!(conf, "    interface: {addr}");
+        }
+        conf.push_str(extra_server);
+        if !conf.ends_with('\n') {
+            conf.push('\n');
+        }
+        conf.push_str("remote-control:\n    control-enable: no\nforward-zone:\n    name: \".\"\n");
+        for addr in forward_to {
+            let _ = writeln!(conf, "    forward-addr: {addr}");
+        }
+        let conf_path = self.write_file(&format!("{name}.conf"), &conf)?;
+        let mut cmd = self.cmd(ns, "unbound");
+        cmd.arg("-c").arg(&conf_path);
+        let proc = self.spawn_logged(name, cmd)?;
+        self.wait_all_ready(ns, listen, &proc)?;
+        Ok(proc)
+    }
+
+    /// BIND `named -g -u root`: authoritative only (no recursion) for `zones`,
+    /// listening on `listen`.
+    pub fn start_named(
+        &self,
+        ns: &str,
+        name: &str,
+        listen: &[IpAddr],
+        zones: &[Zone],
+    ) -> Result<Proc> {
+        check_listen(name, listen)?;
+        let work = self.dir().join(name);
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let work_s = work.display().to_string();
+        let list = |v6: bool| -> String {
+            let addrs: Vec<String> = listen
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .map(|a| format!("{a};"))
+                .collect();
+            if addrs.is_empty() {
+                "none;".to_owned()
+            } else {
+                addrs.join(" ")
+            }
+        };
+        let mut conf = format!(
+            "options {{\n\
+             \x20   directory \"{work_s}\";\n\
+             \x20   pid-file \"{work_s}/named.pid\";\n\
+             \x20   session-keyfile \"{work_s}/session.key\";\n\
+             \x20   managed-keys-directory \"{work_s}\";\n\
+             \x20   listen-on port 53 {{ {v4} }};\n\
+             \x20   listen-on-v6 port 53 {{ {v6} }};\n\
+             \x20   recursion no;\n\
+             \x20   dnssec-validation no;\n\
+             \x20   allow-query {{ any; }};\n\
+             \x20   notify no;\n\
+             }};\n\
+             controls {{ }};\n",
+            v4 = list(false),
+            v6 = list(true),
+        );
+        for zone in zones {
+            let file = work.join(format!("{}.zone", zone.name));
+            fs::write(&file, &zone.text).with_context(|| format!("writing {}", file.display()))?;
+            let _ = writeln!(
+                conf,
+                "zone \"{}\" {{ type primary; file \"{}\"; }};",
+                zone.name,
+                file.display()
+            );
+        }
+        let conf_path = self.write_file(&format!("{name}.conf"), &conf)?;
+        let mut cmd = self.cmd(ns, "named");
+        cmd.args(["-g", "-u", "root", "-n", "1", "-c"])
+            .arg(&conf_path);
+        let proc = self.spawn_logged(name, cmd)?;
+        self.wait_all_ready(ns, listen, &proc)?;
+        Ok(proc)
+    }
+
+    fn wait_all_ready(&self, ns: &str, listen: &[IpAddr], proc: &Proc) -> Result<()> {
+        for addr in listen {
+            self.wait_dns_ready(ns, *addr, proc, READY_TIMEOUT)
+                .with_context(|| format!("starting {} in {ns}", proc.name))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_listen(name: &str, listen: &[IpAddr]) -> Result<()> {
+    if listen.is_empty() {
+        bail!("{name}: no listen address");
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! `cargo xtask demo`: dnstrace watching a lab node while its pod sends real
+//! queries through every path of FAILURE-MODES.md's "A node's DNS path".
+//! dnstrace's stream goes to stdout; the demo's own lines go to stderr.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use dnstrace_tests::{CmdOutput, Node, Proc, Signal};
+
+use crate::{
+    bail_if_stopped, cargo, fmt_duration, require_root, run_visible, sleep_unless_stopped, stopped,
+};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the stream stays open after the last round.
+const LINGER: Duration = Duration::from_secs(3);
+const BETWEEN_QUERIES: Duration = Duration::from_millis(300);
+const BETWEEN_ROUNDS: Duration = Duration::from_secs(1);
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// The pod's own stub resolver, as when a host's systemd-resolved resolv.conf is copied into pods.
+const STUB_IP: &str = "127.0.0.53";
+const STUB_NAME: &str = "host.local.test";
+const STUB_ANSWER: &str = "10.0.0.53";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep sending rounds of queries for this many seconds (default: one round).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Report a query that fails or answers unexpectedly, and go on.
+    #[arg(long)]
+    keep_going: bool,
+    /// Run this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
+    #[arg(long, value_name = "PATH", env = "DNSTRACE_DEMO_BIN")]
+    bin: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    require_root()?;
+    let started = Instant::now();
+    crate::setup::run()?;
+    bail_if_stopped()?;
+
+    let bin = match &args.bin {
+        Some(bin) => std::path::absolute(bin)?,
+        None => build()?,
+    };
+
+    let t = Instant::now();
+    let node = Node::new("demo").context("building the lab node")?;
+    start_pod_stub(&node)?;
+    eprintln!(
+        "[demo] lab node {} up in {}: netns {} {} {} {}",
+        node.lab.prefix(),
+        fmt_duration(t.elapsed()),
+        node.node_ns,
+        node.pod_ns,
+        node.cdns_ns,
+        node.up_ns
+    );
+    bail_if_stopped()?;
+
+    let ready = node.lab.dir().join("ready");
+    // setns only (not `ip netns exec`): that would remount /sys and hide the
+    // cgroup2 mount below it, which dnstrace needs for the socket hop.
+    let mut cmd = node.lab.cmd_setns(&node.node_ns, &bin)?;
+    cmd.args(["watch", "--auto", "--ready-file"]).arg(&ready);
+    eprintln!(
+        "[demo] starting: nsenter --net=/run/netns/{} {} watch --auto --ready-file {}",
+        node.node_ns,
+        bin.display(),
+        ready.display()
+    );
+    let tracer = node.lab.spawn("dnstrace", cmd)?;
+    let outcome = wait_ready(&node, &tracer, &ready).and_then(|()| traffic(&node, &tracer, args));
+
+    let status = if node.lab.status(&tracer)?.is_none() {
+        eprintln!("[demo] stopping dnstrace (SIGINT)");
+        Some(node.lab.stop(&tracer, Signal::Int, EXIT_GRACE)?)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    drop(node);
+    eprintln!(
+        "[demo] lab torn down in {}; total {}",
+        fmt_duration(t.elapsed()),
+        fmt_duration(started.elapsed())
+    );
+    outcome?;
+    if let Some(status) = status
+        && !status.success()
+    {
+        bail!("dnstrace exited with {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<PathBuf> {
+    eprintln!("[demo] building dnstrace (release)");
+    let t = Instant::now();
+    run_visible(
+        "cargo build --release -p dnstrace",
+        cargo().args(["build", "--release", "-p", "dnstrace"]),
+    )?;
+    let bin = crate::target_dir().join("release/dnstrace");
+    if !bin.is_file() {
+        bail!("build succeeded but {} is missing", bin.display());
+    }
+    eprintln!("[demo] build: ok ({})", fmt_duration(t.elapsed()));
+    Ok(bin)
+}
+
+/// dnsmasq on 127.0.0.53 inside the pod, answering only `*.local.test`.
+fn start_pod_stub(node: &Node) -> Result<()> {
+    let lab = &node.lab;
+    // --bind-interfaces binds only addresses configured on an interface.
+    lab.add_addr(&node.pod_ns, "lo", &format!("{STUB_IP}/8"))?;
+    let ip: IpAddr = STUB_IP.parse()?;
+    lab.start_dnsmasq(
+        &node.pod_ns,
+        "pod-stub-dnsmasq",
+        &[ip],
+        &[&format!("--address=/local.test/{STUB_ANSWER}")],
+    )?;
+    Ok(())
+}
+
+fn wait_ready(node: &Node, tracer: &Proc, ready: &Path) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        bail_if_stopped()?;
+        if ready.exists() {
+            eprintln!("[demo] dnstrace ready after {}", fmt_duration(t.elapsed()));
+            return Ok(());
+        }
+        if let Some(status) = node.lab.status(tracer)? {
+            bail!("dnstrace exited ({status}) before writing its ready file; see its output above");
+        }
+        if t.elapsed() >= READY_TIMEOUT {
+            bail!(
+                "dnstrace did not write its ready file {} within {}s: attaching its programs failed or hangs",
+                ready.display(),
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Query {
+    banner: String,
+    server: String,
+    name: String,
+    qtype: &'static str,
+    args: &'static [&'static str],
+    want_status: &'static str,
+    want_answer: Option<String>,
+}
+
+fn queries(node: &Node) -> Vec<Query> {
+    let (nl, cip, www, big, nx) = (
+        node.nodelocal_ip.to_string(),
+        node.cluster_ip.to_string(),
+        &node.www_name,
+        &node.big_name,
+        &node.nx_name,
+    );
+    let q = |banner: String,
+             server: &str,
+             name: &str,
+             qtype,
+             args,
+             want_status,
+             want_answer: Option<String>| Query {
+        banner,
+        server: server.to_owned(),
+        name: name.to_owned(),
+        qtype,
+        args,
+        want_status,
+        want_answer,
+    };
+    let www_a = Some(node.www_a.to_string());
+    vec![
+        q(
+            format!("pod → node-local-dns {nl}: A {www}"),
+            &nl,
+            www,
+            "A",
+            &[],
+            "NOERROR",
+            www_a.clone(),
+        ),
+        q(
+            format!("pod → kube-dns ClusterIP {cip} (DNAT → CoreDNS pod): A {www}"),
+            &cip,
+            www,
+            "A",
+            &[],
+            "NOERROR",
+            www_a.clone(),
+        ),
+        q(
+            format!("pod → ClusterIP {cip} over TCP: A {www}"),
+            &cip,
+            www,
+            "A",
+            &["+tcp"],
+            "NOERROR",
+            www_a,
+        ),
+        q(
+            format!("pod → node-local-dns {nl}: AAAA {www}"),
+            &nl,
+            www,
+            "AAAA",
+            &[],
+            "NOERROR",
+            Some(node.www_aaaa.to_string()),
+        ),
+        q(
+            format!("pod → its own loopback stub {STUB_IP} (never leaves the pod): A {STUB_NAME}"),
+            STUB_IP,
+            STUB_NAME,
+            "A",
+            &[],
+            "NOERROR",
+            Some(STUB_ANSWER.to_owned()),
+        ),
+        q(
+            format!("pod → node-local-dns {nl}: TXT {big} (> 1232 bytes: TC=1 over UDP, then TCP)"),
+            &nl,
+            big,
+            "TXT",
+            &[],
+            "NOERROR",
+            None,
+        ),
+        q(
+            format!("pod → node-local-dns {nl}: A {nx} (NXDOMAIN)"),
+            &nl,
+            nx,
+            "A",
+            &[],
+            "NXDOMAIN",
+            None,
+        ),
+    ]
+}
+
+fn traffic(node: &Node, tracer: &Proc, args: &Args) -> Result<()> {
+    let queries = queries(node);
+    let until = args
+        .duration
+        .map(|secs| Instant::now() + Duration::from_secs(secs));
+    let mut round = 0;
+    loop {
+        round += 1;
+        if until.is_some() {
+            eprintln!("[demo] round {round}");
+        }
+        for query in &queries {
+            if stopped() {
+                return Ok(());
+            }
+            if let Some(status) = node.lab.status(tracer)? {
+                bail!("dnstrace exited early ({status})");
+            }
+            eprintln!("── {}", query.banner);
+            let out = node.query(
+                &node.pod_ns,
+                &query.server,
+                &query.name,
+                query.qtype,
+                query.args,
+            )?;
+            if stopped() {
+                return Ok(());
+            }
+            match check(query, &out) {
+                Ok(line) => eprintln!("   ↳ {line}"),
+                Err(problem) if args.keep_going => {
+                    eprintln!("   ↳ UNEXPECTED: {problem} (--keep-going)")
+                }
+                Err(problem) => bail!("{}: {problem}\n{}{}", query.banner, out.stdout, out.stderr),
+            }
+            if !sleep_unless_stopped(BETWEEN_QUERIES) {
+                return Ok(());
+            }
+        }
+        match until {
+            Some(until) if Instant::now() < until => {
+                if !sleep_unless_stopped(BETWEEN_ROUNDS) {
+                    return Ok(());
+                }
+            }
+            _ => break,
+        }
+    }
+    eprintln!(
+        "[demo] queries done; stream stays open {}s",
+        LINGER.as_secs()
+    );
+    sleep_unless_stopped(LINGER);
+    Ok(())
+}
+
+/// A one-line summary of dig's reply, or what was unexpected about it.
+fn check(query: &Query, out: &CmdOutput) -> std::result::Result<String, String> {
+    let reply = DigReply::parse(&out.stdout);
+    let Some(status) = reply.status.as_deref() else {
+        return Err(format!(
+            "no reply (dig exit {:?}) {}",
+            out.code(),
+            out.stdout.lines().last().unwrap_or("")
+        ));
+    };
+    let mut line = format!("{status}, {} answer(s)", reply.answers.len());
+    if let Some(first) = reply.answers.first() {
+        line.push_str(&format!(": {}", shorten(first, 60)));
+    }
+    if reply.truncated_then_tcp {
+        line.push_str(" [UDP reply truncated, retried over TCP]");
+    }
+    if let Some(ms) = reply.query_ms {
+        line.push_str(&format!(" ({ms} ms)"));
+    }
+    if status != query.want_status {
+        return Err(format!("{line}; expected {}", query.want_status));
+    }
+    if let Some(want) = &query.want_answer
+        && !reply.answers.iter().any(|a| a == want)
+    {
+        return Err(format!("{line}; expected answer {want}"));
+    }
+    Ok(line)
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct DigReply {
+    status: Option<String>,
+    answers: Vec<String>,
+    query_ms: Option<u64>,
+    truncated_then_tcp: bool,
+}
+
+impl DigReply {
+    /// Reads dig's default output: the last header's status, the answer
+    /// section's rdata and the query time.
+    fn parse(text: &str) -> DigReply {
+        let mut reply = DigReply::default();
+        let mut in_answer = false;
+        for line in text.lines() {
+            if let Some(rest) = line.split("status: ").nth(1) {
+                reply.status = rest.split(',').next().map(str::to_owned);
+                reply.answers.clear();
+            } else if line.starts_with(";; ANSWER SECTION:") {
+                in_answer = true;
+            } else if line.trim().is_empty() || line.starts_with(';') {
+                in_answer = false;
+                if let Some(ms) = line
+                    .strip_prefix(";; Query time: ")
+                    .and_then(|r| r.split(' ').next())
+                {
+                    reply.query_ms = ms.parse().ok();
+                }
+                if line.contains("Truncated, retrying in TCP mode") {
+                    reply.truncated_then_tcp = true;
+                }
+            } else if in_answer {
+                // name ttl class type rdata…
+                let rdata: Vec<&str> = line.split_whitespace().skip(4).collect();
+                reply.answers.push(rdata.join(" "));
+            }
+        }
+        reply
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIG: &str = "\
+;; Truncated, retrying in TCP mode.
+
+; <<>> DiG 9.18.33-1~deb12u2-Debian <<>> @169.254.25.10 www.example.test A
+;; global options: +cmd
+;; Got answer:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 4242
+;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 1
+
+;; QUESTION SECTION:
+;www.example.test.\t\tIN\tA
+
+;; ANSWER SECTION:
+www.example.test.\t0\tIN\tA\t203.0.113.80
+
+;; Query time: 3 msec
+;; SERVER: 169.254.25.10#53(169.254.25.10) (UDP)
+";
+
+    #[test]
+    fn parses_dig_output() {
+        let reply = DigReply::parse(DIG);
+        assert_eq!(reply.status.as_deref(), Some("NOERROR"));
+        assert_eq!(reply.answers, ["203.0.113.80"]);
+        assert_eq!(reply.query_ms, Some(3));
+        assert!(reply.truncated_then_tcp);
+        assert_eq!(
+            DigReply::parse(";; communications error: timed out\n"),
+            DigReply::default()
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask …`: developer tasks for dnstrace.
+//!
+//! - `setup`: installs the eBPF toolchain and the lab's tools (idempotent).
+//! - `demo`: builds dnstrace, builds a lab node and traces real queries.
+//! - `test`: setup, build, then every test (privileged ones single-threaded).
+//! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
+//!
+//! This crate never depends on `dnstrace`: `setup` must build before the eBPF
+//! toolchain that dnstrace's build script needs exists.
+
+mod demo;
+mod lab;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "dnstrace developer tasks",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (Debian rustc-web, BPF core library, bpf-linker) and the lab's DNS tools; idempotent.
+    Setup,
+    /// Setup, build dnstrace (release), build a lab node and trace real queries from its pod.
+    Demo(demo::Args),
+    /// Setup, build dnstrace, run every test; privileged tests run single-threaded.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. `-- -p dnstrace-tests lab`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Keep a lab node up for manual poking, or remove leftover labs.
+    Lab {
+        #[command(subcommand)]
+        action: lab::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_stop_handler();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(drop),
+        Task::Demo(args) => demo::run(&args),
+        Task::Test { args } => test::run(&args),
+        Task::Lab { action } => lab::run(action),
+    };
+    match result {
+        Ok(()) if stopped() => ExitCode::from(130),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if stopped() => {
+            eprintln!("[xtask] interrupted ({e:#})");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("[xtask] error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// Ctrl-C, SIGTERM and SIGHUP set a flag that the tasks poll, so the lab's
+/// Drop runs. A second one exits at once (the next run removes what is left).
+fn install_stop_handler() {
+    let installed = ctrlc::set_handler(|| {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+            STOP.store(true, Ordering::SeqCst);
+            eprintln!("\n[xtask] stopping and cleaning up (signal again to abort without cleanup)");
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("[xtask] warning: no signal handler ({e}); Ctrl-C may leave a lab behind");
+    }
+}
+
+/// True once the user asked to stop.
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Like `thread::sleep`, but returns early (false) when asked to stop.
+fn sleep_unless_stopped(duration: Duration) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if stopped() {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+    }
+    !stopped()
+}
+
+fn bail_if_stopped() -> Result<()> {
+    if stopped() {
+        bail!("stopped by signal");
+    }
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    if !dnstrace_tests::is_root() {
+        bail!("needs root: creates network namespaces and loads eBPF; run with sudo");
+    }
+    Ok(())
+}
+
+/// The workspace root (this crate's parent directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The cargo that runs us (`cargo xtask` sets CARGO), else the one on PATH.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .env("PATH", setup::path_with_install_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio (its progress stays visible); fails unless it exits 0.
+fn run_visible(what: &str, cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
+    bail_if_stopped()?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// "1.2s" / "250ms".
+fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask test`: setup, build dnstrace (debug), then the tests: unit
+//! tests in parallel, the privileged lab tests (crate `dnstrace-tests`)
+//! single-threaded, all with DNSTRACE_BIN naming the built binary.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use dnstrace_tests::DNSTRACE_BIN_ENV;
+
+use crate::{bail_if_stopped, cargo, fmt_duration, require_root, run_visible};
+
+const PRIVILEGED: &str = "dnstrace-tests";
+/// bpf-only; dnstrace's build script builds it.
+const EBPF: &str = "dnstrace-ebpf";
+
+pub fn run(extra: &[String]) -> Result<()> {
+    require_root()?;
+    let total = Instant::now();
+    let mut times = Vec::new();
+
+    let t = Instant::now();
+    crate::setup::run()?;
+    times.push(("setup".to_owned(), t.elapsed()));
+
+    let t = Instant::now();
+    eprintln!("[test] building dnstrace (debug)");
+    run_visible(
+        "cargo build -p dnstrace",
+        cargo().args(["build", "-p", "dnstrace"]),
+    )?;
+    times.push(("build".to_owned(), t.elapsed()));
+    let bin = crate::target_dir().join("debug/dnstrace");
+    if !bin.is_file() {
+        bail!("build succeeded but {} is missing", bin.display());
+    }
+
+    let mut failed = Vec::new();
+    for (phase, args) in phases(extra) {
+        bail_if_stopped()?;
+        eprintln!("[test] {phase}: cargo {}", args.join(" "));
+        let t = Instant::now();
+        let status = cargo().args(&args).env(DNSTRACE_BIN_ENV, &bin).status()?;
+        times.push((phase.clone(), t.elapsed()));
+        bail_if_stopped()?;
+        if !status.success() {
+            failed.push(phase);
+        }
+    }
+
+    let line: Vec<String> = times
+        .iter()
+        .map(|(phase, d)| format!("{phase} {}", fmt_duration(*d)))
+        .collect();
+    eprintln!(
+        "[test] times: {}; total {}",
+        line.join(", "),
+        fmt_duration(total.elapsed())
+    );
+    if !failed.is_empty() {
+        bail!("[test] FAILED: {}", failed.join(", "));
+    }
+    eprintln!("[test] all passed");
+    Ok(())
+}
+
+/// The `cargo` invocations to run: (phase name, args).
+fn phases(extra: &[String]) -> Vec<(String, Vec<String>)> {
+    let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    if extra.is_empty() {
+        return vec![
+            (
+                "unit tests".to_owned(),
+                owned(&[
+                    "test",
+                    "--no-fail-fast",
+                    "--workspace",
+                    "--exclude",
+                    EBPF,
+                    "--exclude",
+                    PRIVILEGED,
+                ]),
+            ),
+            (
+                "privileged tests".to_owned(),
+                owned(&[
+                    "test",
+                    "--no-fail-fast",
+                    "-p",
+                    PRIVILEGED,
+                    "--",
+                    "--test-threads=1",
+                ]),
+            ),
+        ];
+    }
+    // User arguments: one run, single-threaded (it may include lab tests).
+    let (cargo_args, test_args) = match extra.iter().position(|a| a == "--") {
+        Some(i) => (&extra[..i], &extra[i + 1..]),
+        None => (extra, &[][..]),
+    };
+    let mut args = owned(&["test"]);
+    let selects = cargo_args.iter().any(|a| {
+        a == "-p"
+            || a.starts_with("--package")
+            || a == "--workspace"
+            || a.starts_with("--manifest-path")
+    });
+    if !selects {
+        args.extend(owned(&["--workspace", "--exclude", EBPF]));
+    }
+    args.extend(cargo_args.iter().cloned());
+    args.push("--".to_owned());
+    args.push("--test-threads=1".to_owned());
+    args.extend(test_args.iter().cloned());
+    vec![("tests".to_owned(), args)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn default_phases_split_unit_and_privileged() {
+        let p = phases(&[]);
+        assert_eq!(p.len(), 2);
+        assert!(p[0].1.contains(&"--exclude".to_owned()));
+        assert_eq!(p[1].1.last().unwrap(), "--test-threads=1");
+    }
+
+    #[test]
+    fn extra_args_are_passed_through() {
+        let p = phases(&strings(&["-p", "dnstrace-tests", "--", "lab"]));
+        assert_eq!(
+            p[0].1,
+            strings(&[
+                "test",
+                "-p",
+                "dnstrace-tests",
+                "--",
+                "--test-threads=1",
+                "lab"
+            ])
+        );
+        let p = phases(&strings(&["--release"]));
+        assert_eq!(
+            p[0].1,
+            strings(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "dnstrace-ebpf",
+                "--release",
+                "--",
+                "--test-threads=1"
+            ])
+        );
+    }
+}
