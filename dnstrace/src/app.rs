@@ -105,7 +105,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let (mut drain, tx) = drain_task.await.context("the ring buffer task failed")?;
     // Detach first, then collect what the kernel emitted until that moment.
     capture.detach().await;
-    drain.drain_now(&tx);
+    drain.drain_rest(&tx).await;
     drop(tx);
     let (decoded, issues, mut sink) = consumer.await.context("the output task failed")?;
     let summary = Summary {

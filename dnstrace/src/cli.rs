@@ -40,7 +40,9 @@ socket hop), the addresses as they were at that point (so NAT is visible from
 one hop to the next), the DNS id, flags, question, rcode, a short answer
 summary and EDNS. On exit dnstrace prints its counters: packets seen in the
 kernel, events emitted, events lost in the kernel (ring buffer full), events
-dropped in userspace (queue full) and malformed packets.";
+dropped in userspace (output closed) and malformed packets. A slow output
+never drops silently: the pipeline pushes back onto the ring buffer, and the
+kernel counts each event it could not queue.";
 
 const WATCH_EXAMPLES: &str = "\
 Examples:
@@ -127,7 +129,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "BYTES", env = "DNSTRACE_RING_SIZE", default_value_t = 8 << 20)]
     pub ring_size: u32,
 
-    /// Userspace queue between the ring buffer and the output, in batches of up to 256 events.
+    /// Userspace queue between the ring buffer and the decoder, in batches of up to 256 events; when it is full, events wait in the ring buffer.
     #[arg(
         long,
         value_name = "BATCHES",

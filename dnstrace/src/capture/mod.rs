@@ -338,12 +338,12 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
 }
 
 fn check_kernel() -> Result<(), CaptureError> {
-    if let Ok(v) = KernelVersion::current() {
-        if v < KernelVersion::new(5, 8, 0) {
-            return Err(CaptureError::OldKernel {
-                version: format!("{v:?}"),
-            });
-        }
+    if let Ok(v) = KernelVersion::current()
+        && v < KernelVersion::new(5, 8, 0)
+    {
+        return Err(CaptureError::OldKernel {
+            version: format!("{v:?}"),
+        });
     }
     Ok(())
 }

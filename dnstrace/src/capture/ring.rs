@@ -1,4 +1,9 @@
 //! Draining the BPF ring buffer into the bounded userspace pipeline.
+//!
+//! The pipeline applies backpressure instead of dropping: when the queue to
+//! the decoder is full, draining pauses and events wait in the kernel ring
+//! buffer. If that fills too, the kernel counts every lost event
+//! (`ring_full`), so all losses are counted in one place, exactly.
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -18,7 +23,7 @@ const BATCH: usize = 256;
 pub struct DrainStats {
     /// Records read from the ring buffer.
     pub received: u64,
-    /// Records dropped because the pipeline queue was full.
+    /// Records lost because the consumer had gone (e.g. stdout closed).
     pub dropped: u64,
     /// Records that did not hold a valid event header (never expected).
     pub bad_records: u64,
@@ -50,58 +55,58 @@ impl Drain {
     /// Moves events into `tx` until `stop` turns true.
     pub async fn run(&mut self, tx: &mpsc::Sender<Batch>, stop: &mut watch::Receiver<bool>) {
         loop {
-            tokio::select! {
+            let batch = tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let Ok(mut guard) = guard else { break };
-                    let ring = guard.get_inner_mut();
-                    drain_into(ring, self.own_netns, &mut self.stats, tx);
-                    guard.clear_ready();
+                    let batch = read_batch(guard.get_inner_mut(), self.own_netns, &mut self.stats);
+                    if batch.len() < BATCH {
+                        // The ring is empty: wait for the next wake-up.
+                        guard.clear_ready();
+                    }
+                    batch
                 }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
                     }
+                    continue;
                 }
+            };
+            if !batch.is_empty() {
+                // Waits while the queue is full: backpressure onto the ring buffer.
+                self.send(tx, batch).await;
             }
         }
     }
 
-    /// Drains what is in the ring right now (used once more after detaching).
-    pub fn drain_now(&mut self, tx: &mpsc::Sender<Batch>) {
-        drain_into(self.ring.get_mut(), self.own_netns, &mut self.stats, tx);
+    /// Drains everything left in the ring (used once more after detaching).
+    pub async fn drain_rest(&mut self, tx: &mpsc::Sender<Batch>) {
+        loop {
+            let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
+            if batch.is_empty() {
+                break;
+            }
+            self.send(tx, batch).await;
+        }
+    }
+
+    async fn send(&mut self, tx: &mpsc::Sender<Batch>, batch: Batch) {
+        let n = batch.len() as u64;
+        if tx.send(batch).await.is_err() {
+            self.stats.dropped += n;
+        }
     }
 }
 
-fn drain_into(
-    ring: &mut RingBuf<MapData>,
-    own_netns: u64,
-    stats: &mut DrainStats,
-    tx: &mpsc::Sender<Batch>,
-) {
+fn read_batch(ring: &mut RingBuf<MapData>, own_netns: u64, stats: &mut DrainStats) -> Batch {
     let mut batch = Vec::with_capacity(BATCH);
-    while let Some(item) = ring.next() {
+    while batch.len() < BATCH {
+        let Some(item) = ring.next() else { break };
         stats.received += 1;
         match from_bytes(&item, own_netns) {
             Some(c) => batch.push(c),
             None => stats.bad_records += 1,
         }
-        drop(item);
-        if batch.len() == BATCH {
-            send(
-                tx,
-                std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                stats,
-            );
-        }
     }
-    if !batch.is_empty() {
-        send(tx, batch, stats);
-    }
-}
-
-fn send(tx: &mpsc::Sender<Batch>, batch: Batch, stats: &mut DrainStats) {
-    let n = batch.len() as u64;
-    if tx.try_send(batch).is_err() {
-        stats.dropped += n;
-    }
+    batch
 }

@@ -128,7 +128,7 @@ impl Summary {
                 k.truncated
             ),
             format!(
-                "dnstrace: userspace: {} received, {} dropped (queue full), {} decoded, {} malformed, {} partial",
+                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
                 u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
             ),
         ];
@@ -142,7 +142,7 @@ impl Summary {
             v.push(format!("dnstrace: problems by kind: {}", kinds.join(" ")));
         }
         if k.lost() > 0 || u.dropped > 0 {
-            v.push("dnstrace: events were lost; try a larger --ring-size or --queue, or fewer interfaces".into());
+            v.push("dnstrace: events were lost; try a larger --ring-size, a faster output (json to a file), or fewer interfaces".into());
         }
         v
     }

@@ -25,16 +25,8 @@ impl<W: Write> TextSink<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<15} {:<12} {:<10} {:<3} {:>23}   {:<23} {:<8} {:<11} {}",
-                "TIME (UTC)",
-                "IFACE",
-                "DIR",
-                "L4",
-                "SOURCE",
-                "DESTINATION",
-                "ID",
-                "FLAGS",
-                "QUESTION / RESULT"
+                "{:<15} {:<12} {:<10} {:<3} {:>23}   {:<23} {:<8} {:<11} QUESTION / RESULT",
+                "TIME (UTC)", "IFACE", "DIR", "L4", "SOURCE", "DESTINATION", "ID", "FLAGS",
             )?;
         }
         let line = format_line(p, drop, names);

@@ -1,0 +1,731 @@
+//! Privileged end-to-end tests of the capture path: the real eBPF programs in
+//! the real kernel, inside network namespaces this test creates, with real DNS
+//! servers and clients. Run them with `cargo xtask test` (root).
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use dnstrace_tests::{Lab, Node, Proc, Signal, VethEnd, dnstrace_bin, skip_without_root};
+use serde_json::Value;
+
+/// A dnstrace process in one of the lab's namespaces, writing JSON lines.
+struct Tracer<'a> {
+    lab: &'a Lab,
+    proc: Proc,
+    out: PathBuf,
+}
+
+impl<'a> Tracer<'a> {
+    /// Starts `dnstrace watch --output json <args>` in `ns` and waits for its ready file.
+    fn start(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Self {
+        let bin = dnstrace_bin().expect("DNSTRACE_BIN");
+        let out = lab.dir().join(format!("{name}.jsonl"));
+        let ready = lab.dir().join(format!("{name}.ready"));
+        let _ = fs::remove_file(&ready);
+        let mut cmd = lab.cmd_setns(ns, &bin).expect("setns command");
+        cmd.args(["watch", "--output", "json", "--ready-file"])
+            .arg(&ready)
+            .args(args)
+            .stdout(fs::File::create(&out).expect("output file"))
+            .stderr(Stdio::from(
+                fs::File::create(lab.dir().join(format!("{name}.err"))).expect("stderr file"),
+            ))
+            .stdin(Stdio::null());
+        let proc = lab.spawn(name, cmd).expect("spawn dnstrace");
+        lab.wait_for_file(&proc, &ready, Duration::from_secs(20))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "dnstrace never became ready: {e:#}\n{}",
+                    stderr_of(lab, name)
+                )
+            });
+        Tracer { lab, proc, out }
+    }
+
+    /// Stops it with `signal`, checks it exited 0, and returns (packets, summary).
+    fn stop(self, signal: Signal) -> (Vec<Value>, Value) {
+        let status = self
+            .lab
+            .stop(&self.proc, signal, Duration::from_secs(10))
+            .expect("stop dnstrace");
+        let stderr = stderr_of(self.lab, &self.proc.name);
+        assert!(status.success(), "dnstrace exited with {status}: {stderr}");
+        let text = fs::read_to_string(&self.out).expect("read output");
+        let mut packets = Vec::new();
+        let mut summary = None;
+        for line in text.lines() {
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            match v["type"].as_str() {
+                Some("packet") => packets.push(v),
+                Some("summary") => summary = Some(v),
+                other => panic!("unexpected record type {other:?}: {line}"),
+            }
+        }
+        let summary = summary.unwrap_or_else(|| panic!("no summary record; stderr: {stderr}"));
+        (packets, summary)
+    }
+}
+
+fn stderr_of(lab: &Lab, name: &str) -> String {
+    fs::read_to_string(lab.dir().join(format!("{name}.err"))).unwrap_or_default()
+}
+
+fn ready() -> bool {
+    !skip_without_root() && dnstrace_bin().is_some()
+}
+
+/// Packets seen at `iface`/`dir` with DNS id `id` and the given QR bit.
+fn at<'v>(packets: &'v [Value], iface: &str, dir: &str, qr: bool, id: u64) -> Vec<&'v Value> {
+    packets
+        .iter()
+        .filter(|p| p["iface"] == iface && p["dir"] == dir && p["qr"] == qr && p["id"] == id)
+        .collect()
+}
+
+/// The DNS ids of queries for `qname` sent with `proto`, as seen at `iface`/`dir`.
+fn query_ids(packets: &[Value], iface: &str, dir: &str, proto: &str, qname: &str) -> Vec<u64> {
+    packets
+        .iter()
+        .filter(|p| {
+            p["iface"] == iface
+                && p["dir"] == dir
+                && p["proto"] == proto
+                && p["qr"] == false
+                && p["qname"] == qname
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+fn counters(summary: &Value) -> (u64, u64, u64, u64, u64) {
+    let k = &summary["kernel"];
+    let u = &summary["userspace"];
+    (
+        k["dns_seen"].as_u64().unwrap(),
+        k["emitted"].as_u64().unwrap(),
+        summary["lost"].as_u64().unwrap(),
+        u["received"].as_u64().unwrap(),
+        u["dropped"].as_u64().unwrap(),
+    )
+}
+
+/// Asserts nothing was lost anywhere and userspace got every event the kernel saw.
+fn assert_lossless(summary: &Value) {
+    let (seen, emitted, lost, received, dropped) = counters(summary);
+    assert_eq!(lost, 0, "events lost in the kernel: {summary}");
+    assert_eq!(dropped, 0, "events dropped in userspace: {summary}");
+    assert_eq!(
+        seen, emitted,
+        "kernel saw {seen} but emitted {emitted}: {summary}"
+    );
+    assert_eq!(
+        emitted, received,
+        "kernel emitted {emitted}, userspace got {received}"
+    );
+}
+
+/// (a) UDP and TCP, query and response, at both ends of the pod veth, with
+/// matching ids and the right directions. One tracer per namespace.
+#[test]
+fn udp_and_tcp_seen_at_both_ends_of_a_veth() {
+    if !ready() {
+        return;
+    }
+    let node = Node::new("vab").expect("node");
+    let pod_side = Tracer::start(&node.lab, &node.pod_ns, "pod", &["-i", &node.pod_eth]);
+    let node_side = Tracer::start(&node.lab, &node.node_ns, "node", &["-i", &node.pod_veth]);
+    for extra in [&[][..], &["+tcp"][..]] {
+        let out = node
+            .query_short(&node.pod_ns, node.cluster_ip, &node.www_name, "A", extra)
+            .expect("query");
+        assert_eq!(out, vec![node.www_a.to_string()]);
+    }
+    let (pod, pod_summary) = pod_side.stop(Signal::Int);
+    let (host, host_summary) = node_side.stop(Signal::Int);
+    assert_lossless(&pod_summary);
+    assert_lossless(&host_summary);
+    let qname = format!("{}.", node.www_name);
+    for proto in ["udp", "tcp"] {
+        let ids = query_ids(&pod, &node.pod_eth, "egress", proto, &qname);
+        assert_eq!(ids.len(), 1, "{proto}: one query leaves the pod: {pod:#?}");
+        let id = ids[0];
+        // The query leaves the pod and arrives on the node side of the same veth.
+        let q_in = at(&host, &node.pod_veth, "ingress", false, id);
+        assert_eq!(
+            q_in.len(),
+            1,
+            "{proto} query {id:#x} at {} ingress",
+            node.pod_veth
+        );
+        assert_eq!(q_in[0]["proto"], proto);
+        assert_eq!(
+            q_in[0]["src"].as_str().unwrap().split(':').next(),
+            Some(&*node.pod_ip.to_string())
+        );
+        assert_eq!(q_in[0]["dst"], format!("{}:53", node.cluster_ip));
+        // The reply goes the other way with the same id, un-DNATed.
+        let r_out = at(&host, &node.pod_veth, "egress", true, id);
+        let r_in = at(&pod, &node.pod_eth, "ingress", true, id);
+        assert_eq!(
+            (r_out.len(), r_in.len()),
+            (1, 1),
+            "{proto} reply {id:#x} at both ends"
+        );
+        for r in [r_out[0], r_in[0]] {
+            assert_eq!(r["rcode"], "NOERROR");
+            assert_eq!(r["src"], format!("{}:53", node.cluster_ip));
+            assert_eq!(r["answers"][0]["data"], node.www_a.to_string());
+        }
+        // Same message bytes on both ends: same lengths.
+        assert_eq!(
+            q_in[0]["wire_len"],
+            at(&pod, &node.pod_eth, "egress", false, id)[0]["wire_len"]
+        );
+    }
+    // The TCP handshake is captured too (SYN without DNS payload).
+    assert!(
+        host.iter()
+            .any(|p| p["proto"] == "tcp" && p["tcp_flags"] == "S" && p["dir"] == "ingress"),
+        "no TCP SYN seen"
+    );
+}
+
+/// (b) IPv6: queries over UDP and TCP to a server on an IPv6 address.
+#[test]
+fn ipv6_udp_and_tcp() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::new("v6").expect("lab");
+    let client = lab.add_netns("cli").expect("netns");
+    let server = lab.add_netns("srv").expect("netns");
+    let (cdev, sdev) = (format!("{}c0", lab.prefix()), format!("{}s0", lab.prefix()));
+    lab.add_veth(
+        &VethEnd {
+            ns: &client,
+            name: &cdev,
+            addrs: &["fd00:53::1/64"],
+        },
+        &VethEnd {
+            ns: &server,
+            name: &sdev,
+            addrs: &["fd00:53::2/64"],
+        },
+    )
+    .expect("veth");
+    let srv_ip: IpAddr = "fd00:53::2".parse().unwrap();
+    let _dns = lab
+        .start_dnsmasq(
+            &server,
+            "dnsmasq6",
+            &[srv_ip],
+            &["--address=/v6.test/2001:db8::53"],
+        )
+        .expect("dnsmasq");
+    let tracer = Tracer::start(&lab, &client, "trace6", &["-i", &cdev]);
+    for extra in ["+notcp", "+tcp"] {
+        let out = lab
+            .run(
+                &client,
+                &[
+                    "dig",
+                    "+short",
+                    "+time=2",
+                    "+tries=1",
+                    extra,
+                    "@fd00:53::2",
+                    "www.v6.test",
+                    "AAAA",
+                ],
+            )
+            .expect("dig");
+        assert_eq!(out.trim(), "2001:db8::53");
+    }
+    let (packets, summary) = tracer.stop(Signal::Term);
+    assert_lossless(&summary);
+    for proto in ["udp", "tcp"] {
+        let ids = query_ids(&packets, &cdev, "egress", proto, "www.v6.test.");
+        assert_eq!(ids.len(), 1, "{proto} query: {packets:#?}");
+        let reply = at(&packets, &cdev, "ingress", true, ids[0]);
+        assert_eq!(reply.len(), 1);
+        assert_eq!(reply[0]["src"], "[fd00:53::2]:53");
+        assert_eq!(reply[0]["qtype"], "AAAA");
+        assert_eq!(reply[0]["answers"][0]["data"], "2001:db8::53");
+    }
+}
+
+/// (c) node-local-dns: a query to 169.254.25.10 arriving from the pod is
+/// delivered to the host-network dnsmasq without crossing the ifb device that
+/// holds the address. The socket hop sees it; the ifb sees nothing.
+#[test]
+fn nodelocal_delivery_seen_at_socket_hop_not_on_ifb() {
+    if !ready() {
+        return;
+    }
+    let node = Node::new("nld").expect("node");
+    let tracer = Tracer::start(
+        &node.lab,
+        &node.node_ns,
+        "nld",
+        &[
+            "-i",
+            &node.nodelocal_dev,
+            "-i",
+            &node.pod_veth,
+            "--socket-hop",
+        ],
+    );
+    let out = node
+        .query_short(&node.pod_ns, node.nodelocal_ip, &node.www_name, "A", &[])
+        .expect("query");
+    assert_eq!(out, vec![node.www_a.to_string()]);
+    let (packets, summary) = tracer.stop(Signal::Int);
+    assert_lossless(&summary);
+    let node_netns = summary["netns"].as_u64().unwrap();
+    assert!(node_netns != 0);
+    assert!(
+        packets
+            .iter()
+            .all(|p| p["iface"] != node.nodelocal_dev.as_str()),
+        "the ifb holding 169.254.25.10 must see nothing"
+    );
+    let qname = format!("{}.", node.www_name);
+    let ids = query_ids(&packets, &node.pod_veth, "ingress", "udp", &qname);
+    assert_eq!(ids.len(), 1, "query arrives on the pod veth: {packets:#?}");
+    let delivered: Vec<_> = packets
+        .iter()
+        .filter(|p| p["dir"] == "socket-in" && p["id"] == ids[0] && p["qr"] == false)
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        1,
+        "socket hop sees the local delivery: {packets:#?}"
+    );
+    assert_eq!(delivered[0]["iface"], "socket");
+    assert_eq!(delivered[0]["dst"], format!("{}:53", node.nodelocal_ip));
+    assert_eq!(delivered[0]["netns"], node_netns);
+    // node-local-dns answers from its socket: socket-out, then out the pod veth.
+    let answered: Vec<_> = packets
+        .iter()
+        .filter(|p| p["dir"] == "socket-out" && p["id"] == ids[0] && p["qr"] == true)
+        .collect();
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0]["src"], format!("{}:53", node.nodelocal_ip));
+    assert_eq!(answered[0]["comm"], "dnsmasq");
+}
+
+/// (d) A pod querying a stub on its own loopback (127.0.0.53): nothing crosses
+/// an interface, the socket hop sees it with the pod's netns.
+#[test]
+fn loopback_query_inside_a_pod_netns() {
+    if !ready() {
+        return;
+    }
+    let node = Node::new("lo").expect("node");
+    node.lab
+        .add_addr(&node.pod_ns, "lo", "127.0.0.53/8")
+        .expect("lo addr");
+    let stub: IpAddr = "127.0.0.53".parse().unwrap();
+    let _stub = node
+        .lab
+        .start_dnsmasq(
+            &node.pod_ns,
+            "stub",
+            &[stub],
+            &["--address=/local.test/10.0.0.53"],
+        )
+        .expect("stub");
+    let tracer = Tracer::start(
+        &node.lab,
+        &node.node_ns,
+        "lo",
+        &["--socket-hop", "-i", &node.pod_veth],
+    );
+    let out = node
+        .query_short(&node.pod_ns, stub, "svc.local.test", "A", &[])
+        .expect("query");
+    assert_eq!(out, vec!["10.0.0.53".to_owned()]);
+    let (packets, summary) = tracer.stop(Signal::Int);
+    assert_lossless(&summary);
+    let node_netns = summary["netns"].as_u64().unwrap();
+    let hop: Vec<_> = packets
+        .iter()
+        .filter(|p| p["qname"] == "svc.local.test.")
+        .collect();
+    let dirs: Vec<_> = hop.iter().map(|p| p["dir"].as_str().unwrap()).collect();
+    assert_eq!(
+        dirs.iter().filter(|d| **d == "socket-out").count(),
+        2,
+        "query + reply sent: {hop:#?}"
+    );
+    assert_eq!(
+        dirs.iter().filter(|d| **d == "socket-in").count(),
+        2,
+        "query + reply delivered: {hop:#?}"
+    );
+    for p in &hop {
+        assert_ne!(p["netns"], node_netns, "the pod's netns, not the node's");
+        assert_eq!(p["netns"], hop[0]["netns"]);
+        assert!(
+            p["src"].as_str().unwrap().starts_with("127.0.0.53:") || p["dst"] == "127.0.0.53:53"
+        );
+    }
+    assert!(
+        packets
+            .iter()
+            .all(|p| p["iface"] != node.pod_veth.as_str() || p["qname"] != "svc.local.test."),
+        "a loopback query never reaches the pod veth"
+    );
+}
+
+/// (e) 1,000 queries all answered while attached everywhere, and the kernel's
+/// count equals what userspace received.
+#[test]
+fn thousand_queries_all_answered_and_all_events_received() {
+    if !ready() {
+        return;
+    }
+    let node = Node::new("kq").expect("node");
+    let tracer = Tracer::start(&node.lab, &node.node_ns, "kq", &["--auto"]);
+    let batch: String = (0..1000)
+        .map(|i| format!("q{i}.{} A\n", node.zone))
+        .collect();
+    let file = node.lab.write_file("batch.txt", &batch).expect("batch");
+    let at = format!("@{}", node.cluster_ip);
+    let started = Instant::now();
+    let out = node
+        .lab
+        .run(
+            &node.pod_ns,
+            &[
+                "dig",
+                "+time=2",
+                "+tries=3",
+                "+noall",
+                "+comments",
+                &at,
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
+        .expect("dig batch");
+    eprintln!("1000 queries in {:?}", started.elapsed());
+    let answered = out
+        .lines()
+        .filter(|l| l.contains("status: NXDOMAIN") || l.contains("status: NOERROR"))
+        .count();
+    assert_eq!(
+        answered, 1000,
+        "every query answered while dnstrace is attached"
+    );
+    let (packets, summary) = tracer.stop(Signal::Int);
+    assert_lossless(&summary);
+    let queries = packets
+        .iter()
+        .filter(|p| {
+            p["iface"] == node.pod_veth.as_str() && p["dir"] == "ingress" && p["qr"] == false
+        })
+        .count();
+    let replies = packets
+        .iter()
+        .filter(|p| p["iface"] == node.pod_veth.as_str() && p["dir"] == "egress" && p["qr"] == true)
+        .count();
+    assert_eq!((queries, replies), (1000, 1000));
+    assert_eq!(
+        packets.len() as u64,
+        summary["userspace"]["received"].as_u64().unwrap()
+    );
+}
+
+/// Ids of loaded programs whose name starts with `dt_tc_`.
+fn tc_program_ids(lab: &Lab, ns: &str) -> Vec<u64> {
+    let out = lab
+        .run(ns, &["bpftool", "-j", "prog", "show"])
+        .expect("bpftool prog show");
+    let progs: Value = serde_json::from_str(&out).expect("bpftool JSON");
+    let mut ids: Vec<u64> = progs
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dt_tc_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn tc_filters(lab: &Lab, ns: &str, dev: &str, dir: &str) -> String {
+    lab.run(ns, &["tc", "filter", "show", "dev", dev, dir])
+        .expect("tc filter show")
+}
+
+fn has_clsact(lab: &Lab, ns: &str, dev: &str) -> bool {
+    lab.run(ns, &["tc", "qdisc", "show", "dev", dev])
+        .expect("tc qdisc")
+        .contains("clsact")
+}
+
+fn pair(tag: &str) -> (Lab, String, String, IpAddr) {
+    let lab = Lab::new(tag).expect("lab");
+    let a = lab.add_netns("a").expect("netns");
+    let b = lab.add_netns("b").expect("netns");
+    let dev = format!("{}a0", lab.prefix());
+    let peer = format!("{}b0", lab.prefix());
+    lab.add_veth(
+        &VethEnd {
+            ns: &a,
+            name: &dev,
+            addrs: &["10.53.0.1/24"],
+        },
+        &VethEnd {
+            ns: &b,
+            name: &peer,
+            addrs: &["10.53.0.2/24"],
+        },
+    )
+    .expect("veth");
+    let server: IpAddr = "10.53.0.2".parse().unwrap();
+    (lab, a, dev, server)
+}
+
+/// (f) Clean detach: netlink tc filters go on SIGINT and SIGTERM (with the
+/// clsact qdisc we created), and tcx links go even on SIGKILL.
+#[test]
+fn detaches_on_sigint_sigterm_and_sigkill() {
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, _) = pair("det");
+    for signal in [Signal::Int, Signal::Term] {
+        assert!(!has_clsact(&lab, &ns, &dev));
+        let t = Tracer::start(&lab, &ns, "nl", &["-i", &dev, "--tc-mode", "netlink"]);
+        let filters = tc_filters(&lab, &ns, &dev, "ingress");
+        assert!(
+            filters.contains("dt_tc_eth_in"),
+            "netlink filter attached: {filters}"
+        );
+        assert!(!filters.contains("pref 1 "), "never prio 1: {filters}");
+        assert!(tc_filters(&lab, &ns, &dev, "egress").contains("dt_tc_eth_out"));
+        t.stop(signal);
+        assert_eq!(
+            tc_filters(&lab, &ns, &dev, "ingress").trim(),
+            "",
+            "after {signal:?}"
+        );
+        assert_eq!(
+            tc_filters(&lab, &ns, &dev, "egress").trim(),
+            "",
+            "after {signal:?}"
+        );
+        assert!(
+            !has_clsact(&lab, &ns, &dev),
+            "our clsact removed after {signal:?}"
+        );
+    }
+    let before = tc_program_ids(&lab, &ns);
+    let t = Tracer::start(
+        &lab,
+        &ns,
+        "tcx",
+        &["-i", &dev, "--tc-mode", "tcx", "--socket-hop"],
+    );
+    let ours: Vec<u64> = tc_program_ids(&lab, &ns)
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(ours.len(), 2, "tcx ingress + egress programs loaded");
+    assert_eq!(
+        tc_filters(&lab, &ns, &dev, "ingress").trim(),
+        "",
+        "tcx, not a netlink filter"
+    );
+    lab.signal(&t.proc, Signal::Kill).expect("kill");
+    lab.wait_exit(&t.proc, Duration::from_secs(5))
+        .expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = || {
+        tc_program_ids(&lab, &ns)
+            .into_iter()
+            .filter(|id| ours.contains(id))
+            .count()
+    };
+    while left() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left(), 0, "tcx links and programs gone after SIGKILL");
+    assert!(!has_clsact(&lab, &ns, &dev), "tcx never adds a clsact");
+}
+
+/// (g) A foreign tc filter attached before dnstrace keeps running while we are
+/// attached (tcx and netlink), and it and its clsact are still there after.
+#[test]
+fn foreign_tc_filter_keeps_running_and_stays() {
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, server) = pair("frn");
+    let peer_ns = format!("{}-b", lab.prefix());
+    let _dns = lab
+        .start_dnsmasq(
+            &peer_ns,
+            "dnsmasq",
+            &[server],
+            &["--address=/f.test/10.0.0.1"],
+        )
+        .expect("dnsmasq");
+    // Someone else's filter at prio 1: it mirrors every packet to an ifb and
+    // lets classification continue. Its action counters show it ran.
+    let mirror = format!("{}m0", lab.prefix());
+    lab.add_ifb(&ns, &mirror, &[]).expect("ifb");
+    lab.run(&ns, &["tc", "qdisc", "add", "dev", &dev, "clsact"])
+        .expect("clsact");
+    let rule = format!(
+        "filter add dev {dev} ingress prio 1 u32 match u32 0 0 action mirred egress mirror dev {mirror} continue"
+    );
+    let mut argv = vec!["tc"];
+    argv.extend(rule.split_whitespace());
+    lab.run(&ns, &argv).expect("foreign filter");
+    let hits = || -> u64 {
+        let out = lab
+            .run(&ns, &["tc", "-s", "filter", "show", "dev", &dev, "ingress"])
+            .unwrap();
+        out.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Sent ")
+                    .and_then(|r| r.split(" pkt").next())
+                    .and_then(|r| r.split(" bytes ").nth(1))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no stats in: {out}"))
+    };
+    for mode in ["tcx", "netlink"] {
+        let before = hits();
+        let t = Tracer::start(&lab, &ns, mode, &["-i", &dev, "--tc-mode", mode]);
+        let out = lab
+            .run(
+                &ns,
+                &[
+                    "dig",
+                    "+short",
+                    "+time=2",
+                    "+tries=1",
+                    &format!("@{server}"),
+                    "www.f.test",
+                ],
+            )
+            .expect("dig");
+        assert_eq!(out.trim(), "10.0.0.1");
+        let (packets, summary) = t.stop(Signal::Int);
+        assert_lossless(&summary);
+        assert!(
+            hits() > before,
+            "{mode}: the foreign filter still saw traffic"
+        );
+        assert!(
+            packets
+                .iter()
+                .any(|p| p["dir"] == "ingress" && p["qr"] == true),
+            "{mode}: dnstrace saw the reply as well"
+        );
+        let filters = tc_filters(&lab, &ns, &dev, "ingress");
+        assert!(
+            filters.contains("mirred") && filters.contains("pref 1 "),
+            "{mode}: foreign filter kept: {filters}"
+        );
+        assert!(!filters.contains("dt_tc_"), "{mode}: ours gone: {filters}");
+        assert!(
+            has_clsact(&lab, &ns, &dev),
+            "{mode}: the clsact we did not create stays"
+        );
+    }
+}
+
+/// (h) Junk and hostile packets to port 53 are counted as malformed, each with
+/// a reason, and dnstrace keeps running and decoding.
+#[test]
+fn junk_and_hostile_packets_are_counted_not_fatal() {
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, server) = pair("junk");
+    let peer_ns = format!("{}-b", lab.prefix());
+    let _dns = lab
+        .start_dnsmasq(
+            &peer_ns,
+            "dnsmasq",
+            &[server],
+            &["--address=/ok.test/10.0.0.1"],
+        )
+        .expect("dnsmasq");
+    let t = Tracer::start(&lab, &ns, "junk", &["-i", &dev]);
+    let script = format!(
+        r#"
+import socket, random
+random.seed(53)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+hdr = bytes([0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0])
+junk = [
+    b"\x01\x02\x03\x04\x05",                                   # shorter than a header
+    hdr,                                                        # one question announced, none present
+    hdr + b"\xc0\x0c" + b"\x00\x01\x00\x01",                    # name pointer to itself: a loop
+    hdr + b"\xc0\xff" + b"\x00\x01\x00\x01",                    # pointer past the end
+    hdr + b"\x3f" + b"a" * 63 + b"\x40" + b"b" * 64 + b"\x00\x00\x01\x00\x01",  # 64-byte label
+    bytes(random.getrandbits(8) for _ in range(200)),           # noise
+]
+for j in junk:
+    s.sendto(j, ("{server}", 53))
+"#
+    );
+    lab.run(&ns, &["python3", "-c", &script])
+        .expect("send junk");
+    let out = lab
+        .run(
+            &ns,
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                &format!("@{server}"),
+                "www.ok.test",
+            ],
+        )
+        .expect("dig after junk");
+    assert_eq!(out.trim(), "10.0.0.1", "the server still answers");
+    std::thread::sleep(Duration::from_millis(200));
+    let (packets, summary) = t.stop(Signal::Int);
+    assert_lossless(&summary);
+    let bad: Vec<_> = packets
+        .iter()
+        .filter(|p| {
+            p["dir"] == "egress" && p["dst"] == format!("{server}:53") && !p["issue"].is_null()
+        })
+        .collect();
+    assert_eq!(
+        bad.len(),
+        6,
+        "each junk packet flagged with a reason: {packets:#?}"
+    );
+    for p in &bad {
+        let why = p["issue"].as_str().unwrap();
+        assert!(why.contains(':') && why.len() > 10, "reason given: {why}");
+    }
+    assert!(
+        summary["issues"]["malformed"].as_u64().unwrap() >= 6,
+        "{summary}"
+    );
+    // Decoding went on after the junk.
+    assert!(
+        packets
+            .iter()
+            .any(|p| p["qname"] == "www.ok.test." && p["qr"] == true && p["issue"].is_null()),
+        "the good query after the junk was decoded"
+    );
+}
