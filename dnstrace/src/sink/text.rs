@@ -25,7 +25,7 @@ impl<W: Write> TextSink<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<15} {:<12} {:<10} {:<3} {:>23}   {:<23} {:<8} {:<11} QUESTION / RESULT",
+                "{:<15} {:<15} {:<10} {:<3} {:>23}   {:<23} {:<8} {:<11} QUESTION / RESULT",
                 "TIME (UTC)", "IFACE", "DIR", "L4", "SOURCE", "DESTINATION", "ID", "FLAGS",
             )?;
         }
@@ -52,7 +52,7 @@ pub fn format_line(p: &Packet, drop: Option<&str>, names: &Names) -> String {
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
     let _ = write!(
         s,
-        "{} {:<12} {:<10} {:<3} {:>23} → {:<23}",
+        "{} {:<15} {:<10} {:<3} {:>23} → {:<23}",
         clock(names.epoch_ns(m.ts_ns)),
         iface,
         m.point.as_str(),

@@ -1,0 +1,483 @@
+//! The correlator's private records: small, copyable hop records and the legs they form.
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+
+use crate::decode::{Point, Proto};
+
+/// Hops kept per leg; later ones are counted, except the few that establish a fact.
+pub(super) const MAX_HOPS: usize = 64;
+/// Room above [`MAX_HOPS`] for fact-bearing hops (first reply, drop, uplink, final reply).
+const FACT_SLACK: usize = 8;
+/// Legs (client attempts + forwarded queries at any depth) kept per lookup.
+pub(super) const MAX_LEGS: usize = 32;
+/// SYN / SYN-ACK / RST segments of a TCP retry kept per lookup.
+pub(super) const MAX_TCP_HOPS: usize = 16;
+
+// HopRec::bits
+pub(super) const B_DNS: u8 = 1;
+pub(super) const B_QR: u8 = 2;
+pub(super) const B_TC: u8 = 4;
+pub(super) const B_EDNS: u8 = 8;
+pub(super) const B_DO: u8 = 16;
+pub(super) const B_TCP: u8 = 32;
+// HopRec::tcp
+pub(super) const T_SYN: u8 = 1;
+pub(super) const T_ACK: u8 = 2;
+pub(super) const T_FIN: u8 = 4;
+pub(super) const T_RST: u8 = 8;
+pub(super) const T_PSH: u8 = 16;
+
+/// One sighting of a packet, reduced to what correlation and output need (no heap).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HopRec {
+    pub ts: u64,
+    pub netns: u64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub iface: u16,
+    /// Interned drop reason; 0 = not a drop.
+    pub drop_reason: u16,
+    pub rcode: u16,
+    pub edns_udp: u16,
+    pub id: u16,
+    pub point: Point,
+    pub bits: u8,
+    pub tcp: u8,
+}
+
+impl HopRec {
+    pub fn has(&self, bit: u8) -> bool {
+        self.bits & bit != 0
+    }
+    pub fn is_response(&self) -> bool {
+        self.has(B_QR)
+    }
+    pub fn is_query(&self) -> bool {
+        self.has(B_DNS) && !self.has(B_QR)
+    }
+    pub fn proto(&self) -> Proto {
+        if self.has(B_TCP) {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        }
+    }
+    pub fn edns(&self) -> Option<(u16, bool)> {
+        self.has(B_EDNS).then_some((self.edns_udp, self.has(B_DO)))
+    }
+    pub fn spot(&self) -> Spot {
+        Spot {
+            point: self.point,
+            iface: self.iface,
+            netns: self.netns,
+        }
+    }
+}
+
+/// A capture point: the same (point, interface, netns) seen twice by one message is a retransmission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Spot {
+    pub point: Point,
+    pub iface: u16,
+    pub netns: u64,
+}
+
+impl Spot {
+    /// Where the reply to a message first seen here comes back past.
+    pub fn mirror(self) -> Self {
+        Self {
+            point: mirror(self.point),
+            ..self
+        }
+    }
+}
+
+pub(super) fn mirror(p: Point) -> Point {
+    match p {
+        Point::TcIngress => Point::TcEgress,
+        Point::TcEgress => Point::TcIngress,
+        Point::SocketIn => Point::SocketOut,
+        Point::SocketOut => Point::SocketIn,
+        Point::Drop => Point::Drop,
+    }
+}
+
+pub(super) fn is_tc(p: Point) -> bool {
+    matches!(p, Point::TcIngress | Point::TcEgress)
+}
+
+/// The packet reaches something here (tc ingress into the host, or delivery to a socket).
+pub(super) fn is_arrival(p: Point) -> bool {
+    matches!(p, Point::TcIngress | Point::SocketIn)
+}
+
+/// The packet leaves something here (tc egress, or a socket sending).
+pub(super) fn is_departure(p: Point) -> bool {
+    matches!(p, Point::TcEgress | Point::SocketOut)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LegKind {
+    /// The client's first query.
+    Client,
+    /// The client asking again with a new ID or port.
+    Retry,
+    /// The client's TCP retry after a TC=1 answer.
+    Tcp,
+    /// A forwarder's query on behalf of its parent leg.
+    Child,
+}
+
+/// One DNS query message and its reply, seen at every point it passed.
+#[derive(Clone, Debug)]
+pub(super) struct Leg {
+    pub id: u16,
+    pub parent: Option<u8>,
+    pub depth: u8,
+    pub kind: LegKind,
+    pub proto: Proto,
+    /// Source and destination of the first sighting: "as the client addressed it".
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub first: Spot,
+    /// First tc sighting, when it still carried the server address (a client-facing veth).
+    pub client_tc: Option<Spot>,
+    pub tc_seen: bool,
+    pub first_ts: u64,
+    pub last_query_ts: u64,
+    pub last_child_ts: u64,
+    pub children: u16,
+    // Indexes into `hops` of the facts the verdict needs.
+    pub resp: Option<u8>,
+    pub final_reply: Option<u8>,
+    pub unexpected: Option<u8>,
+    pub drop: Option<u8>,
+    pub uplink: Option<u8>,
+    pub hops: Vec<HopRec>,
+    pub hops_omitted: u32,
+}
+
+impl Leg {
+    pub fn new(
+        hop: HopRec,
+        kind: LegKind,
+        parent: Option<u8>,
+        depth: u8,
+        on_uplink: bool,
+    ) -> Self {
+        let first = hop.spot();
+        let tc = is_tc(hop.point);
+        let mut hops = Vec::with_capacity(4);
+        hops.push(hop);
+        Self {
+            id: hop.id,
+            parent,
+            depth,
+            kind,
+            proto: hop.proto(),
+            client: hop.src,
+            server: hop.dst,
+            first,
+            client_tc: tc.then_some(first),
+            tc_seen: tc,
+            first_ts: hop.ts,
+            last_query_ts: hop.ts,
+            last_child_ts: 0,
+            children: 0,
+            resp: None,
+            final_reply: None,
+            unexpected: None,
+            drop: (hop.point == Point::Drop).then_some(0),
+            uplink: (on_uplink && hop.point == Point::TcEgress).then_some(0),
+            hops,
+            hops_omitted: 0,
+        }
+    }
+
+    /// Stores a hop unless the leg is full; a hop that establishes a fact gets a little extra room.
+    pub fn push(&mut self, hop: HopRec, fact: bool) -> Option<u8> {
+        let limit = if fact {
+            MAX_HOPS + FACT_SLACK
+        } else {
+            MAX_HOPS
+        };
+        if self.hops.len() >= limit {
+            self.hops_omitted += 1;
+            return None;
+        }
+        self.hops.push(hop);
+        Some((self.hops.len() - 1) as u8)
+    }
+
+    pub fn query_hops(&self) -> impl Iterator<Item = &HopRec> {
+        self.hops.iter().filter(|h| h.is_query())
+    }
+
+    pub fn hop(&self, idx: Option<u8>) -> Option<&HopRec> {
+        idx.and_then(|i| self.hops.get(usize::from(i)))
+    }
+
+    /// The query was sent with an OPT record.
+    pub fn edns(&self) -> Option<(u16, bool)> {
+        self.hops.first().and_then(HopRec::edns)
+    }
+}
+
+/// One client lookup: its attempts (depth 0) and the forwarded queries under them.
+#[derive(Debug)]
+pub(super) struct LookupState {
+    pub qhash: u64,
+    pub qname: String,
+    pub qtype: String,
+    pub legs: Vec<Leg>,
+    pub tcp_hops: Vec<HopRec>,
+    /// Client-side addresses of TCP retries, registered in the flow index.
+    pub tcp_flows: Vec<SocketAddr>,
+    pub retries: u32,
+    pub legs_omitted: u32,
+    pub start: u64,
+    pub last_client_ts: u64,
+    pub deadline: u64,
+    /// When a TC=1 answer reached the client: a TCP retry is now expected.
+    pub await_tcp: Option<u64>,
+}
+
+/// Refers to one leg of one live lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LegRef {
+    pub lookup: u64,
+    pub leg: u8,
+}
+
+/// Index values: almost always one entry, so no allocation for the common case.
+#[derive(Debug)]
+pub(super) enum Refs {
+    One(LegRef),
+    Many(Vec<LegRef>),
+}
+
+impl Refs {
+    pub fn as_slice(&self) -> &[LegRef] {
+        match self {
+            Self::One(r) => std::slice::from_ref(r),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+pub(super) fn refs_insert<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Refs, Fx>,
+    key: K,
+    r: LegRef,
+) {
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(Refs::One(r));
+        }
+        Entry::Occupied(mut e) => {
+            let refs = e.get_mut();
+            match refs {
+                Refs::One(old) => *refs = Refs::Many(vec![*old, r]),
+                Refs::Many(v) => v.push(r),
+            }
+        }
+    }
+}
+
+pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Refs, Fx>,
+    key: K,
+    r: LegRef,
+) {
+    use std::collections::hash_map::Entry;
+    let Entry::Occupied(mut e) = map.entry(key) else {
+        return;
+    };
+    let now_empty = match e.get_mut() {
+        Refs::One(old) => *old == r,
+        Refs::Many(v) => {
+            v.retain(|x| *x != r);
+            v.is_empty()
+        }
+    };
+    if now_empty {
+        e.remove();
+    }
+}
+
+/// Interned names (interfaces, drop reasons): hop records carry a u16 instead of a String.
+#[derive(Debug)]
+pub(super) struct Names {
+    names: Vec<String>,
+    index: HashMap<String, u16>,
+}
+
+impl Names {
+    /// Slot 0 holds `zero` ("?" for interfaces, "" for "no drop reason") and absorbs overflow.
+    pub fn new(zero: &str) -> Self {
+        Self {
+            names: vec![zero.to_owned()],
+            index: HashMap::new(),
+        }
+    }
+
+    pub fn intern(&mut self, name: &str) -> u16 {
+        if let Some(&id) = self.index.get(name) {
+            return id;
+        }
+        if self.names.len() >= usize::from(u16::MAX) {
+            return 0;
+        }
+        let id = self.names.len() as u16;
+        self.names.push(name.to_owned());
+        self.index.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn get(&self, id: u16) -> &str {
+        self.names.get(usize::from(id)).map_or("?", String::as_str)
+    }
+}
+
+/// FxHash: the maps are keyed by integers and addresses the tracer computed itself.
+#[derive(Clone, Copy, Default)]
+pub(super) struct FxHasher(u64);
+
+const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_K);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(super) type Fx = BuildHasherDefault<FxHasher>;
+
+/// Case-insensitive hash of a question (name, type, class), without allocating.
+pub(super) fn question_hash(name: &str, qtype: &str, qclass: &str) -> u64 {
+    // FNV-1a: stable, and good enough spread for the short strings of a question.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    name.bytes().for_each(|b| eat(b.to_ascii_lowercase()));
+    eat(0);
+    qtype.bytes().for_each(&mut eat);
+    eat(0);
+    qclass.bytes().for_each(&mut eat);
+    h
+}
+
+/// IANA DNS RCODEs as decode names them (OPT extended bits included).
+const RCODES: [(u16, &str); 20] = [
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (6, "YXDOMAIN"),
+    (7, "YXRRSET"),
+    (8, "NXRRSET"),
+    (9, "NOTAUTH"),
+    (10, "NOTZONE"),
+    (11, "DSOTYPENI"),
+    (16, "BADVERS"),
+    (17, "BADKEY"),
+    (18, "BADTIME"),
+    (19, "BADMODE"),
+    (20, "BADNAME"),
+    (21, "BADALG"),
+    (22, "BADTRUNC"),
+    (23, "BADCOOKIE"),
+];
+
+pub(super) const FORMERR: u16 = 1;
+pub(super) const SERVFAIL: u16 = 2;
+pub(super) const NOTIMP: u16 = 4;
+pub(super) const REFUSED: u16 = 5;
+pub(super) const BADVERS: u16 = 16;
+
+pub(super) fn rcode_code(name: &str) -> u16 {
+    if let Some((code, _)) = RCODES.iter().find(|(_, n)| *n == name) {
+        return *code;
+    }
+    name.strip_prefix("RCODE")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u16::MAX)
+}
+
+pub(super) fn rcode_name(code: u16) -> String {
+    RCODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or_else(|| format!("RCODE{code}"), |(_, n)| (*n).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rcode_names_round_trip() {
+        for name in ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "BADVERS", "RCODE3841"] {
+            assert_eq!(rcode_name(rcode_code(name)), name);
+        }
+    }
+
+    #[test]
+    fn question_hash_ignores_name_case_only() {
+        let a = question_hash("WwW.Example.TEST.", "A", "IN");
+        assert_eq!(a, question_hash("www.example.test.", "A", "IN"));
+        assert_ne!(a, question_hash("www.example.test.", "AAAA", "IN"));
+        assert_ne!(a, question_hash("www.example.test.", "A", "CH"));
+    }
+
+    #[test]
+    fn refs_insert_and_remove() {
+        let mut m: HashMap<u64, Refs, Fx> = HashMap::default();
+        let r = |leg| LegRef { lookup: 1, leg };
+        refs_insert(&mut m, 7, r(0));
+        refs_insert(&mut m, 7, r(1));
+        assert_eq!(m[&7].as_slice(), &[r(0), r(1)]);
+        refs_remove(&mut m, 7, r(0));
+        refs_remove(&mut m, 7, r(1));
+        assert!(m.is_empty());
+    }
+}
