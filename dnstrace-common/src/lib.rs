@@ -180,7 +180,7 @@ pub const HEADER_LEN: usize = core::mem::size_of::<RawEventHeader>();
 
 const _: () = assert!(HEADER_LEN == 56);
 const _: () = assert!(core::mem::size_of::<RawConfig>() == 64);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 
 /// One ring buffer record: header followed by `N` bytes of packet data (of which
 /// `header.cap_len` are valid).
