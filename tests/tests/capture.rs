@@ -729,3 +729,152 @@ for j in junk:
         "the good query after the junk was decoded"
     );
 }
+
+/// An L2-less device (tun: frames start at the IP header) is parsed by the
+/// raw-IP programs, both directions.
+#[test]
+fn l2_less_tun_device_both_directions() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::new("tun").expect("lab");
+    let ns = lab.add_netns("t").expect("netns");
+    let tun = format!("{}t0", lab.prefix());
+    let go = lab.dir().join("go");
+    let script = format!(
+        r#"
+import fcntl, os, socket, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"{tun}", 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+os.system("ip addr add 10.77.0.1/24 dev {tun} && ip link set {tun} up")
+open("{dir}/tun-up", "w").close()
+while not os.path.exists("{go}"):
+    time.sleep(0.02)
+q = bytes.fromhex("beef01000001000000000000") + b"\x03www\x06l2less\x04test\x00" + b"\x00\x01\x00\x01"
+udp = struct.pack("!HHHH", 40000, 53, 8 + len(q), 0) + q
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton("10.77.0.2"), socket.inet_aton("10.77.0.1"))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+os.write(fd, ip + udp)
+deadline = time.time() + 5
+while time.time() < deadline:
+    pkt = os.read(fd, 2048)
+    if pkt[9] == 17 and pkt[28:30] == b"\xbe\xef":
+        print("reply", len(pkt))
+        sys.exit(0)
+sys.exit(1)
+"#,
+        dir = lab.dir().display(),
+        go = go.display()
+    );
+    let mut cmd = lab.cmd(&ns, "python3");
+    cmd.args(["-c", &script]);
+    let py = lab.spawn_logged("tunpy", cmd).expect("python");
+    lab.wait_for_file(&py, &lab.dir().join("tun-up"), Duration::from_secs(10))
+        .expect("tun up");
+    let _dns = lab
+        .start_dnsmasq(
+            &ns,
+            "dnsmasq",
+            &["10.77.0.1".parse().unwrap()],
+            &["--address=/l2less.test/10.0.0.77"],
+        )
+        .expect("dnsmasq");
+    let t = Tracer::start(&lab, &ns, "tun", &["-i", &tun]);
+    fs::write(&go, "").expect("go");
+    let status = lab
+        .wait_exit(&py, Duration::from_secs(10))
+        .expect("wait")
+        .expect("python exited");
+    assert!(
+        status.success(),
+        "the query through the tun got its reply: {}",
+        lab.log_tail(&py, 20)
+    );
+    let (packets, summary) = t.stop(Signal::Int);
+    assert_lossless(&summary);
+    let q = at(&packets, &tun, "ingress", false, 0xbeef);
+    let r = at(&packets, &tun, "egress", true, 0xbeef);
+    assert_eq!((q.len(), r.len()), (1, 1), "{packets:#?}");
+    assert_eq!(q[0]["src"], "10.77.0.2:40000");
+    assert_eq!(q[0]["qname"], "www.l2less.test.");
+    assert_eq!(r[0]["answers"][0]["data"], "10.0.0.77");
+    assert!(q[0]["issue"].is_null() && r[0]["issue"].is_null());
+}
+
+/// Without the capabilities, dnstrace refuses with a message that names the fix.
+#[test]
+fn missing_capabilities_are_named() {
+    if !ready() {
+        return;
+    }
+    let bin = dnstrace_bin().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin)
+        .args(["watch", "-i", "lo", "--duration", "1"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN") && stderr.contains("setcap"),
+        "{stderr}"
+    );
+}
+
+/// Kernel drops of DNS packets are reported with the hop's netns and the
+/// kernel's own reason name, read from BTF.
+#[test]
+fn kernel_drop_reported_with_reason() {
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, server) = pair("drop");
+    let peer_ns = format!("{}-b", lab.prefix());
+    let _dns = lab
+        .start_dnsmasq(
+            &peer_ns,
+            "dnsmasq",
+            &[server],
+            &["--address=/d.test/10.0.0.1"],
+        )
+        .expect("dnsmasq");
+    lab.iptables(&peer_ns, "-A INPUT -p udp --dport 53 -s 10.53.0.1 -j DROP")
+        .expect("iptables");
+    let t = Tracer::start(&lab, &ns, "drop", &["-i", &dev, "--drops"]);
+    let out = lab
+        .exec(
+            &ns,
+            &[
+                "dig",
+                "+time=1",
+                "+tries=1",
+                &format!("@{server}"),
+                "www.d.test",
+            ],
+        )
+        .expect("dig");
+    assert!(!out.success(), "the query is dropped, so dig times out");
+    let (packets, summary) = t.stop(Signal::Int);
+    assert_lossless(&summary);
+    let drops: Vec<_> = packets.iter().filter(|p| p["dir"] == "drop").collect();
+    assert_eq!(drops.len(), 1, "{packets:#?}");
+    assert_eq!(drops[0]["drop_reason"], "NETFILTER_DROP");
+    assert_eq!(drops[0]["qname"], "www.d.test.");
+    assert_eq!(drops[0]["dst"], format!("{server}:53"));
+    assert_ne!(
+        drops[0]["netns"], summary["netns"],
+        "dropped in the server's netns"
+    );
+    assert_eq!(summary["kernel"]["drops"], 1);
+}

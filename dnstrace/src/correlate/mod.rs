@@ -1,0 +1,1028 @@
+//! Pure correlation stage: packet events plus an injected clock → one [`Lookup`] per client
+//! lookup, stitched hop by hop across NAT and forwarders, ending in one [`Verdict`].
+//!
+//! Model. Every DNS query message is a *leg*. The same message seen at several capture
+//! points (socket, pod veth, CoreDNS veth, uplink; before and after DNAT/SNAT) is one leg
+//! with several hops: same ID and question, and each sighting shares its source or its
+//! destination with an earlier one (NAT rewrites one side at a time). A forwarder's new
+//! query for the same question (new ID, new port), sent while a leg is open, is a *child*
+//! of the leg that reached that forwarder, at any depth. A client's retry is another
+//! top-level leg of the same lookup. A reply is matched to its leg by ID, question and
+//! the query's source (its destination), whatever its own source. A lookup finishes when
+//! the reply reaches the client (the mirror of the point where the query was first seen),
+//! or at its deadline, or at the end of capture.
+//!
+//! Nothing here reads a clock or does I/O: every call takes `now_ns`.
+
+mod judge;
+mod state;
+mod upstream;
+
+#[cfg(test)]
+mod scenario;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::decode::{Packet, Point, Proto, dns};
+use state::{
+    B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Leg, LegKind, LegRef, LookupState, Names,
+    Refs, T_ACK, T_FIN, T_PSH, T_RST, T_SYN,
+};
+use upstream::Upstreams;
+
+/// One captured packet, with where it was seen.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub packet: Packet,
+    /// Interface name, or "socket" for the socket hop.
+    pub iface: String,
+    /// Set when this event is a kernel drop of the packet (skb:kfree_skb): the drop
+    /// reason name, e.g. "NETFILTER_DROP", "NO_SOCKET", "IP_RPFILTER".
+    pub drop_reason: Option<String>,
+}
+
+/// Which capture points are watched: a verdict that rests on *not* seeing something is
+/// only given when the place it would have been seen is watched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Interfaces hooked with tc (both directions).
+    pub ifaces: Vec<String>,
+    /// Every interface of the node is hooked, so a packet cannot leave unseen.
+    pub all_ifaces: bool,
+    /// The socket hop (cgroup_skb) is on: local delivery and local sends are visible.
+    pub socket: bool,
+    /// Kernel drops (skb:kfree_skb) are traced.
+    pub drops: bool,
+}
+
+impl Coverage {
+    /// Everything watched.
+    pub fn full() -> Self {
+        Self {
+            ifaces: Vec::new(),
+            all_ifaces: true,
+            socket: true,
+            drops: true,
+        }
+    }
+
+    pub fn watches(&self, iface: &str) -> bool {
+        self.all_ifaces || self.ifaces.iter().any(|i| i == iface)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A lookup without a reply this long after the client's last query is unanswered.
+    pub timeout_ns: u64,
+    /// A forwarder's new query for the same question within this of its parent's last
+    /// activity is a child; also the time a client has to start TCP after TC=1.
+    pub forward_window_ns: u64,
+    /// Upstream answers for one question are compared over this window.
+    pub disagreement_window_ns: u64,
+    /// Live lookups; beyond it the oldest is evicted and counted.
+    pub max_lookups: usize,
+    /// Interfaces that lead off the node.
+    pub uplinks: Vec<String>,
+    /// Netns cookie of the node's host netns; any other netns is a pod.
+    pub host_netns: u64,
+    pub watched: Coverage,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            timeout_ns: 5_000_000_000,
+            forward_window_ns: 2_000_000_000,
+            disagreement_window_ns: 60_000_000_000,
+            max_lookups: 100_000,
+            uplinks: Vec::new(),
+            host_netns: 0,
+            watched: Coverage::full(),
+        }
+    }
+}
+
+/// How a lookup ended. The serialized names are the user-facing API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    UpstreamRejectsEdns,
+    UpstreamDisagreement,
+    LoopbackNameserver,
+    ReplyFromUnexpectedSource,
+    LeftViaUplink,
+    ForwardingLoop,
+    TruncatedNoTcp,
+    Dropped,
+    ServerError,
+    Unanswered,
+    Unknown,
+}
+
+/// How loud a verdict is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Ok = 0,
+    Info = 1,
+    Warning = 2,
+    Error = 3,
+}
+
+impl Verdict {
+    pub const ALL: [Self; 12] = [
+        Self::Ok,
+        Self::UpstreamRejectsEdns,
+        Self::UpstreamDisagreement,
+        Self::LoopbackNameserver,
+        Self::ReplyFromUnexpectedSource,
+        Self::LeftViaUplink,
+        Self::ForwardingLoop,
+        Self::TruncatedNoTcp,
+        Self::Dropped,
+        Self::ServerError,
+        Self::Unanswered,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::UpstreamRejectsEdns => "upstream_rejects_edns",
+            Self::UpstreamDisagreement => "upstream_disagreement",
+            Self::LoopbackNameserver => "loopback_nameserver",
+            Self::ReplyFromUnexpectedSource => "reply_from_unexpected_source",
+            Self::LeftViaUplink => "left_via_uplink",
+            Self::ForwardingLoop => "forwarding_loop",
+            Self::TruncatedNoTcp => "truncated_no_tcp",
+            Self::Dropped => "dropped",
+            Self::ServerError => "server_error",
+            Self::Unanswered => "unanswered",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// `unknown` is information about the tracer, not the path; EDNS rejection and
+    /// disagreement may still have given the client an answer.
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::Ok => Severity::Ok,
+            Self::Unknown => Severity::Info,
+            Self::UpstreamRejectsEdns | Self::UpstreamDisagreement => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// EDNS0 as the query carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HopEdns {
+    pub udp: u16,
+    #[serde(rename = "do")]
+    pub dnssec_ok: bool,
+}
+
+/// One sighting of a packet of the lookup.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hop {
+    pub ts_ns: u64,
+    /// Interface name, or "socket".
+    pub iface: String,
+    /// "ingress", "egress", "socket-in", "socket-out" or "drop".
+    pub dir: &'static str,
+    pub netns: u64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// None for TCP segments without a DNS message (SYN, SYN-ACK, RST).
+    pub id: Option<u16>,
+    pub qr: Option<bool>,
+    pub rcode: Option<String>,
+    pub edns: Option<HopEdns>,
+    pub tc: bool,
+    pub proto: Proto,
+    pub tcp_flags: Option<String>,
+    pub drop_reason: Option<String>,
+}
+
+/// One finished lookup: a `{"type":"lookup",...}` JSON line. Field names are the API.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lookup {
+    /// "ip:port" of the client.
+    pub client: String,
+    /// "ip:port" the client addressed (before any DNAT).
+    pub server: String,
+    pub qname: String,
+    pub qtype: String,
+    /// What the client finally got, or None.
+    pub rcode: Option<String>,
+    pub verdict: Verdict,
+    /// The hop or address blamed.
+    pub culprit: Option<String>,
+    /// "iface direction", or "socket-in (netns N)"…
+    pub last_hop: Option<String>,
+    /// One line naming the fix.
+    pub hint: Option<String>,
+    pub latency_ms: Option<f64>,
+    /// One line explaining the verdict.
+    pub detail: String,
+    /// Every sighting of the client's queries and replies, in time order.
+    pub hops: Vec<Hop>,
+    /// The forwarded queries, stitched the same way.
+    pub children: Vec<Lookup>,
+    /// Client retransmissions and retries grouped into this lookup.
+    pub retries: u32,
+    pub start_ts_ns: u64,
+    /// The client's netns, when the socket hop saw it send.
+    pub netns: Option<u64>,
+    /// Hops not kept (per-leg cap).
+    pub hops_omitted: u32,
+    /// Forwarded queries not kept (per-lookup cap).
+    pub children_omitted: u32,
+}
+
+impl Lookup {
+    /// This lookup and every forwarded query under it, depth first.
+    pub fn descendants(&self) -> usize {
+        self.children.iter().map(|c| 1 + c.descendants()).sum()
+    }
+}
+
+/// Per upstream address (queries that leave the node).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UpstreamStats {
+    pub upstream: String,
+    pub queries: u64,
+    pub answered: u64,
+    pub unanswered: u64,
+    pub rcodes: BTreeMap<String, u64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Counters of the correlator itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CorrelateStats {
+    pub events: u64,
+    /// Events without addresses, DNS question, or a standard query opcode.
+    pub ignored: u64,
+    /// Replies that matched no open query.
+    pub orphan_responses: u64,
+    pub live_lookups: usize,
+    pub started: u64,
+    pub finished: u64,
+    /// Lookups dropped unfinished because `max_lookups` were live.
+    pub evicted: u64,
+    pub hops_omitted: u64,
+    pub legs_omitted: u64,
+    /// Events the tracer reported lost (`note_loss`).
+    pub lost_events: u64,
+    pub by_verdict: BTreeMap<&'static str, u64>,
+}
+
+/// Why a lookup is being finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The reply reached the client.
+    Answered,
+    /// Its deadline passed.
+    Deadline,
+    /// Capture stopped.
+    Stopped,
+}
+
+enum Place {
+    Tcp(u64),
+    Child(u64, u8),
+    Retry(u64),
+    New,
+}
+
+/// Both ends of a message rewritten at once (DNAT + SNAT): still the same message this close.
+const SAME_MESSAGE_NS: u64 = 100_000_000;
+/// A new-ID query for the same question sooner than this is a concurrent lookup, not a retry
+/// (resolvers wait at least a second before retrying).
+const MIN_RETRY_GAP_NS: u64 = 200_000_000;
+/// Open lookups examined per question when placing a new query.
+const SCAN: usize = 64;
+/// Events reported lost at `t` may have happened this long before.
+const LOSS_SLACK_NS: u64 = 1_000_000_000;
+const LOSS_MERGE_NS: u64 = 100_000_000;
+const MAX_LOSS_SPANS: usize = 4096;
+
+/// The correlator: owns all flow state, bounded by TTL and `max_lookups`.
+pub struct Correlator {
+    cfg: Config,
+    /// timeout + grace: how long a lookup stays open after the client's last query.
+    ttl_ns: u64,
+    next_id: u64,
+    /// No live lookup has an id below this.
+    oldest: u64,
+    lookups: HashMap<u64, LookupState, Fx>,
+    /// (DNS id, question hash) → legs.
+    by_msg: HashMap<(u16, u64), Refs, Fx>,
+    /// Question hash → open lookups, oldest first.
+    by_q: HashMap<u64, VecDeque<u64>, Fx>,
+    deadlines: BTreeSet<(u64, u64)>,
+    /// Client IP → lookups whose client got TC=1 and may now open TCP.
+    tc_wait: HashMap<IpAddr, Vec<u64>, Fx>,
+    /// Client address of a TCP retry → lookup.
+    tcp_flows: HashMap<SocketAddr, u64, Fx>,
+    ifaces: Names,
+    uplink: Vec<bool>,
+    reasons: Names,
+    /// (first, last, n): times events were reported lost, merged when close.
+    loss: VecDeque<(u64, u64, u64)>,
+    upstreams: Upstreams,
+    stats: CorrelateStats,
+}
+
+impl Correlator {
+    pub fn new(cfg: Config) -> Self {
+        // Grace after the timeout, so that a client's retry sent exactly at its own timeout
+        // still joins the lookup, and a reply arriving just late still counts.
+        let ttl_ns = cfg.timeout_ns + cfg.timeout_ns / 10;
+        let upstreams = Upstreams::new(cfg.disagreement_window_ns, cfg.max_lookups);
+        Self {
+            cfg,
+            ttl_ns,
+            next_id: 1,
+            oldest: 1,
+            lookups: HashMap::default(),
+            by_msg: HashMap::default(),
+            by_q: HashMap::default(),
+            deadlines: BTreeSet::new(),
+            tc_wait: HashMap::default(),
+            tcp_flows: HashMap::default(),
+            ifaces: Names::new("?"),
+            uplink: vec![false],
+            reasons: Names::new(""),
+            loss: VecDeque::new(),
+            upstreams,
+            stats: CorrelateStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Feeds one event. Returns the lookups that finished because of it (the reply reached
+    /// the client).
+    pub fn ingest(&mut self, ev: Event, now_ns: u64) -> Vec<Lookup> {
+        self.stats.events += 1;
+        let mut out = Vec::new();
+        let Event {
+            packet,
+            iface,
+            drop_reason,
+        } = ev;
+        let Packet {
+            meta,
+            proto,
+            src,
+            dst,
+            tcp_flags,
+            dns,
+            ..
+        } = packet;
+        let (Some(src), Some(dst)) = (src, dst) else {
+            self.stats.ignored += 1;
+            return out;
+        };
+        let iface = self.intern_iface(&iface);
+        let drop_reason = drop_reason.map_or(0, |r| self.reasons.intern(&r));
+        let mut hop = HopRec {
+            ts: if meta.ts_ns != 0 { meta.ts_ns } else { now_ns },
+            netns: meta.netns,
+            src,
+            dst,
+            iface,
+            drop_reason,
+            rcode: 0,
+            edns_udp: 0,
+            id: 0,
+            point: if drop_reason != 0 {
+                Point::Drop
+            } else {
+                meta.point
+            },
+            bits: if proto == Some(Proto::Tcp) { B_TCP } else { 0 },
+            tcp: tcp_flags.map_or(0, |f| {
+                u8::from(f.syn) * T_SYN
+                    | u8::from(f.ack) * T_ACK
+                    | u8::from(f.fin) * T_FIN
+                    | u8::from(f.rst) * T_RST
+                    | u8::from(f.psh) * T_PSH
+            }),
+        };
+        let Some(msg) = dns else {
+            self.on_segment(hop);
+            return out;
+        };
+        let dns::Message {
+            id,
+            qr,
+            opcode,
+            rcode,
+            flags,
+            question,
+            edns,
+            ..
+        } = msg;
+        let Some(q) = question else {
+            self.stats.ignored += 1;
+            return out;
+        };
+        if opcode != "QUERY" {
+            self.stats.ignored += 1;
+            return out;
+        }
+        hop.id = id;
+        hop.bits |= B_DNS | if qr { B_QR } else { 0 } | if flags.tc { B_TC } else { 0 };
+        if let Some(e) = &edns {
+            hop.bits |= B_EDNS | if e.dnssec_ok { B_DO } else { 0 };
+            hop.edns_udp = e.udp_size;
+        }
+        let qhash = state::question_hash(&q.name, &q.qtype, &q.qclass);
+        if qr {
+            hop.rcode = state::rcode_code(&rcode);
+            if let Some(done) = self.on_response(hop, qhash, &q.name) {
+                out.push(done);
+            }
+        } else {
+            self.on_query(hop, qhash, q);
+        }
+        out
+    }
+
+    /// Time passes: lookups past their deadline finish.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Lookup> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, lid)) = self.deadlines.first() {
+            if deadline > now_ns {
+                break;
+            }
+            match self.finish_one(lid, deadline, End::Deadline) {
+                Some(l) => out.push(l),
+                // Cannot happen (the index is kept in step); never spin on it.
+                None => {
+                    self.deadlines.pop_first();
+                }
+            }
+        }
+        self.prune(now_ns);
+        out
+    }
+
+    /// The tracer lost `n` events around `now_ns`: lookups open then end `unknown`
+    /// rather than claim that something vanished.
+    pub fn note_loss(&mut self, n: u64, now_ns: u64) {
+        if n == 0 {
+            return;
+        }
+        self.stats.lost_events += n;
+        match self.loss.back_mut() {
+            Some(last) if now_ns <= last.1 + LOSS_MERGE_NS => {
+                last.1 = last.1.max(now_ns);
+                last.2 += n;
+            }
+            _ => self.loss.push_back((now_ns, now_ns, n)),
+        }
+        if self.loss.len() > MAX_LOSS_SPANS {
+            // Merge the two oldest instead of forgetting a loss.
+            if let (Some(a), Some(b)) = (self.loss.pop_front(), self.loss.front_mut()) {
+                b.0 = a.0;
+                b.2 += a.2;
+            }
+        }
+    }
+
+    /// End of capture: finishes everything still open.
+    pub fn finish(&mut self, now_ns: u64) -> Vec<Lookup> {
+        let mut ids: Vec<u64> = self.lookups.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|lid| self.finish_one(lid, now_ns, End::Stopped))
+            .collect()
+    }
+
+    /// Per upstream address, sorted by address.
+    pub fn upstreams(&self) -> Vec<UpstreamStats> {
+        self.upstreams.stats()
+    }
+
+    pub fn stats(&self) -> CorrelateStats {
+        let mut s = self.stats.clone();
+        s.live_lookups = self.lookups.len();
+        s
+    }
+
+    fn intern_iface(&mut self, name: &str) -> u16 {
+        let id = self.ifaces.intern(name);
+        if usize::from(id) >= self.uplink.len() {
+            let up = self.cfg.uplinks.iter().any(|u| u == name);
+            self.uplink.resize(usize::from(id) + 1, false);
+            self.uplink[usize::from(id)] = up;
+        }
+        id
+    }
+
+    fn is_uplink(&self, iface: u16) -> bool {
+        self.uplink.get(usize::from(iface)).copied().unwrap_or(false)
+    }
+
+    fn on_query(&mut self, hop: HopRec, qhash: u64, q: dns::Question) {
+        if let Some(r) = self.match_query(&hop, qhash, &q.name) {
+            self.add_query_hop(r, hop);
+            return;
+        }
+        match self.place(&hop, qhash, &q.name) {
+            Place::Tcp(lid) => self.add_leg(lid, None, LegKind::Tcp, hop, qhash),
+            Place::Child(lid, parent) => {
+                self.add_leg(lid, Some(parent), LegKind::Child, hop, qhash)
+            }
+            Place::Retry(lid) => self.add_leg(lid, None, LegKind::Retry, hop, qhash),
+            Place::New => self.new_lookup(hop, qhash, q),
+        }
+    }
+
+    /// The same query message seen before: same ID and question, and this sighting shares
+    /// its source or destination with an earlier one (NAT rewrites one side per hop).
+    fn match_query(&self, hop: &HopRec, qhash: u64, qname: &str) -> Option<LegRef> {
+        let refs = self.by_msg.get(&(hop.id, qhash))?;
+        let mut best: Option<(u8, LegRef)> = None;
+        for r in refs.as_slice() {
+            let Some(lk) = self.lookups.get(&r.lookup) else {
+                continue;
+            };
+            let leg = &lk.legs[usize::from(r.leg)];
+            if leg.proto != hop.proto()
+                || !lk.qname.eq_ignore_ascii_case(qname)
+                || hop.ts > leg.last_query_ts + self.ttl_ns
+            {
+                continue;
+            }
+            let shared = leg
+                .query_hops()
+                .any(|h| h.src == hop.src || h.dst == hop.dst);
+            let score = if shared {
+                2
+            } else if hop.ts.saturating_sub(leg.last_query_ts) <= SAME_MESSAGE_NS {
+                1
+            } else {
+                0
+            };
+            if score > 0 && best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, *r));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    fn add_query_hop(&mut self, r: LegRef, hop: HopRec) {
+        let on_uplink = hop.point == Point::TcEgress && self.is_uplink(hop.iface);
+        let Some(lk) = self.lookups.get_mut(&r.lookup) else {
+            return;
+        };
+        let leg = &mut lk.legs[usize::from(r.leg)];
+        let here = hop.spot();
+        // Seen here already: the sender transmitted the same message again.
+        let again = hop.point != Point::Drop && leg.query_hops().any(|h| h.spot() == here);
+        let is_drop = hop.point == Point::Drop;
+        let fact = (is_drop && leg.drop.is_none()) || (on_uplink && leg.uplink.is_none());
+        if let Some(i) = leg.push(hop, fact) {
+            if is_drop {
+                leg.drop.get_or_insert(i);
+            }
+            if on_uplink {
+                leg.uplink.get_or_insert(i);
+            }
+        } else {
+            self.stats.hops_omitted += 1;
+        }
+        if !leg.tc_seen && state::is_tc(hop.point) {
+            leg.tc_seen = true;
+            if hop.dst == leg.server {
+                leg.client_tc = Some(here);
+            }
+        }
+        if is_drop {
+            return;
+        }
+        leg.last_query_ts = leg.last_query_ts.max(hop.ts);
+        if again && here == leg.first && leg.depth == 0 {
+            lk.retries += 1;
+            lk.last_client_ts = hop.ts;
+            let deadline = hop.ts + self.ttl_ns;
+            set_deadline(&mut self.deadlines, lk, r.lookup, deadline);
+        }
+    }
+
+    /// Where a query that is not a sighting of a known message belongs.
+    fn place(&self, hop: &HopRec, qhash: u64, qname: &str) -> Place {
+        let Some(ids) = self.by_q.get(&qhash) else {
+            return Place::New;
+        };
+        let open = || {
+            ids.iter()
+                .rev()
+                .take(SCAN)
+                .filter_map(|lid| self.lookups.get(lid).map(|lk| (*lid, lk)))
+                .filter(|(_, lk)| lk.qname.eq_ignore_ascii_case(qname))
+        };
+        // The client's TCP retry after a TC=1 answer: same client IP and question.
+        if hop.proto() == Proto::Tcp {
+            if let Some((lid, _)) = open()
+                .find(|(_, lk)| lk.await_tcp.is_some() && lk.legs[0].client.ip() == hop.src.ip())
+            {
+                return Place::Tcp(lid);
+            }
+        }
+        // A forwarder's query: the best-supported open leg, the most recent on a tie
+        // (so a chain pod → node-local-dns → CoreDNS → upstream nests).
+        let mut best: Option<(u8, u64, u64, u8)> = None;
+        for (lid, lk) in open() {
+            for (i, leg) in lk.legs.iter().enumerate() {
+                if leg.resp.is_some()
+                    || hop.ts < leg.first_ts
+                    || hop.ts > leg.last_query_ts.max(leg.last_child_ts) + self.cfg.forward_window_ns
+                {
+                    continue;
+                }
+                let score = child_score(leg, hop);
+                if score >= 2
+                    && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t))
+                {
+                    best = Some((score, leg.first_ts, lid, i as u8));
+                }
+            }
+        }
+        if let Some((_, _, lid, leg)) = best {
+            return Place::Child(lid, leg);
+        }
+        // The client asking again: same socket, or same address from the same place.
+        for (lid, lk) in open() {
+            let root = &lk.legs[0];
+            let gap = hop.ts.saturating_sub(lk.last_client_ts);
+            let same_client = hop.src == root.client
+                || (hop.src.ip() == root.client.ip() && hop.spot() == root.first);
+            if same_client && (MIN_RETRY_GAP_NS..=self.ttl_ns).contains(&gap) {
+                return Place::Retry(lid);
+            }
+        }
+        Place::New
+    }
+
+    fn add_leg(&mut self, lid: u64, parent: Option<u8>, kind: LegKind, hop: HopRec, qhash: u64) {
+        let on_uplink = self.is_uplink(hop.iface);
+        let Some(lk) = self.lookups.get_mut(&lid) else {
+            return;
+        };
+        if lk.legs.len() >= state::MAX_LEGS {
+            lk.legs_omitted += 1;
+            self.stats.legs_omitted += 1;
+            return;
+        }
+        let depth = parent.map_or(0, |p| lk.legs[usize::from(p)].depth.saturating_add(1));
+        if let Some(p) = parent {
+            let p = &mut lk.legs[usize::from(p)];
+            p.children += 1;
+            p.last_child_ts = p.last_child_ts.max(hop.ts);
+        }
+        let idx = lk.legs.len() as u8;
+        lk.legs.push(Leg::new(hop, kind, parent, depth, on_uplink));
+        state::refs_insert(&mut self.by_msg, (hop.id, qhash), LegRef { lookup: lid, leg: idx });
+        if depth == 0 {
+            if kind == LegKind::Retry {
+                lk.retries += 1;
+            }
+            lk.last_client_ts = hop.ts;
+            let deadline = hop.ts + self.ttl_ns;
+            set_deadline(&mut self.deadlines, lk, lid, deadline);
+        }
+    }
+
+    fn new_lookup(&mut self, hop: HopRec, qhash: u64, q: dns::Question) {
+        while self.lookups.len() >= self.cfg.max_lookups.max(1) {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        let lid = self.next_id;
+        self.next_id += 1;
+        let deadline = hop.ts + self.ttl_ns;
+        let leg = Leg::new(hop, LegKind::Client, None, 0, self.is_uplink(hop.iface));
+        self.lookups.insert(
+            lid,
+            LookupState {
+                qhash,
+                qname: q.name,
+                qtype: q.qtype,
+                legs: vec![leg],
+                tcp_hops: Vec::new(),
+                tcp_flows: Vec::new(),
+                retries: 0,
+                legs_omitted: 0,
+                start: hop.ts,
+                last_client_ts: hop.ts,
+                deadline,
+                await_tcp: None,
+            },
+        );
+        self.deadlines.insert((deadline, lid));
+        state::refs_insert(&mut self.by_msg, (hop.id, qhash), LegRef { lookup: lid, leg: 0 });
+        self.by_q.entry(qhash).or_default().push_back(lid);
+        self.stats.started += 1;
+    }
+
+    fn match_response(&self, hop: &HopRec, qhash: u64, qname: &str) -> Option<LegRef> {
+        let refs = self.by_msg.get(&(hop.id, qhash))?;
+        let mut best: Option<(u8, LegRef)> = None;
+        for r in refs.as_slice() {
+            let Some(lk) = self.lookups.get(&r.lookup) else {
+                continue;
+            };
+            let leg = &lk.legs[usize::from(r.leg)];
+            if leg.proto != hop.proto()
+                || !lk.qname.eq_ignore_ascii_case(qname)
+                || hop.ts > leg.last_query_ts + self.ttl_ns
+            {
+                continue;
+            }
+            // Addressed to where the query came from; its own source does not matter
+            // (that is how a reply from an unexpected source is still matched).
+            let to_client = leg.query_hops().any(|h| h.src == hop.dst);
+            let from_server = leg.query_hops().any(|h| h.dst == hop.src);
+            let score = match (to_client, from_server) {
+                (true, true) => 3,
+                (true, false) => 2,
+                // The port was rewritten somewhere we did not see.
+                _ if leg.query_hops().any(|h| h.src.ip() == hop.dst.ip()) => 1,
+                _ => 0,
+            };
+            if score > 0 && best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, *r));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    fn on_response(&mut self, hop: HopRec, qhash: u64, qname: &str) -> Option<Lookup> {
+        let Some(r) = self.match_response(&hop, qhash, qname) else {
+            self.stats.orphan_responses += 1;
+            return None;
+        };
+        let lk = self.lookups.get_mut(&r.lookup)?;
+        let leg = &mut lk.legs[usize::from(r.leg)];
+        let here = hop.spot();
+        let is_drop = hop.point == Point::Drop;
+        let client_leg = leg.depth == 0 && !is_drop;
+        // The reply is back where the client's query was first seen.
+        let at_client = client_leg && here == leg.first.mirror();
+        // …or passing the client's veth on the way there.
+        let near_client = client_leg && leg.client_tc.is_some_and(|s| here == s.mirror());
+        let unexpected = (at_client || near_client) && hop.src != leg.server;
+        let fact = (is_drop && leg.drop.is_none())
+            || (!is_drop && leg.resp.is_none())
+            || at_client
+            || (unexpected && leg.unexpected.is_none());
+        match leg.push(hop, fact) {
+            Some(i) if is_drop => {
+                leg.drop.get_or_insert(i);
+            }
+            Some(i) => {
+                leg.resp.get_or_insert(i);
+                if unexpected {
+                    leg.unexpected.get_or_insert(i);
+                }
+                if at_client {
+                    leg.final_reply = Some(i);
+                }
+            }
+            None => self.stats.hops_omitted += 1,
+        }
+        if !at_client {
+            return None;
+        }
+        if hop.has(B_TC) && leg.proto == Proto::Udp {
+            // Truncated: the client should now retry over TCP, within the forward window.
+            if lk.await_tcp.is_none() {
+                lk.await_tcp = Some(hop.ts);
+                let ip = leg.client.ip();
+                self.tc_wait.entry(ip).or_default().push(r.lookup);
+                let deadline = hop.ts + self.cfg.forward_window_ns;
+                set_deadline(&mut self.deadlines, lk, r.lookup, deadline);
+            }
+            return None;
+        }
+        self.finish_one(r.lookup, hop.ts, End::Answered)
+    }
+
+    /// A TCP segment without a DNS message: only SYN and RST matter, to show how far a
+    /// client's TCP retry after TC=1 got.
+    fn on_segment(&mut self, hop: HopRec) {
+        if hop.proto() != Proto::Tcp || hop.tcp & (T_SYN | T_RST) == 0 {
+            self.stats.ignored += 1;
+            return;
+        }
+        let known = self
+            .tcp_flows
+            .get(&hop.src)
+            .or_else(|| self.tcp_flows.get(&hop.dst))
+            .copied();
+        let lid = match known {
+            Some(lid) => lid,
+            None if hop.tcp & (T_SYN | T_ACK) == T_SYN => {
+                let waiting = self.tc_wait.get(&hop.src.ip()).and_then(|v| v.last());
+                let Some(&lid) = waiting else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                self.tcp_flows.insert(hop.src, lid);
+                if let Some(lk) = self.lookups.get_mut(&lid) {
+                    lk.tcp_flows.push(hop.src);
+                }
+                lid
+            }
+            None => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        let Some(lk) = self.lookups.get_mut(&lid) else {
+            return;
+        };
+        if lk.tcp_hops.is_empty() {
+            // The TCP attempt gets the full timeout.
+            let deadline = hop.ts + self.ttl_ns;
+            set_deadline(&mut self.deadlines, lk, lid, deadline);
+        }
+        if lk.tcp_hops.len() < state::MAX_TCP_HOPS {
+            lk.tcp_hops.push(hop);
+        } else {
+            self.stats.hops_omitted += 1;
+        }
+    }
+
+    /// Removes a lookup and every index entry that points at it.
+    fn remove(&mut self, lid: u64) -> Option<LookupState> {
+        let lk = self.lookups.remove(&lid)?;
+        for (i, leg) in lk.legs.iter().enumerate() {
+            let r = LegRef {
+                lookup: lid,
+                leg: i as u8,
+            };
+            state::refs_remove(&mut self.by_msg, (leg.id, lk.qhash), r);
+        }
+        if let Some(q) = self.by_q.get_mut(&lk.qhash) {
+            // Lookups mostly finish in start order, so the search from the front is short.
+            if let Some(pos) = q.iter().position(|&x| x == lid) {
+                q.remove(pos);
+            }
+            if q.is_empty() {
+                self.by_q.remove(&lk.qhash);
+            }
+        }
+        self.deadlines.remove(&(lk.deadline, lid));
+        if lk.await_tcp.is_some() {
+            let ip = lk.legs[0].client.ip();
+            if let Some(v) = self.tc_wait.get_mut(&ip) {
+                v.retain(|&x| x != lid);
+                if v.is_empty() {
+                    self.tc_wait.remove(&ip);
+                }
+            }
+        }
+        for a in &lk.tcp_flows {
+            self.tcp_flows.remove(a);
+        }
+        Some(lk)
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        while self.oldest < self.next_id && !self.lookups.contains_key(&self.oldest) {
+            self.oldest += 1;
+        }
+        if self.remove(self.oldest).is_none() {
+            return false;
+        }
+        self.stats.evicted += 1;
+        true
+    }
+
+    fn finish_one(&mut self, lid: u64, end: u64, how: End) -> Option<Lookup> {
+        let lk = self.remove(lid)?;
+        self.record_upstreams(&lk, end);
+        let lookup = self.judge(lk, end, how);
+        self.stats.finished += 1;
+        *self.stats.by_verdict.entry(lookup.verdict.as_str()).or_default() += 1;
+        Some(lookup)
+    }
+
+    /// Drops loss spans and disagreement history nobody can need any more.
+    fn prune(&mut self, now_ns: u64) {
+        while self.oldest < self.next_id && !self.lookups.contains_key(&self.oldest) {
+            self.oldest += 1;
+        }
+        let oldest_start = self
+            .lookups
+            .get(&self.oldest)
+            .map_or(u64::MAX, |lk| lk.start);
+        let keep_from = oldest_start.min(now_ns.saturating_sub(LOSS_SLACK_NS));
+        while self.loss.front().is_some_and(|s| s.1 < keep_from) {
+            self.loss.pop_front();
+        }
+        self.upstreams.prune(now_ns);
+    }
+
+    /// Events reported lost while a lookup spanning [start, end] was open.
+    fn lost_during(&self, start: u64, end: u64) -> u64 {
+        self.loss
+            .iter()
+            .filter(|(a, b, _)| a.saturating_sub(LOSS_SLACK_NS) <= end && *b >= start)
+            .map(|s| s.2)
+            .sum()
+    }
+
+    fn record_upstreams(&mut self, lk: &LookupState, end: u64) {
+        for leg in &lk.legs {
+            if !self.leaves_node(leg) {
+                continue;
+            }
+            let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);
+            let reply = leg.hop(leg.resp).map(|h| (h.rcode, h.ts.saturating_sub(sent)));
+            self.upstreams
+                .record(leg.server, lk.qhash, reply, end);
+        }
+    }
+
+    /// A query that leaves the node: seen leaving by an uplink or, with no uplinks
+    /// configured, a forwarded query that nobody forwarded further and that was last
+    /// seen departing.
+    fn leaves_node(&self, leg: &Leg) -> bool {
+        if leg.uplink.is_some() {
+            return true;
+        }
+        self.cfg.uplinks.is_empty()
+            && leg.depth >= 1
+            && leg.children == 0
+            && leg
+                .query_hops()
+                .last()
+                .is_some_and(|h| state::is_departure(h.point))
+    }
+}
+
+/// How strongly a new query looks like `leg`'s forwarder asking on its behalf.
+fn child_score(leg: &Leg, hop: &HopRec) -> u8 {
+    // The same socket asking again is a retry, not a forward.
+    if hop.src == leg.client {
+        return 0;
+    }
+    for h in leg.query_hops().filter(|h| h.point != Point::Drop) {
+        // Sent from the netns the parent was delivered in, or from the address it was sent to.
+        if hop.point == Point::SocketOut && h.point == Point::SocketIn && h.netns == hop.netns {
+            return 3;
+        }
+        if h.dst.ip() == hop.src.ip() {
+            return 3;
+        }
+    }
+    // Without the socket hop: the parent arrived at a netns (e.g. the host's, delivered to
+    // node-local-dns) and this query departs from that same netns.
+    let last = leg.query_hops().filter(|h| h.point != Point::Drop).last();
+    match last {
+        Some(l)
+            if state::is_arrival(l.point)
+                && state::is_departure(hop.point)
+                && l.netns == hop.netns =>
+        {
+            2
+        }
+        _ => 0,
+    }
+}
+
+fn set_deadline(
+    deadlines: &mut BTreeSet<(u64, u64)>,
+    lk: &mut LookupState,
+    lid: u64,
+    deadline: u64,
+) {
+    deadlines.remove(&(lk.deadline, lid));
+    lk.deadline = deadline;
+    deadlines.insert((deadline, lid));
+}
