@@ -1,8 +1,9 @@
 //! Wires the stages together for `dnstrace watch`: capture → bounded queue →
-//! decode → sink, plus signals, the ready file and the exit summary.
+//! decode → correlate → sinks, plus signals, the ready file, the periodic
+//! per-upstream table and the exit summary.
 use std::{
     io::{BufWriter, Write},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -14,6 +15,7 @@ use tokio::{
 use crate::{
     capture::{Batch, Capture, CaptureConfig, links::Framing},
     cli::{Output, WatchConfig},
+    correlate::{self, Correlator, Coverage},
     decode,
     sink::{IssueCounts, JsonSink, Names, Sink, Summary, TextSink},
 };
@@ -25,6 +27,9 @@ enum Stop {
     Duration,
     OutputClosed,
 }
+
+/// How often open lookups are checked for their deadline and losses are noted.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Runs `dnstrace watch` until a signal, `--duration`, or the reader goes away.
 pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
@@ -45,8 +50,14 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
             }
         }
     }
+    let uplinks = match &cfg.uplinks {
+        Some(u) => u.clone(),
+        None => crate::capture::links::default_route_ifaces()
+            .await
+            .unwrap_or_default(),
+    };
     let capture_cfg = CaptureConfig {
-        ifaces,
+        ifaces: ifaces.clone(),
         socket_hop: cfg.socket_hop,
         ports: cfg.ports.clone(),
         snaplen: cfg.snaplen,
@@ -56,7 +67,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         drops: cfg.drops,
     };
     let mut capture = Capture::open(&capture_cfg).await?;
-    announce(&capture, &cfg);
+    announce(&capture, &cfg, &uplinks);
     if let Some(path) = &cfg.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
@@ -67,13 +78,35 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         capture.links().iter().map(|l| (l.index, l.name.clone())),
     )
     .with_drop_reasons(capture.drop_reasons().clone());
+    let all_ifaces = cfg.auto
+        && capture
+            .links()
+            .iter()
+            .all(|l| ifaces.contains(&l.name) || l.framing == Framing::Unsupported);
+    let correlator = Correlator::new(correlate::Config {
+        timeout_ns: cfg.timeout.as_nanos() as u64,
+        uplinks: uplinks.clone(),
+        host_netns: capture.netns(),
+        watched: Coverage {
+            ifaces,
+            all_ifaces,
+            socket: cfg.socket_hop,
+            drops: capture
+                .attached()
+                .iter()
+                .any(|p| p.point == decode::Point::Drop),
+        },
+        ..correlate::Config::default()
+    });
+
     let (tx, rx) = mpsc::channel::<Batch>(cfg.queue);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (lost_tx, lost_rx) = watch::channel(0u64);
     let mut drain = capture
         .take_drain()
         .context("opening the ring buffer for polling")?;
-    let output = cfg.output;
-    let consumer = tokio::task::spawn_blocking(move || consume(rx, names, output));
+    let consumer = Consumer::new(&cfg, names, correlator, lost_rx);
+    let consumer = tokio::spawn(consumer.run(rx));
     let drain_task = tokio::spawn(async move {
         drain.run(&tx, &mut stop_rx).await;
         (drain, tx)
@@ -86,17 +119,21 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
                 None => std::future::pending().await,
             }
         };
-        let consumer_done = async {
-            // The consumer only ends early when stdout is gone (e.g. `| head`).
-            while !consumer.is_finished() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => break Stop::Signal("SIGINT"),
+                _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+                () = &mut deadline => break Stop::Duration,
+                _ = tick.tick() => {
+                    // The consumer only ends early when stdout is gone (e.g. `| head`).
+                    if consumer.is_finished() {
+                        break Stop::OutputClosed;
+                    }
+                    let _ = lost_tx.send(capture.counters().lost());
+                }
             }
-        };
-        tokio::select! {
-            _ = sigint.recv() => Stop::Signal("SIGINT"),
-            _ = sigterm.recv() => Stop::Signal("SIGTERM"),
-            () = deadline => Stop::Duration,
-            () = consumer_done => Stop::OutputClosed,
         }
     };
     log::info!("stopping: {stop:?}");
@@ -106,17 +143,28 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     // Detach first, then collect what the kernel emitted until that moment.
     capture.detach().await;
     drain.drain_rest(&tx).await;
+    let _ = lost_tx.send(capture.counters().lost());
     drop(tx);
-    let (decoded, issues, mut sink) = consumer.await.context("the output task failed")?;
+    let done = consumer.await.context("the output task failed")?;
+    let Done {
+        decoded,
+        issues,
+        lookups,
+        upstreams,
+        mut sink,
+    } = done;
     let summary = Summary {
         netns: capture.netns(),
         kernel: capture.counters(),
         userspace: drain.stats(),
         decoded,
         issues,
+        lookups,
+        upstreams,
         duration_ms: started.elapsed().as_millis() as u64,
     };
     if stop != Stop::OutputClosed {
+        let _ = sink.upstreams(&summary.upstreams);
         let _ = sink.summary(&summary);
     }
     if let Stop::Signal(sig) = stop {
@@ -128,7 +176,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-fn announce(capture: &Capture, cfg: &WatchConfig) {
+fn announce(capture: &Capture, cfg: &WatchConfig, uplinks: &[String]) {
     let mut tc: Vec<String> = Vec::new();
     let mut socket = None;
     let mut mode = None;
@@ -167,38 +215,153 @@ fn announce(capture: &Capture, cfg: &WatchConfig) {
     if drops {
         msg.push_str("; kernel drops via tp_btf/kfree_skb");
     }
+    if !uplinks.is_empty() {
+        msg.push_str(&format!("; uplink(s): {}", uplinks.join(" ")));
+    }
     eprintln!("{msg}; netns cookie {}; Ctrl-C to stop", capture.netns());
 }
 
-/// Decodes and writes every batch; returns when the queue closes or stdout is gone.
-fn consume(
-    mut rx: mpsc::Receiver<Batch>,
+/// What the consumer hands back at the end.
+struct Done {
+    decoded: u64,
+    issues: IssueCounts,
+    lookups: correlate::CorrelateStats,
+    upstreams: Vec<correlate::UpstreamStats>,
+    sink: Sink<BufWriter<std::io::Stdout>>,
+}
+
+/// Decodes, correlates and writes; owns all per-packet and per-lookup state.
+struct Consumer {
+    sink: Sink<BufWriter<std::io::Stdout>>,
     names: Names,
-    output: Output,
-) -> (u64, IssueCounts, Sink<BufWriter<std::io::Stdout>>) {
-    let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
-    let mut sink = match output {
-        Output::Text => Sink::Text(TextSink::new(out)),
-        Output::Json => Sink::Json(JsonSink::new(out)),
-    };
-    let mut decoded = 0u64;
-    let mut issues = IssueCounts::default();
-    while let Some(batch) = rx.blocking_recv() {
-        for c in batch {
-            let drop = c.drop_reason.map(|r| names.drop_reason(r));
-            let p = decode::decode(c.meta, c.link, &c.data);
-            decoded += 1;
-            issues.add(&p);
-            if sink.packet(&p, drop.as_deref(), &names).is_err() {
-                return (decoded, issues, sink);
-            }
-        }
-        if sink.flush().is_err() {
-            return (decoded, issues, sink);
+    correlator: Correlator,
+    packets: bool,
+    lost_rx: watch::Receiver<u64>,
+    lost_seen: u64,
+    upstream_every: Option<Duration>,
+    decoded: u64,
+    issues: IssueCounts,
+}
+
+impl Consumer {
+    fn new(
+        cfg: &WatchConfig,
+        names: Names,
+        correlator: Correlator,
+        lost_rx: watch::Receiver<u64>,
+    ) -> Self {
+        let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
+        let sink = match cfg.output {
+            Output::Text => Sink::Text(TextSink::new(out)),
+            Output::Json => Sink::Json(JsonSink::new(out)),
+        };
+        Self {
+            sink,
+            names,
+            correlator,
+            packets: cfg.packets,
+            lost_rx,
+            lost_seen: 0,
+            upstream_every: cfg.upstream_every,
+            decoded: 0,
+            issues: IssueCounts::default(),
         }
     }
-    let _ = sink.flush();
-    (decoded, issues, sink)
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Done {
+        let mut tick = tokio::time::interval(TICK);
+        let mut next_table = self.upstream_every.map(|d| Instant::now() + d);
+        let mut open = true;
+        while open {
+            let result = tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => self.batch(batch),
+                    None => { open = false; Ok(()) }
+                },
+                _ = tick.tick() => {
+                    let mut r = self.tick(mono_now_ns());
+                    if let Some(at) = next_table
+                        && Instant::now() >= at
+                    {
+                        next_table = self.upstream_every.map(|d| at + d);
+                        r = r.and_then(|()| self.sink.upstreams(&self.correlator.upstreams()));
+                    }
+                    r.and_then(|()| self.sink.flush())
+                }
+            };
+            if result.is_err() {
+                // stdout is gone: stop, so that the main task notices.
+                return self.done();
+            }
+        }
+        let now = mono_now_ns();
+        let _ = self.tick(now);
+        for l in self.correlator.finish(now) {
+            let _ = self.sink.lookup(&l);
+        }
+        let _ = self.sink.flush();
+        self.done()
+    }
+
+    fn batch(&mut self, batch: Batch) -> std::io::Result<()> {
+        for c in batch {
+            let drop_reason = c.drop_reason.map(|r| self.names.drop_reason(r));
+            let p = decode::decode(c.meta, c.link, &c.data);
+            self.decoded += 1;
+            self.issues.add(&p);
+            if self.packets {
+                self.sink.packet(&p, drop_reason.as_deref(), &self.names)?;
+            }
+            let now = p.meta.ts_ns;
+            let iface = self.names.iface(&p.meta);
+            let finished = self.correlator.ingest(
+                correlate::Event {
+                    packet: p,
+                    iface,
+                    drop_reason,
+                },
+                now,
+            );
+            for l in finished {
+                self.sink.lookup(&l)?;
+            }
+        }
+        self.sink.flush()
+    }
+
+    /// Notes losses the kernel counted since the last tick, then ends lookups past their deadline.
+    fn tick(&mut self, now: u64) -> std::io::Result<()> {
+        let lost = *self.lost_rx.borrow();
+        if lost > self.lost_seen {
+            self.correlator.note_loss(lost - self.lost_seen, now);
+            self.lost_seen = lost;
+        }
+        for l in self.correlator.expire(now) {
+            self.sink.lookup(&l)?;
+        }
+        Ok(())
+    }
+
+    fn done(self) -> Done {
+        Done {
+            decoded: self.decoded,
+            issues: self.issues,
+            lookups: self.correlator.stats(),
+            upstreams: self.correlator.upstreams(),
+            sink: self.sink,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so of every event.
+fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Flushes stdout, ignoring a closed pipe.

@@ -33,12 +33,23 @@ pub enum Command {
 }
 
 const WATCH_ABOUT: &str = "\
-Capture DNS packets live and stream them, one line per packet.
+Capture DNS live, stitch each client lookup hop by hop, and give it a verdict.
 
-Each line shows where the packet was seen (interface and direction, or the
-socket hop), the addresses as they were at that point (so NAT is visible from
-one hop to the next), the DNS id, flags, question, rcode, a short answer
-summary and EDNS. On exit dnstrace prints its counters: packets seen in the
+Packets of one lookup are stitched across DNAT, SNAT and forwarders (which
+re-issue the query under a new id) into one record per client lookup, with
+its hop timeline, the forwarded queries, and a verdict: ok,
+upstream_rejects_edns, upstream_disagreement, loopback_nameserver,
+reply_from_unexpected_source, left_via_uplink, forwarding_loop,
+truncated_no_tcp, dropped, server_error, unanswered, or unknown (the tracer
+lost events or did not watch a hop it needed). Problems come with what is to
+blame, the last hop seen and a hint naming the fix. A per-upstream table
+(queries, rcodes, unanswered, p50/p99 latency) is printed periodically and
+at exit.
+
+With --packets, every packet is printed too: where it was seen (interface and
+direction, or the socket hop), the addresses as they were at that point (so
+NAT is visible from one hop to the next), the DNS id, flags, question, rcode,
+a short answer summary and EDNS. On exit dnstrace prints its counters: packets seen in the
 kernel, events emitted, events lost in the kernel (ring buffer full), events
 dropped in userspace (output closed) and malformed packets. A slow output
 never drops silently: the pipeline pushes back onto the ring buffer, and the
@@ -117,6 +128,27 @@ pub struct WatchArgs {
     )]
     pub output: Output,
 
+    /// Also print every captured packet, not only the lookups stitched from them.
+    #[arg(long, env = "DNSTRACE_PACKETS")]
+    pub packets: bool,
+
+    /// A lookup without an answer this long after the client's last try is `unanswered`.
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Interface that leads off the node (repeatable); default: those holding a default route.
+    #[arg(
+        long = "uplink",
+        value_name = "IF",
+        env = "DNSTRACE_UPLINK",
+        value_delimiter = ','
+    )]
+    pub uplinks: Vec<String>,
+
+    /// Print the per-upstream table this often (and always at exit); 0 turns the periodic one off.
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_UPSTREAM_EVERY", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub upstream_every: Duration,
+
     /// Stop after this long (e.g. 30, 30s, 5m, 1h); default: until Ctrl-C or SIGTERM.
     #[arg(short, long, value_name = "TIME", env = "DNSTRACE_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -162,6 +194,11 @@ pub struct WatchConfig {
     pub ports: Vec<u16>,
     pub snaplen: u32,
     pub output: Output,
+    pub packets: bool,
+    pub timeout: Duration,
+    /// None: find them from the default routes.
+    pub uplinks: Option<Vec<String>>,
+    pub upstream_every: Option<Duration>,
     pub duration: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     pub ring_size: u32,
@@ -236,6 +273,10 @@ impl TryFrom<WatchArgs> for WatchConfig {
             ports,
             snaplen: a.snaplen,
             output: a.output,
+            packets: a.packets,
+            timeout: a.timeout,
+            uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
+            upstream_every: (!a.upstream_every.is_zero()).then_some(a.upstream_every),
             duration: a.duration,
             ready_file: a.ready_file,
             ring_size: a.ring_size,
@@ -244,6 +285,14 @@ impl TryFrom<WatchArgs> for WatchConfig {
             tc_priority: a.tc_priority,
         })
     }
+}
+
+/// Like [`parse_duration`], and "0" means off.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// Parses "30", "30s", "1500ms", "5m", "1h".

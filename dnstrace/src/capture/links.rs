@@ -75,3 +75,41 @@ fn kind_name(kind: &InfoKind) -> String {
         k => format!("{k}").to_lowercase(),
     }
 }
+
+/// Names of the interfaces that hold a default route (IPv4 or IPv6) in the
+/// calling thread's network namespace: the node's uplinks.
+pub async fn default_route_ifaces() -> std::io::Result<Vec<String>> {
+    use rtnetlink::{
+        RouteMessageBuilder,
+        packet_route::route::{RouteAttribute, RouteMessage},
+    };
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let mut indexes = Vec::new();
+    let requests: [RouteMessage; 2] = [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ];
+    for req in requests {
+        let mut routes = handle.route().get(req).execute();
+        while let Some(r) = routes.try_next().await.map_err(std::io::Error::other)? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Oif(i) = a
+                    && !indexes.contains(i)
+                {
+                    indexes.push(*i);
+                }
+            }
+        }
+    }
+    task.abort();
+    let links = list().await?;
+    Ok(links
+        .into_iter()
+        .filter(|l| indexes.contains(&l.index))
+        .map(|l| l.name)
+        .collect())
+}

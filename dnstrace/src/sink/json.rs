@@ -106,6 +106,12 @@ impl<W: Write> JsonSink<W> {
         self.out.flush()
     }
 
+    /// Writes one ready-made JSON line.
+    pub fn line(&mut self, json: &str) -> std::io::Result<()> {
+        self.out.write_all(json.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }

@@ -1,15 +1,18 @@
 //! Output stages. Each consumes decoded packets (and, at the end, the run's
 //! counters) and writes them somewhere.
 mod json;
+mod lookup;
 mod text;
 
 use std::{collections::HashMap, io::Write};
 
 pub use json::JsonSink;
+pub use lookup::{lookup_json, lookup_text, upstreams_json, upstreams_text};
 pub use text::TextSink;
 
 use crate::{
     capture::{DrainStats, KernelCounters},
+    correlate::{CorrelateStats, Lookup, UpstreamStats},
     decode::{IssueKind, Meta, Packet, Point},
 };
 
@@ -108,6 +111,9 @@ pub struct Summary {
     pub userspace: DrainStats,
     pub decoded: u64,
     pub issues: IssueCounts,
+    /// Lookups stitched from the packets, and how they ended.
+    pub lookups: CorrelateStats,
+    pub upstreams: Vec<UpstreamStats>,
     pub duration_ms: u64,
 }
 
@@ -132,6 +138,23 @@ impl Summary {
                 u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
             ),
         ];
+        let l = &self.lookups;
+        let verdicts: Vec<_> = l
+            .by_verdict
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        v.push(format!(
+            "dnstrace: lookups: {} finished ({}), {} evicted, {} affected by lost events",
+            l.finished,
+            if verdicts.is_empty() {
+                "none".to_owned()
+            } else {
+                verdicts.join(" ")
+            },
+            l.evicted,
+            l.lost_events
+        ));
         if !self.issues.by_kind.is_empty() {
             let kinds: Vec<_> = self
                 .issues
@@ -167,6 +190,22 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.flush(),
             Self::Json(s) => s.flush(),
+        }
+    }
+
+    /// Writes one finished lookup.
+    pub fn lookup(&mut self, l: &Lookup) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.raw(&lookup_text(l)),
+            Self::Json(s) => s.line(&lookup_json(l)),
+        }
+    }
+
+    /// Writes the per-upstream table.
+    pub fn upstreams(&mut self, u: &[UpstreamStats]) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.raw(&upstreams_text(u)),
+            Self::Json(s) => s.line(&upstreams_json(u)),
         }
     }
 

@@ -33,6 +33,11 @@ impl<W: Write> TextSink<W> {
         self.out.write_all(line.as_bytes())
     }
 
+    /// Writes ready-made text.
+    pub fn raw(&mut self, text: &str) -> std::io::Result<()> {
+        self.out.write_all(text.as_bytes())
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }

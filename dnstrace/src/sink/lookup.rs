@@ -1,0 +1,168 @@
+//! Output of finished lookups and the per-upstream table: text for humans
+//! (readable on an 80-column terminal), JSON lines for machines.
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::correlate::{Hop, Lookup, UpstreamStats, Verdict};
+
+/// `{"type":"lookup", ...}`: every field of [`Lookup`], flattened.
+#[derive(Serialize)]
+struct LookupRecord<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    lookup: &'a Lookup,
+}
+
+#[derive(Serialize)]
+struct UpstreamsRecord<'a> {
+    r#type: &'static str,
+    upstreams: &'a [UpstreamStats],
+}
+
+pub fn lookup_json(l: &Lookup) -> String {
+    serde_json::to_string(&LookupRecord {
+        r#type: "lookup",
+        lookup: l,
+    })
+    .unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#))
+}
+
+pub fn upstreams_json(u: &[UpstreamStats]) -> String {
+    serde_json::to_string(&UpstreamsRecord {
+        r#type: "upstreams",
+        upstreams: u,
+    })
+    .unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#))
+}
+
+/// A healthy lookup is one line; a problem also gets its hop timeline, the
+/// forwarded queries, what is to blame and the hint.
+pub fn lookup_text(l: &Lookup) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} → {}  {} {}  {} {}  {}",
+        l.client,
+        host(&l.server),
+        l.qtype,
+        l.qname.trim_end_matches('.'),
+        l.rcode.as_deref().unwrap_or("no answer"),
+        l.latency_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms")),
+        shout(l.verdict),
+    );
+    if l.verdict == Verdict::Ok {
+        return s;
+    }
+    timeline(
+        &mut s,
+        l,
+        l.hops.first().map_or(l.start_ts_ns, |h| h.ts_ns),
+        1,
+    );
+    if !l.detail.is_empty() {
+        let _ = writeln!(s, "  why: {}", l.detail);
+    }
+    if let Some(c) = &l.culprit {
+        let _ = write!(s, "  culprit: {c}");
+        if let Some(h) = &l.last_hop {
+            let _ = write!(s, "   last hop: {h}");
+        }
+        s.push('\n');
+    } else if let Some(h) = &l.last_hop {
+        let _ = writeln!(s, "  last hop: {h}");
+    }
+    if let Some(h) = &l.hint {
+        let _ = writeln!(s, "  hint: {h}");
+    }
+    s
+}
+
+fn timeline(s: &mut String, l: &Lookup, t0: u64, depth: usize) {
+    let pad = "  ".repeat(depth);
+    for h in &l.hops {
+        let _ = writeln!(s, "{pad}{}", hop_text(h, t0));
+    }
+    if l.hops_omitted > 0 {
+        let _ = writeln!(s, "{pad}… {} more hops", l.hops_omitted);
+    }
+    for c in &l.children {
+        let _ = writeln!(
+            s,
+            "{pad}↳ forwarded {} {} to {}  {}",
+            c.qtype,
+            c.qname.trim_end_matches('.'),
+            c.server,
+            c.rcode.as_deref().unwrap_or("no answer")
+        );
+        timeline(s, c, t0, depth + 1);
+    }
+    if l.children_omitted > 0 {
+        let _ = writeln!(s, "{pad}… {} more forwarded queries", l.children_omitted);
+    }
+}
+
+fn hop_text(h: &Hop, t0: u64) -> String {
+    let ms = h.ts_ns.saturating_sub(t0) as f64 / 1e6;
+    let arrow = if h.qr == Some(true) { "←" } else { "→" };
+    let mut s = format!(
+        "{arrow} {ms:7.2}ms {} {} {}→{}",
+        h.iface, h.dir, h.src, h.dst
+    );
+    if let Some(rc) = &h.rcode {
+        let _ = write!(s, " {rc}");
+    }
+    if h.tc {
+        s.push_str(" TC");
+    }
+    if let Some(e) = &h.edns {
+        let _ = write!(s, " [OPT udp={} DO={}]", e.udp, u8::from(e.dnssec_ok));
+    }
+    if let Some(f) = &h.tcp_flags {
+        let _ = write!(s, " tcp[{f}]");
+    }
+    if let Some(r) = &h.drop_reason {
+        let _ = write!(s, " DROPPED {r}");
+    }
+    s
+}
+
+/// The per-upstream table.
+pub fn upstreams_text(u: &[UpstreamStats]) -> String {
+    let mut s = String::new();
+    if u.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "upstreams:");
+    let _ = writeln!(
+        s,
+        "  {:<26} {:>7} {:>6} {:>7} {:>8} {:>8}  rcodes",
+        "server", "queries", "answd", "unansd", "p50", "p99"
+    );
+    for x in u {
+        let rcodes: Vec<String> = x.rcodes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}ms"));
+        let _ = writeln!(
+            s,
+            "  {:<26} {:>7} {:>6} {:>7} {:>8} {:>8}  {}",
+            x.upstream,
+            x.queries,
+            x.answered,
+            x.unanswered,
+            ms(x.p50_ms),
+            ms(x.p99_ms),
+            rcodes.join(" ")
+        );
+    }
+    s
+}
+
+fn shout(v: Verdict) -> String {
+    v.as_str().replace('_', "-").to_uppercase()
+}
+
+/// "1.2.3.4:53" → "1.2.3.4" (the port is almost always 53).
+fn host(addr: &str) -> &str {
+    addr.strip_suffix(":53").unwrap_or(addr)
+}
