@@ -13,7 +13,8 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed={TOOLCHAIN_ENV}");
     println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
     let toolchain = std::env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "/usr".to_owned());
-    if toolchain == "/usr" && !std::path::Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists() {
+    if toolchain == "/usr" && !std::path::Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists()
+    {
         anyhow::bail!(
             "the BPF core library is missing: run `cargo xtask setup` (installs rustc-web, \
              cargo-web, libstd-rust-web-dev-bpf and bpf-linker), or set {TOOLCHAIN_ENV} to a \
@@ -27,7 +28,11 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../dnstrace-ebpf");
-    let package = Package { name: "dnstrace-ebpf", root_dir: root, ..Default::default() };
+    let package = Package {
+        name: "dnstrace-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
     aya_build::build_ebpf([package], Toolchain::Custom(toolchain))
 }

@@ -4,5 +4,6 @@
 pub mod app;
 pub mod capture;
 pub mod cli;
+pub mod correlate;
 pub mod decode;
 pub mod sink;

@@ -28,10 +28,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::decode::{Packet, Point, Proto, dns};
+use crate::decode::{Packet, Point, Proto, TcpFlags, dns};
 use state::{
-    B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Leg, LegKind, LegRef, LookupState, Names,
-    Refs, T_ACK, T_FIN, T_PSH, T_RST, T_SYN,
+    B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Interner, Leg, LegKind, LegRef,
+    LookupState, Refs, T_ACK, T_FIN, T_PSH, T_RST, T_SYN,
 };
 use upstream::Upstreams;
 
@@ -89,7 +89,8 @@ pub struct Config {
     pub max_lookups: usize,
     /// Interfaces that lead off the node.
     pub uplinks: Vec<String>,
-    /// Netns cookie of the node's host netns; any other netns is a pod.
+    /// Netns cookie of the node's host netns; any other netns is a pod. Must be set: with
+    /// the default 0 every socket event counts as a pod's.
     pub host_netns: u64,
     pub watched: Coverage,
 }
@@ -289,6 +290,8 @@ pub struct CorrelateStats {
     pub legs_omitted: u64,
     /// Events the tracer reported lost (`note_loss`).
     pub lost_events: u64,
+    /// Upstream queries not counted per upstream because too many upstream addresses were seen.
+    pub upstreams_untracked: u64,
     pub by_verdict: BTreeMap<&'static str, u64>,
 }
 
@@ -340,9 +343,9 @@ pub struct Correlator {
     tc_wait: HashMap<IpAddr, Vec<u64>, Fx>,
     /// Client address of a TCP retry → lookup.
     tcp_flows: HashMap<SocketAddr, u64, Fx>,
-    ifaces: Names,
+    ifaces: Interner,
     uplink: Vec<bool>,
-    reasons: Names,
+    reasons: Interner,
     /// (first, last, n): times events were reported lost, merged when close.
     loss: VecDeque<(u64, u64, u64)>,
     upstreams: Upstreams,
@@ -366,9 +369,9 @@ impl Correlator {
             deadlines: BTreeSet::new(),
             tc_wait: HashMap::default(),
             tcp_flows: HashMap::default(),
-            ifaces: Names::new("?"),
+            ifaces: Interner::new("?"),
             uplink: vec![false],
-            reasons: Names::new(""),
+            reasons: Interner::new(""),
             loss: VecDeque::new(),
             upstreams,
             stats: CorrelateStats::default(),
@@ -403,7 +406,12 @@ impl Correlator {
             return out;
         };
         let iface = self.intern_iface(&iface);
-        let drop_reason = drop_reason.map_or(0, |r| self.reasons.intern(&r));
+        let drop_reason = match drop_reason {
+            Some(r) => self.reasons.intern(&r),
+            // A drop event without a reason name: the kernel's generic reason.
+            None if meta.point == Point::Drop => self.reasons.intern("NOT_SPECIFIED"),
+            None => 0,
+        };
         let mut hop = HopRec {
             ts: if meta.ts_ns != 0 { meta.ts_ns } else { now_ns },
             netns: meta.netns,
@@ -420,13 +428,7 @@ impl Correlator {
                 meta.point
             },
             bits: if proto == Some(Proto::Tcp) { B_TCP } else { 0 },
-            tcp: tcp_flags.map_or(0, |f| {
-                u8::from(f.syn) * T_SYN
-                    | u8::from(f.ack) * T_ACK
-                    | u8::from(f.fin) * T_FIN
-                    | u8::from(f.rst) * T_RST
-                    | u8::from(f.psh) * T_PSH
-            }),
+            tcp: tcp_flags.map_or(0, tcp_bits),
         };
         let Some(msg) = dns else {
             self.on_segment(hop);
@@ -527,6 +529,7 @@ impl Correlator {
     pub fn stats(&self) -> CorrelateStats {
         let mut s = self.stats.clone();
         s.live_lookups = self.lookups.len();
+        s.upstreams_untracked = self.upstreams.dropped;
         s
     }
 
@@ -541,7 +544,10 @@ impl Correlator {
     }
 
     fn is_uplink(&self, iface: u16) -> bool {
-        self.uplink.get(usize::from(iface)).copied().unwrap_or(false)
+        self.uplink
+            .get(usize::from(iface))
+            .copied()
+            .unwrap_or(false)
     }
 
     fn on_query(&mut self, hop: HopRec, qhash: u64, q: dns::Question) {
@@ -560,7 +566,7 @@ impl Correlator {
     }
 
     /// The same query message seen before: same ID and question, and this sighting shares
-    /// its source or destination with an earlier one (NAT rewrites one side per hop).
+    /// its destination or its source with an earlier one (NAT rewrites one side per hop).
     fn match_query(&self, hop: &HopRec, qhash: u64, qname: &str) -> Option<LegRef> {
         let refs = self.by_msg.get(&(hop.id, qhash))?;
         let mut best: Option<(u8, LegRef)> = None;
@@ -575,10 +581,19 @@ impl Correlator {
             {
                 continue;
             }
-            let shared = leg
-                .query_hops()
-                .any(|h| h.src == hop.src || h.dst == hop.dst);
-            let score = if shared {
+            let (mut elsewhere, mut same_dst, mut same_src) = (false, false, false);
+            for h in leg.query_hops() {
+                elsewhere |= h.spot() == hop.spot() && h.dst != hop.dst;
+                same_dst |= h.dst == hop.dst;
+                same_src |= h.src == hop.src;
+            }
+            // Sent again from a point this message already passed, but elsewhere: a
+            // parallel query to another server (musl asks every nameserver at once).
+            let score = if elsewhere && hop.point != Point::Drop {
+                0
+            } else if same_dst {
+                3
+            } else if same_src {
                 2
             } else if hop.ts.saturating_sub(leg.last_query_ts) <= SAME_MESSAGE_NS {
                 1
@@ -644,12 +659,11 @@ impl Correlator {
                 .filter(|(_, lk)| lk.qname.eq_ignore_ascii_case(qname))
         };
         // The client's TCP retry after a TC=1 answer: same client IP and question.
-        if hop.proto() == Proto::Tcp {
-            if let Some((lid, _)) = open()
+        if hop.proto() == Proto::Tcp
+            && let Some((lid, _)) = open()
                 .find(|(_, lk)| lk.await_tcp.is_some() && lk.legs[0].client.ip() == hop.src.ip())
-            {
-                return Place::Tcp(lid);
-            }
+        {
+            return Place::Tcp(lid);
         }
         // A forwarder's query: the best-supported open leg, the most recent on a tie
         // (so a chain pod → node-local-dns → CoreDNS → upstream nests).
@@ -658,14 +672,13 @@ impl Correlator {
             for (i, leg) in lk.legs.iter().enumerate() {
                 if leg.resp.is_some()
                     || hop.ts < leg.first_ts
-                    || hop.ts > leg.last_query_ts.max(leg.last_child_ts) + self.cfg.forward_window_ns
+                    || hop.ts
+                        > leg.last_query_ts.max(leg.last_child_ts) + self.cfg.forward_window_ns
                 {
                     continue;
                 }
                 let score = child_score(leg, hop);
-                if score >= 2
-                    && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t))
-                {
+                if score >= 2 && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t)) {
                     best = Some((score, leg.first_ts, lid, i as u8));
                 }
             }
@@ -673,13 +686,18 @@ impl Correlator {
         if let Some((_, _, lid, leg)) = best {
             return Place::Child(lid, leg);
         }
-        // The client asking again: same socket, or same address from the same place.
+        // The client asking again: same socket, or same address from the same place. The
+        // same socket asking another server is a parallel attempt, whatever the gap.
         for (lid, lk) in open() {
             let root = &lk.legs[0];
             let gap = hop.ts.saturating_sub(lk.last_client_ts);
+            let parallel = lk
+                .legs
+                .iter()
+                .any(|l| l.depth == 0 && l.client == hop.src && l.server != hop.dst);
             let same_client = hop.src == root.client
                 || (hop.src.ip() == root.client.ip() && hop.spot() == root.first);
-            if same_client && (MIN_RETRY_GAP_NS..=self.ttl_ns).contains(&gap) {
+            if gap <= self.ttl_ns && (parallel || (same_client && gap >= MIN_RETRY_GAP_NS)) {
                 return Place::Retry(lid);
             }
         }
@@ -704,7 +722,14 @@ impl Correlator {
         }
         let idx = lk.legs.len() as u8;
         lk.legs.push(Leg::new(hop, kind, parent, depth, on_uplink));
-        state::refs_insert(&mut self.by_msg, (hop.id, qhash), LegRef { lookup: lid, leg: idx });
+        state::refs_insert(
+            &mut self.by_msg,
+            (hop.id, qhash),
+            LegRef {
+                lookup: lid,
+                leg: idx,
+            },
+        );
         if depth == 0 {
             if kind == LegKind::Retry {
                 lk.retries += 1;
@@ -743,7 +768,14 @@ impl Correlator {
             },
         );
         self.deadlines.insert((deadline, lid));
-        state::refs_insert(&mut self.by_msg, (hop.id, qhash), LegRef { lookup: lid, leg: 0 });
+        state::refs_insert(
+            &mut self.by_msg,
+            (hop.id, qhash),
+            LegRef {
+                lookup: lid,
+                leg: 0,
+            },
+        );
         self.by_q.entry(qhash).or_default().push_back(lid);
         self.stats.started += 1;
     }
@@ -928,7 +960,11 @@ impl Correlator {
         self.record_upstreams(&lk, end);
         let lookup = self.judge(lk, end, how);
         self.stats.finished += 1;
-        *self.stats.by_verdict.entry(lookup.verdict.as_str()).or_default() += 1;
+        *self
+            .stats
+            .by_verdict
+            .entry(lookup.verdict.as_str())
+            .or_default() += 1;
         Some(lookup)
     }
 
@@ -963,9 +999,10 @@ impl Correlator {
                 continue;
             }
             let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);
-            let reply = leg.hop(leg.resp).map(|h| (h.rcode, h.ts.saturating_sub(sent)));
-            self.upstreams
-                .record(leg.server, lk.qhash, reply, end);
+            let reply = leg
+                .hop(leg.resp)
+                .map(|h| (h.rcode, h.ts.saturating_sub(sent)));
+            self.upstreams.record(leg.server, lk.qhash, reply, end);
         }
     }
 
@@ -984,6 +1021,19 @@ impl Correlator {
                 .last()
                 .is_some_and(|h| state::is_departure(h.point))
     }
+}
+
+fn tcp_bits(f: TcpFlags) -> u8 {
+    [
+        (f.syn, T_SYN),
+        (f.ack, T_ACK),
+        (f.fin, T_FIN),
+        (f.rst, T_RST),
+        (f.psh, T_PSH),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |bits, (_, b)| bits | b)
 }
 
 /// How strongly a new query looks like `leg`'s forwarder asking on its behalf.

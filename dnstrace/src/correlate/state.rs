@@ -159,13 +159,7 @@ pub(super) struct Leg {
 }
 
 impl Leg {
-    pub fn new(
-        hop: HopRec,
-        kind: LegKind,
-        parent: Option<u8>,
-        depth: u8,
-        on_uplink: bool,
-    ) -> Self {
+    pub fn new(hop: HopRec, kind: LegKind, parent: Option<u8>, depth: u8, on_uplink: bool) -> Self {
         let first = hop.spot();
         let tc = is_tc(hop.point);
         let mut hops = Vec::with_capacity(4);
@@ -309,12 +303,12 @@ pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
 
 /// Interned names (interfaces, drop reasons): hop records carry a u16 instead of a String.
 #[derive(Debug)]
-pub(super) struct Names {
+pub(super) struct Interner {
     names: Vec<String>,
     index: HashMap<String, u16>,
 }
 
-impl Names {
+impl Interner {
     /// Slot 0 holds `zero` ("?" for interfaces, "" for "no drop reason") and absorbs overflow.
     pub fn new(zero: &str) -> Self {
         Self {
@@ -456,7 +450,14 @@ mod tests {
 
     #[test]
     fn rcode_names_round_trip() {
-        for name in ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "BADVERS", "RCODE3841"] {
+        for name in [
+            "NOERROR",
+            "FORMERR",
+            "SERVFAIL",
+            "NXDOMAIN",
+            "BADVERS",
+            "RCODE3841",
+        ] {
             assert_eq!(rcode_name(rcode_code(name)), name);
         }
     }

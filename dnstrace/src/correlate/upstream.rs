@@ -52,7 +52,13 @@ impl Upstreams {
     }
 
     /// One query to `upstream`; `reply` is (rcode, latency ns) when it was answered.
-    pub fn record(&mut self, upstream: SocketAddr, qhash: u64, reply: Option<(u16, u64)>, now: u64) {
+    pub fn record(
+        &mut self,
+        upstream: SocketAddr,
+        qhash: u64,
+        reply: Option<(u16, u64)>,
+        now: u64,
+    ) {
         if !self.by_addr.contains_key(&upstream) && self.by_addr.len() >= MAX_UPSTREAMS {
             self.dropped += 1;
         } else {
@@ -92,7 +98,11 @@ impl Upstreams {
                 if answers.len() >= RESULTS_PER_QUESTION {
                     answers.remove(0);
                 }
-                answers.push(Answer { upstream, rcode, ts: now });
+                answers.push(Answer {
+                    upstream,
+                    rcode,
+                    ts: now,
+                });
             }
         }
     }
