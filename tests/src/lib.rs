@@ -6,19 +6,27 @@
 //!   are removed by the next `Lab::new`.
 //! - [`Node`] builds a Kubernetes node's DNS path (pod → node-local-dns →
 //!   ClusterIP DNAT → CoreDNS-role pod → MASQUERADE → upstream BIND) on a lab.
+//! - [`Scenario`] turns a node into a real reproduction of one failure mode of
+//!   shared FAILURE-MODES.md and runs the client that shows it.
+//! - [`Tracer`] runs the real `dnstrace watch --output json` in a lab netns
+//!   and hands back its records ([`Trace`]).
 //!
 //! This crate must not depend on `dnstrace`: xtask uses it before the eBPF
 //! toolchain exists. Tests find the tracer binary through [`dnstrace_bin`].
 
 mod lab;
 mod node;
+mod scenarios;
 mod servers;
+mod tracer;
 
 use std::path::PathBuf;
 
 pub use lab::{CmdOutput, Lab, MAX_TAG_LEN, Proc, RUN_DIR, Signal, VethEnd, is_root};
-pub use node::{Node, example_zone};
+pub use node::{Node, NodeOptions, example_zone};
+pub use scenarios::*;
 pub use servers::Zone;
+pub use tracer::{Trace, Tracer, fqdn, one_line};
 
 /// Environment variable naming the `dnstrace` binary the privileged tests run.
 pub const DNSTRACE_BIN_ENV: &str = "DNSTRACE_BIN";

@@ -12,6 +12,18 @@
 //! ```
 //! Every record has TTL 0 and the dnsmasq cache is off, so each query walks
 //! every hop.
+//!
+//! With [`NodeOptions::bridge`] the two pods instead share one Linux bridge
+//! in the node netns (kubenet's cbr0), and the CoreDNS-role pod sits on the
+//! pod subnet:
+//!
+//! ```text
+//!  <p>-pod  eth0 10.244.0.10 ── <p>pod0 ┐
+//!                                        ├ <p>br0 10.244.0.1/24 (node netns)
+//!  <p>-cdns eth0 10.244.0.20 ── <p>cdns0 ┘
+//! ```
+//! `net.bridge.bridge-nf-call-iptables` stays 1 (br_netfilter on, as
+//! kubenet requires), so bridged replies are still un-DNATed.
 
 use std::{
     fmt::Display,
@@ -53,6 +65,16 @@ pub fn example_zone() -> Zone {
     }
 }
 
+/// How to build a [`Node`]; `NodeOptions::default()` is what [`Node::new`] builds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// kubenet/cbr0 style: the pod and the CoreDNS-role pod are ports of one
+    /// Linux bridge `<p>br0` (10.244.0.1/24) in the node netns, and the
+    /// CoreDNS-role pod is 10.244.0.20 on the pod subnet. Default: a routed
+    /// veth per pod, each pod on its own /24 (Calico/Cilium style).
+    pub bridge: bool,
+}
+
 /// A node's DNS path on its own [`Lab`]; every name and address is a field.
 pub struct Node {
     /// Owns everything below; dropping the node tears it all down.
@@ -77,6 +99,9 @@ pub struct Node {
     pub nodelocal_dev: String,
     /// Interface name inside the pod, the CoreDNS pod and the upstream netns.
     pub pod_eth: String,
+    /// The Linux bridge (`<p>br0`) that `pod_veth` and `cdns_veth` are ports
+    /// of, when built with [`NodeOptions::bridge`].
+    pub bridge: Option<String>,
 
     pub pod_ip: Ipv4Addr,
     pub pod_ip6: Ipv6Addr,
@@ -120,9 +145,19 @@ impl Node {
         Node::build(Lab::new(tag)?)
     }
 
+    /// Like [`Node::new`], built as `options` say.
+    pub fn with_options(tag: &str, options: NodeOptions) -> Result<Node> {
+        Node::build_with(Lab::new(tag)?, options)
+    }
+
     /// Builds the topology on `lab` and returns once a query from the pod
     /// through node-local-dns is answered end to end.
     pub fn build(lab: Lab) -> Result<Node> {
+        Node::build_with(lab, NodeOptions::default())
+    }
+
+    /// Like [`Node::build`], built as `options` say.
+    pub fn build_with(lab: Lab, options: NodeOptions) -> Result<Node> {
         let p = lab.prefix().to_owned();
         let node_ns = lab.add_netns("node")?;
         let pod_ns = lab.add_netns("pod")?;
@@ -140,10 +175,22 @@ impl Node {
         let pod_gw = Ipv4Addr::new(10, 244, 0, 1);
         let pod_ip6: Ipv6Addr = "fd00:244::10".parse()?;
         let pod_gw6: Ipv6Addr = "fd00:244::1".parse()?;
-        let cdns_ip = Ipv4Addr::new(10, 244, 1, 10);
-        let cdns_gw = Ipv4Addr::new(10, 244, 1, 1);
-        let cdns_ip6: Ipv6Addr = "fd00:244:1::10".parse()?;
-        let cdns_gw6: Ipv6Addr = "fd00:244:1::1".parse()?;
+        let (cdns_ip, cdns_gw, cdns_ip6, cdns_gw6): (Ipv4Addr, Ipv4Addr, Ipv6Addr, Ipv6Addr) =
+            if options.bridge {
+                (
+                    Ipv4Addr::new(10, 244, 0, 20),
+                    pod_gw,
+                    "fd00:244::20".parse()?,
+                    pod_gw6,
+                )
+            } else {
+                (
+                    Ipv4Addr::new(10, 244, 1, 10),
+                    Ipv4Addr::new(10, 244, 1, 1),
+                    "fd00:244:1::10".parse()?,
+                    "fd00:244:1::1".parse()?,
+                )
+            };
         let node_ip = Ipv4Addr::new(198, 51, 100, 10);
         let upstream_gw = Ipv4Addr::new(198, 51, 100, 1);
         let nodelocal_ip = Ipv4Addr::new(169, 254, 25, 10);
@@ -151,11 +198,23 @@ impl Node {
         let resolver_ip = Ipv4Addr::new(203, 0, 113, 53);
 
         // Links and addresses.
+        let bridge = options.bridge.then(|| format!("{p}br0"));
+        let (pod_gw_cidr, pod_gw6_cidr) = (format!("{pod_gw}/24"), format!("{pod_gw6}/64"));
+        let (cdns_gw_cidr, cdns_gw6_cidr) = (format!("{cdns_gw}/24"), format!("{cdns_gw6}/64"));
+        // Bridged, the gateway addresses sit on the bridge: the veths are bare ports.
+        let (pod_side, cdns_side): (Vec<&str>, Vec<&str>) = if options.bridge {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                vec![&pod_gw_cidr, &pod_gw6_cidr],
+                vec![&cdns_gw_cidr, &cdns_gw6_cidr],
+            )
+        };
         lab.add_veth(
             &VethEnd {
                 ns: &node_ns,
                 name: &pod_veth,
-                addrs: &[&format!("{pod_gw}/24"), &format!("{pod_gw6}/64")],
+                addrs: &pod_side,
             },
             &VethEnd {
                 ns: &pod_ns,
@@ -169,7 +228,7 @@ impl Node {
             &VethEnd {
                 ns: &node_ns,
                 name: &cdns_veth,
-                addrs: &[&format!("{cdns_gw}/24"), &format!("{cdns_gw6}/64")],
+                addrs: &cdns_side,
             },
             &VethEnd {
                 ns: &cdns_ns,
@@ -179,6 +238,15 @@ impl Node {
         )?;
         lab.add_route(&cdns_ns, &format!("default via {cdns_gw}"))?;
         lab.add_route(&cdns_ns, &format!("default via {cdns_gw6}"))?;
+        if let Some(br) = &bridge {
+            lab.ip(&node_ns, &["link", "add", br, "type", "bridge"])?;
+            lab.add_addr(&node_ns, br, &pod_gw_cidr)?;
+            lab.add_addr(&node_ns, br, &pod_gw6_cidr)?;
+            for port in [&pod_veth, &cdns_veth] {
+                lab.ip(&node_ns, &["link", "set", port, "master", br])?;
+            }
+            lab.ip(&node_ns, &["link", "set", br, "up"])?;
+        }
         lab.add_veth(
             &VethEnd {
                 ns: &node_ns,
@@ -246,6 +314,7 @@ impl Node {
             uplink,
             nodelocal_dev,
             pod_eth: eth.to_owned(),
+            bridge,
             pod_ip,
             pod_ip6,
             pod_gw,

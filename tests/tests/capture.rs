@@ -5,75 +5,21 @@
 use std::{
     fs,
     net::IpAddr,
-    path::PathBuf,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use dnstrace_tests::{Lab, Node, Proc, Signal, VethEnd, dnstrace_bin, skip_without_root};
+use dnstrace_tests::{Lab, Node, Signal, Tracer, VethEnd, dnstrace_bin, skip_without_root};
 use serde_json::Value;
 
-/// A dnstrace process in one of the lab's namespaces, writing JSON lines.
-struct Tracer<'a> {
-    lab: &'a Lab,
-    proc: Proc,
-    out: PathBuf,
+/// The shared tracer (`dnstrace watch --output json --packets`) in `ns`.
+fn start<'a>(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Tracer<'a> {
+    Tracer::start(lab, ns, name, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl<'a> Tracer<'a> {
-    /// Starts `dnstrace watch --output json <args>` in `ns` and waits for its ready file.
-    fn start(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Self {
-        let bin = dnstrace_bin().expect("DNSTRACE_BIN");
-        let out = lab.dir().join(format!("{name}.jsonl"));
-        let ready = lab.dir().join(format!("{name}.ready"));
-        let _ = fs::remove_file(&ready);
-        let mut cmd = lab.cmd_setns(ns, &bin).expect("setns command");
-        cmd.args(["watch", "--output", "json", "--ready-file"])
-            .arg(&ready)
-            .args(args)
-            .stdout(fs::File::create(&out).expect("output file"))
-            .stderr(Stdio::from(
-                fs::File::create(lab.dir().join(format!("{name}.err"))).expect("stderr file"),
-            ))
-            .stdin(Stdio::null());
-        let proc = lab.spawn(name, cmd).expect("spawn dnstrace");
-        lab.wait_for_file(&proc, &ready, Duration::from_secs(20))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "dnstrace never became ready: {e:#}\n{}",
-                    stderr_of(lab, name)
-                )
-            });
-        Tracer { lab, proc, out }
-    }
-
-    /// Stops it with `signal`, checks it exited 0, and returns (packets, summary).
-    fn stop(self, signal: Signal) -> (Vec<Value>, Value) {
-        let status = self
-            .lab
-            .stop(&self.proc, signal, Duration::from_secs(10))
-            .expect("stop dnstrace");
-        let stderr = stderr_of(self.lab, &self.proc.name);
-        assert!(status.success(), "dnstrace exited with {status}: {stderr}");
-        let text = fs::read_to_string(&self.out).expect("read output");
-        let mut packets = Vec::new();
-        let mut summary = None;
-        for line in text.lines() {
-            let v: Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            match v["type"].as_str() {
-                Some("packet") => packets.push(v),
-                Some("summary") => summary = Some(v),
-                other => panic!("unexpected record type {other:?}: {line}"),
-            }
-        }
-        let summary = summary.unwrap_or_else(|| panic!("no summary record; stderr: {stderr}"));
-        (packets, summary)
-    }
-}
-
-fn stderr_of(lab: &Lab, name: &str) -> String {
-    fs::read_to_string(lab.dir().join(format!("{name}.err"))).unwrap_or_default()
+/// Stops it with `signal`, checks it exited 0, and returns (packets, summary).
+fn stop(tracer: Tracer, signal: Signal) -> (Vec<Value>, Value) {
+    let trace = tracer.stop(signal).unwrap_or_else(|e| panic!("{e:#}"));
+    (trace.packets, trace.summary)
 }
 
 fn ready() -> bool {
@@ -138,16 +84,16 @@ fn udp_and_tcp_seen_at_both_ends_of_a_veth() {
         return;
     }
     let node = Node::new("vab").expect("node");
-    let pod_side = Tracer::start(&node.lab, &node.pod_ns, "pod", &["-i", &node.pod_eth]);
-    let node_side = Tracer::start(&node.lab, &node.node_ns, "node", &["-i", &node.pod_veth]);
+    let pod_side = start(&node.lab, &node.pod_ns, "pod", &["-i", &node.pod_eth]);
+    let node_side = start(&node.lab, &node.node_ns, "node", &["-i", &node.pod_veth]);
     for extra in [&[][..], &["+tcp"][..]] {
         let out = node
             .query_short(&node.pod_ns, node.cluster_ip, &node.www_name, "A", extra)
             .expect("query");
         assert_eq!(out, vec![node.www_a.to_string()]);
     }
-    let (pod, pod_summary) = pod_side.stop(Signal::Int);
-    let (host, host_summary) = node_side.stop(Signal::Int);
+    let (pod, pod_summary) = stop(pod_side, Signal::Int);
+    let (host, host_summary) = stop(node_side, Signal::Int);
     assert_lossless(&pod_summary);
     assert_lossless(&host_summary);
     let qname = format!("{}.", node.www_name);
@@ -228,7 +174,7 @@ fn ipv6_udp_and_tcp() {
             &["--address=/v6.test/2001:db8::53"],
         )
         .expect("dnsmasq");
-    let tracer = Tracer::start(&lab, &client, "trace6", &["-i", &cdev]);
+    let tracer = start(&lab, &client, "trace6", &["-i", &cdev]);
     for extra in ["+notcp", "+tcp"] {
         let out = lab
             .run(
@@ -247,7 +193,7 @@ fn ipv6_udp_and_tcp() {
             .expect("dig");
         assert_eq!(out.trim(), "2001:db8::53");
     }
-    let (packets, summary) = tracer.stop(Signal::Term);
+    let (packets, summary) = stop(tracer, Signal::Term);
     assert_lossless(&summary);
     for proto in ["udp", "tcp"] {
         let ids = query_ids(&packets, &cdev, "egress", proto, "www.v6.test.");
@@ -269,7 +215,7 @@ fn nodelocal_delivery_seen_at_socket_hop_not_on_ifb() {
         return;
     }
     let node = Node::new("nld").expect("node");
-    let tracer = Tracer::start(
+    let tracer = start(
         &node.lab,
         &node.node_ns,
         "nld",
@@ -285,7 +231,7 @@ fn nodelocal_delivery_seen_at_socket_hop_not_on_ifb() {
         .query_short(&node.pod_ns, node.nodelocal_ip, &node.www_name, "A", &[])
         .expect("query");
     assert_eq!(out, vec![node.www_a.to_string()]);
-    let (packets, summary) = tracer.stop(Signal::Int);
+    let (packets, summary) = stop(tracer, Signal::Int);
     assert_lossless(&summary);
     let node_netns = summary["netns"].as_u64().unwrap();
     assert!(node_netns != 0);
@@ -341,7 +287,7 @@ fn loopback_query_inside_a_pod_netns() {
             &["--address=/local.test/10.0.0.53"],
         )
         .expect("stub");
-    let tracer = Tracer::start(
+    let tracer = start(
         &node.lab,
         &node.node_ns,
         "lo",
@@ -351,7 +297,7 @@ fn loopback_query_inside_a_pod_netns() {
         .query_short(&node.pod_ns, stub, "svc.local.test", "A", &[])
         .expect("query");
     assert_eq!(out, vec!["10.0.0.53".to_owned()]);
-    let (packets, summary) = tracer.stop(Signal::Int);
+    let (packets, summary) = stop(tracer, Signal::Int);
     assert_lossless(&summary);
     let node_netns = summary["netns"].as_u64().unwrap();
     let hop: Vec<_> = packets
@@ -392,7 +338,7 @@ fn thousand_queries_all_answered_and_all_events_received() {
         return;
     }
     let node = Node::new("kq").expect("node");
-    let tracer = Tracer::start(&node.lab, &node.node_ns, "kq", &["--auto"]);
+    let tracer = start(&node.lab, &node.node_ns, "kq", &["--auto"]);
     let batch: String = (0..1000)
         .map(|i| format!("q{i}.{} A\n", node.zone))
         .collect();
@@ -424,7 +370,7 @@ fn thousand_queries_all_answered_and_all_events_received() {
         answered, 1000,
         "every query answered while dnstrace is attached"
     );
-    let (packets, summary) = tracer.stop(Signal::Int);
+    let (packets, summary) = stop(tracer, Signal::Int);
     assert_lossless(&summary);
     let queries = packets
         .iter()
@@ -504,7 +450,7 @@ fn detaches_on_sigint_sigterm_and_sigkill() {
     let (lab, ns, dev, _) = pair("det");
     for signal in [Signal::Int, Signal::Term] {
         assert!(!has_clsact(&lab, &ns, &dev));
-        let t = Tracer::start(&lab, &ns, "nl", &["-i", &dev, "--tc-mode", "netlink"]);
+        let t = start(&lab, &ns, "nl", &["-i", &dev, "--tc-mode", "netlink"]);
         let filters = tc_filters(&lab, &ns, &dev, "ingress");
         assert!(
             filters.contains("dt_tc_eth_in"),
@@ -512,7 +458,7 @@ fn detaches_on_sigint_sigterm_and_sigkill() {
         );
         assert!(!filters.contains("pref 1 "), "never prio 1: {filters}");
         assert!(tc_filters(&lab, &ns, &dev, "egress").contains("dt_tc_eth_out"));
-        t.stop(signal);
+        stop(t, signal);
         assert_eq!(
             tc_filters(&lab, &ns, &dev, "ingress").trim(),
             "",
@@ -529,7 +475,7 @@ fn detaches_on_sigint_sigterm_and_sigkill() {
         );
     }
     let before = tc_program_ids(&lab, &ns);
-    let t = Tracer::start(
+    let t = start(
         &lab,
         &ns,
         "tcx",
@@ -607,7 +553,7 @@ fn foreign_tc_filter_keeps_running_and_stays() {
     };
     for mode in ["tcx", "netlink"] {
         let before = hits();
-        let t = Tracer::start(&lab, &ns, mode, &["-i", &dev, "--tc-mode", mode]);
+        let t = start(&lab, &ns, mode, &["-i", &dev, "--tc-mode", mode]);
         let out = lab
             .run(
                 &ns,
@@ -622,7 +568,7 @@ fn foreign_tc_filter_keeps_running_and_stays() {
             )
             .expect("dig");
         assert_eq!(out.trim(), "10.0.0.1");
-        let (packets, summary) = t.stop(Signal::Int);
+        let (packets, summary) = stop(t, Signal::Int);
         assert_lossless(&summary);
         assert!(
             hits() > before,
@@ -664,7 +610,7 @@ fn junk_and_hostile_packets_are_counted_not_fatal() {
             &["--address=/ok.test/10.0.0.1"],
         )
         .expect("dnsmasq");
-    let t = Tracer::start(&lab, &ns, "junk", &["-i", &dev]);
+    let t = start(&lab, &ns, "junk", &["-i", &dev]);
     let script = format!(
         r#"
 import socket, random
@@ -700,7 +646,7 @@ for j in junk:
         .expect("dig after junk");
     assert_eq!(out.trim(), "10.0.0.1", "the server still answers");
     std::thread::sleep(Duration::from_millis(200));
-    let (packets, summary) = t.stop(Signal::Int);
+    let (packets, summary) = stop(t, Signal::Int);
     assert_lossless(&summary);
     let bad: Vec<_> = packets
         .iter()
@@ -783,7 +729,7 @@ sys.exit(1)
             &["--address=/l2less.test/10.0.0.77"],
         )
         .expect("dnsmasq");
-    let t = Tracer::start(&lab, &ns, "tun", &["-i", &tun]);
+    let t = start(&lab, &ns, "tun", &["-i", &tun]);
     fs::write(&go, "").expect("go");
     let status = lab
         .wait_exit(&py, Duration::from_secs(10))
@@ -794,7 +740,7 @@ sys.exit(1)
         "the query through the tun got its reply: {}",
         lab.log_tail(&py, 20)
     );
-    let (packets, summary) = t.stop(Signal::Int);
+    let (packets, summary) = stop(t, Signal::Int);
     assert_lossless(&summary);
     let q = at(&packets, &tun, "ingress", false, 0xbeef);
     let r = at(&packets, &tun, "egress", true, 0xbeef);
@@ -851,7 +797,7 @@ fn kernel_drop_reported_with_reason() {
         .expect("dnsmasq");
     lab.iptables(&peer_ns, "-A INPUT -p udp --dport 53 -s 10.53.0.1 -j DROP")
         .expect("iptables");
-    let t = Tracer::start(&lab, &ns, "drop", &["-i", &dev, "--drops"]);
+    let t = start(&lab, &ns, "drop", &["-i", &dev, "--drops"]);
     let out = lab
         .exec(
             &ns,
@@ -865,7 +811,7 @@ fn kernel_drop_reported_with_reason() {
         )
         .expect("dig");
     assert!(!out.success(), "the query is dropped, so dig times out");
-    let (packets, summary) = t.stop(Signal::Int);
+    let (packets, summary) = stop(t, Signal::Int);
     assert_lossless(&summary);
     let drops: Vec<_> = packets.iter().filter(|p| p["dir"] == "drop").collect();
     assert_eq!(drops.len(), 1, "{packets:#?}");

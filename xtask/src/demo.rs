@@ -1,5 +1,8 @@
 //! `cargo xtask demo`: dnstrace watching a lab node while its pod sends real
 //! queries through every path of FAILURE-MODES.md's "A node's DNS path".
+//! `--scenario NAME` instead reproduces one failure mode of FAILURE-MODES.md
+//! for real (see `dnstrace_tests::Scenario`) and runs the client that shows
+//! it; `--scenario list` lists them.
 //! dnstrace's stream goes to stdout; the demo's own lines go to stderr.
 
 use std::{
@@ -9,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use dnstrace_tests::{CmdOutput, Node, Proc, Signal};
+use dnstrace_tests::{CmdOutput, Node, Proc, Scenario, Signal};
 
 use crate::{
     bail_if_stopped, cargo, fmt_duration, require_root, run_visible, sleep_unless_stopped, stopped,
@@ -26,13 +29,22 @@ const STUB_IP: &str = "127.0.0.53";
 const STUB_NAME: &str = "host.local.test";
 const STUB_ANSWER: &str = "10.0.0.53";
 
+/// With `--scenario`: how long a lookup without an answer stays open in
+/// dnstrace (`watch --timeout`), and so how long the stream stays open after
+/// the client is done, plus [`SCENARIO_SLACK`].
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(3);
+const SCENARIO_SLACK: Duration = Duration::from_millis(1500);
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Keep sending rounds of queries for this many seconds (default: one round).
-    #[arg(long, value_name = "SECS")]
+    /// Reproduce one failure mode of FAILURE-MODES.md for real and show dnstrace's verdict (`list`: show them).
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+    /// Keep sending rounds of queries for this many seconds (default: one round; not with --scenario).
+    #[arg(long, value_name = "SECS", conflicts_with = "scenario")]
     duration: Option<u64>,
-    /// Report a query that fails or answers unexpectedly, and go on.
-    #[arg(long)]
+    /// Report a query that fails or answers unexpectedly, and go on (not with --scenario).
+    #[arg(long, conflicts_with = "scenario")]
     keep_going: bool,
     /// Run this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
     #[arg(long, value_name = "PATH", env = "DNSTRACE_DEMO_BIN")]
@@ -40,6 +52,14 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let scenario = match args.scenario.as_deref() {
+        Some("list") => {
+            list_scenarios();
+            return Ok(());
+        }
+        Some(name) => Some(name.parse::<Scenario>()?),
+        None => None,
+    };
     require_root()?;
     let started = Instant::now();
     crate::setup::run()?;
@@ -51,8 +71,16 @@ pub fn run(args: &Args) -> Result<()> {
     };
 
     let t = Instant::now();
-    let node = Node::new("demo").context("building the lab node")?;
-    start_pod_stub(&node)?;
+    let node = match scenario {
+        Some(scenario) => scenario
+            .build("demo")
+            .with_context(|| format!("building the lab node for scenario {scenario}"))?,
+        None => {
+            let node = Node::new("demo").context("building the lab node")?;
+            start_pod_stub(&node)?;
+            node
+        }
+    };
     eprintln!(
         "[demo] lab node {} up in {}: netns {} {} {} {}",
         node.lab.prefix(),
@@ -68,15 +96,26 @@ pub fn run(args: &Args) -> Result<()> {
     // setns only (not `ip netns exec`): that would remount /sys and hide the
     // cgroup2 mount below it, which dnstrace needs for the socket hop.
     let mut cmd = node.lab.cmd_setns(&node.node_ns, &bin)?;
-    cmd.args(["watch", "--auto", "--ready-file"]).arg(&ready);
+    let mut watch = vec!["watch".to_owned(), "--auto".to_owned()];
+    if scenario.is_some() {
+        watch.extend([
+            "--timeout".to_owned(),
+            format!("{}s", SCENARIO_TIMEOUT.as_secs()),
+        ]);
+    }
+    cmd.args(&watch).arg("--ready-file").arg(&ready);
     eprintln!(
-        "[demo] starting: nsenter --net=/run/netns/{} {} watch --auto --ready-file {}",
+        "[demo] starting: nsenter --net=/run/netns/{} {} {} --ready-file {}",
         node.node_ns,
         bin.display(),
+        watch.join(" "),
         ready.display()
     );
     let tracer = node.lab.spawn("dnstrace", cmd)?;
-    let outcome = wait_ready(&node, &tracer, &ready).and_then(|()| traffic(&node, &tracer, args));
+    let outcome = wait_ready(&node, &tracer, &ready).and_then(|()| match scenario {
+        Some(scenario) => reproduce(&node, &tracer, scenario),
+        None => traffic(&node, &tracer, args),
+    });
 
     let status = if node.lab.status(&tracer)?.is_none() {
         eprintln!("[demo] stopping dnstrace (SIGINT)");
@@ -97,6 +136,72 @@ pub fn run(args: &Args) -> Result<()> {
     {
         bail!("dnstrace exited with {status}");
     }
+    if scenario.is_none() && !stopped() {
+        tour();
+    }
+    Ok(())
+}
+
+/// `--scenario list`.
+fn list_scenarios() {
+    let mut text =
+        "Failure modes of FAILURE-MODES.md, each reproduced for real in a lab node:\n".to_owned();
+    for s in Scenario::ALL {
+        text.push_str(&format!(
+            "  {} (dnstrace verdict: {})\n      {}\n",
+            s.name(),
+            s.verdict(),
+            s.describe()
+        ));
+    }
+    text.push_str("Run one: cargo xtask demo --scenario NAME\n");
+    // A closed pipe (`| head`) is not an error here.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+}
+
+/// The closing lines of the default demo.
+fn tour() {
+    let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+    eprintln!(
+        "[demo] next, see dnstrace diagnose a real failure: {}",
+        names.join(", ")
+    );
+    eprintln!(
+        "[demo] run one with `cargo xtask demo --scenario NAME`; `--scenario list` says what each breaks"
+    );
+}
+
+/// Runs the scenario's client in the pod, with banners saying what is broken
+/// and what dnstrace should conclude, then keeps the stream open until
+/// dnstrace has judged the lookups (its `--timeout` after the last try).
+fn reproduce(node: &Node, tracer: &Proc, scenario: Scenario) -> Result<()> {
+    eprintln!("── scenario {scenario}: {}", scenario.describe());
+    for expect in scenario.expect(node) {
+        eprintln!(
+            "   {} → {} {} {}: {}",
+            expect.client,
+            expect.server,
+            expect.qtype,
+            expect.qname.trim_end_matches('.'),
+            expect.banner()
+        );
+    }
+    for argv in scenario.client_commands(node) {
+        eprintln!("── pod$ {}", argv.join(" "));
+    }
+    let seen = scenario.run_client(node)?;
+    if let Some(status) = node.lab.status(tracer)? {
+        bail!("dnstrace exited early ({status})");
+    }
+    for lookup in &seen {
+        eprintln!("   ↳ {}", lookup.summary());
+    }
+    let linger = SCENARIO_TIMEOUT + SCENARIO_SLACK;
+    eprintln!(
+        "[demo] client done; stream stays open {} for dnstrace's verdicts",
+        fmt_duration(linger)
+    );
+    sleep_unless_stopped(linger);
     Ok(())
 }
 

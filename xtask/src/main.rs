@@ -1,7 +1,8 @@
 //! `cargo xtask …`: developer tasks for dnstrace.
 //!
 //! - `setup`: installs the eBPF toolchain and the lab's tools (idempotent).
-//! - `demo`: builds dnstrace, builds a lab node and traces real queries.
+//! - `demo`: builds dnstrace, builds a lab node and traces real queries;
+//!   `demo --scenario NAME` reproduces one failure mode for real instead.
 //! - `test`: setup, build, then every test (privileged ones single-threaded).
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
 //!
@@ -40,7 +41,7 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain (Debian rustc-web, BPF core library, bpf-linker) and the lab's DNS tools; idempotent.
     Setup,
-    /// Setup, build dnstrace (release), build a lab node and trace real queries from its pod.
+    /// Setup, build dnstrace (release), build a lab node and trace real queries from its pod; with --scenario, reproduce one failure mode of FAILURE-MODES.md.
     Demo(demo::Args),
     /// Setup, build dnstrace, run every test; privileged tests run single-threaded.
     Test {

@@ -1,0 +1,981 @@
+//! Real reproductions of the failure modes of shared FAILURE-MODES.md on a
+//! lab [`Node`]: real servers misconfigured the way the incidents were, and
+//! real clients in the pod that see the symptom.
+//!
+//! ```no_run
+//! # use dnstrace_tests::Scenario;
+//! # fn main() -> anyhow::Result<()> {
+//! let scenario: Scenario = "upstream-rejects-edns".parse()?;
+//! let node = scenario.build("demo")?; // Node::with_options + Scenario::apply
+//! let seen = scenario.run_client(&node)?; // what the pod saw, lookup by lookup
+//! for e in scenario.expect(&node) {
+//!     // dnstrace must write a lookup with e.verdict, e.culprit, e.last_hop
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! | scenario | what is broken | the pod sees | dnstrace verdict |
+//! | --- | --- | --- | --- |
+//! | `upstream-rejects-edns` | upstream 203.0.113.53 is an old router's DNS proxy: FORMERR to any query with OPT | NOERROR (unbound retries without EDNS) | `upstream_rejects_edns` |
+//! | `upstream-disagreement` | CoreDNS-role unbound forwards randomly to BIND (serves example.test) and a "public resolver" (NXDOMAIN for it) | NOERROR and NXDOMAIN, at random | `upstream_disagreement` |
+//! | `loopback-nameserver` | the pod queries 127.0.0.53 (systemd-resolved's stub), where nothing listens | connection refused | `loopback_nameserver` |
+//! | `forwarding-loop` | CoreDNS forwards to node-local-dns, which forwards to the CoreDNS ClusterIP | REFUSED after ~300 forwarded copies (~50 ms) | `forwarding_loop` |
+//! | `reply-from-unexpected-source` | bridged node (cbr0) with bridge-nf-call-iptables=0: DNAT not reversed | kdig: unexpected reply source; dig times out | `reply_from_unexpected_source` |
+//! | `left-via-uplink` | 169.254.25.10 is not a local address any more: masqueraded out of the uplink | timeout | `left_via_uplink` |
+//! | `truncated-no-tcp` | big answer (TC=1) and a client that does not retry over TCP | NOERROR with the tc flag, no answer | `truncated_no_tcp` |
+//! | `dropped` | an iptables rule on the node drops pod → CoreDNS UDP/53 | timeout | `dropped` |
+//! | `healthy` | nothing | NOERROR via node-local-dns and the ClusterIP | `ok` |
+//!
+//! Everything a scenario adds stays inside the lab's namespaces and goes away
+//! with the [`Lab`](crate::Lab).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    str::FromStr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    lab::{CmdOutput, Proc, Signal},
+    node::{Node, NodeOptions, example_zone},
+    servers::Zone,
+};
+
+/// Name (and log `<lab dir>/old-router.log`) of the EDNS-rejecting DNS proxy
+/// of [`Scenario::UpstreamRejectsEdns`]. Its log has one line per query:
+/// `FORMERR to <addr> id=<id> <qname> <qtype>: query had OPT (udp=N, DO=d)` or
+/// `answered <addr> id=<id> <qname> <qtype> without OPT: <RCODE>`.
+pub const OLD_ROUTER: &str = "old-router";
+/// The resolver behind the old router (BIND with `example.test`).
+pub const ISP_RESOLVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 153);
+/// The "public resolver" of [`Scenario::UpstreamDisagreement`]: BIND
+/// authoritative for an empty `test.`, so NXDOMAIN for `example.test` names.
+pub const PUBLIC_RESOLVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 54);
+/// systemd-resolved's stub address, as in a host resolv.conf copied into a pod.
+pub const LOOPBACK_STUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+/// Client lookups of [`Scenario::UpstreamDisagreement`]: at least this many…
+pub const DISAGREEMENT_MIN_TRIES: usize = 6;
+/// …and at most this many, until both NOERROR and NXDOMAIN were seen.
+pub const DISAGREEMENT_MAX_TRIES: usize = 40;
+
+const SHUTDOWN: Duration = Duration::from_secs(5);
+const READY: Duration = Duration::from_secs(15);
+
+/// One failure mode of FAILURE-MODES.md (numbered there 1 to 8), plus `Healthy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// 1. Upstream rejects EDNS0.
+    UpstreamRejectsEdns,
+    /// 2. Random upstream: two upstreams disagree on an internal zone.
+    UpstreamDisagreement,
+    /// 3. Loopback nameserver in the pod.
+    LoopbackNameserver,
+    /// 4. Forwarding loop.
+    ForwardingLoop,
+    /// 5. Reply from an unexpected source (bridged node, DNAT not reversed).
+    ReplyFromUnexpectedSource,
+    /// 6. Masquerade / vanish: node-local-dns traffic leaves via the uplink.
+    LeftViaUplink,
+    /// 7. Truncation without a TCP retry.
+    TruncatedNoTcp,
+    /// 8. Dropped in the kernel (netfilter).
+    Dropped,
+    /// Nothing broken.
+    Healthy,
+}
+
+impl Scenario {
+    /// Every scenario, in FAILURE-MODES.md order, `Healthy` last.
+    pub const ALL: [Scenario; 9] = [
+        Scenario::UpstreamRejectsEdns,
+        Scenario::UpstreamDisagreement,
+        Scenario::LoopbackNameserver,
+        Scenario::ForwardingLoop,
+        Scenario::ReplyFromUnexpectedSource,
+        Scenario::LeftViaUplink,
+        Scenario::TruncatedNoTcp,
+        Scenario::Dropped,
+        Scenario::Healthy,
+    ];
+
+    /// Kebab-case name, as in `cargo xtask demo --scenario NAME`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::UpstreamRejectsEdns => "upstream-rejects-edns",
+            Scenario::UpstreamDisagreement => "upstream-disagreement",
+            Scenario::LoopbackNameserver => "loopback-nameserver",
+            Scenario::ForwardingLoop => "forwarding-loop",
+            Scenario::ReplyFromUnexpectedSource => "reply-from-unexpected-source",
+            Scenario::LeftViaUplink => "left-via-uplink",
+            Scenario::TruncatedNoTcp => "truncated-no-tcp",
+            Scenario::Dropped => "dropped",
+            Scenario::Healthy => "healthy",
+        }
+    }
+
+    /// The scenario named `name` (see [`Scenario::name`]).
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The verdict dnstrace must give the client's lookup (JSON `verdict`).
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Scenario::UpstreamRejectsEdns => "upstream_rejects_edns",
+            Scenario::UpstreamDisagreement => "upstream_disagreement",
+            Scenario::LoopbackNameserver => "loopback_nameserver",
+            Scenario::ForwardingLoop => "forwarding_loop",
+            Scenario::ReplyFromUnexpectedSource => "reply_from_unexpected_source",
+            Scenario::LeftViaUplink => "left_via_uplink",
+            Scenario::TruncatedNoTcp => "truncated_no_tcp",
+            Scenario::Dropped => "dropped",
+            Scenario::Healthy => "ok",
+        }
+    }
+
+    /// What is broken, in one line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scenario::UpstreamRejectsEdns => {
+                "the upstream 203.0.113.53 is an old router's DNS proxy that answers FORMERR to any query with an EDNS0 OPT record"
+            }
+            Scenario::UpstreamDisagreement => {
+                "CoreDNS forwards at random to BIND 203.0.113.53 (serves example.test) and a public resolver 203.0.113.54 (NXDOMAIN for it)"
+            }
+            Scenario::LoopbackNameserver => {
+                "the pod's resolv.conf was copied from a systemd-resolved host: it queries 127.0.0.53, where nothing listens in the pod"
+            }
+            Scenario::ForwardingLoop => {
+                "CoreDNS forwards to node-local-dns 169.254.25.10, which forwards back to the CoreDNS ClusterIP 10.96.0.10"
+            }
+            Scenario::ReplyFromUnexpectedSource => {
+                "bridged node (cbr0) with bridge-nf-call-iptables=0: the ClusterIP DNAT is not reversed on the bridged reply"
+            }
+            Scenario::LeftViaUplink => {
+                "169.254.25.10 is no longer a local address: pod queries to node-local-dns are masqueraded out of the uplink"
+            }
+            Scenario::TruncatedNoTcp => {
+                "the answer is too big for UDP (TC=1) and the client does not retry over TCP"
+            }
+            Scenario::Dropped => {
+                "an iptables rule on the node drops UDP port 53 from pods to the CoreDNS pod"
+            }
+            Scenario::Healthy => {
+                "nothing is broken: lookups via node-local-dns and via the ClusterIP"
+            }
+        }
+    }
+
+    /// How to build the node this scenario needs (only
+    /// `reply-from-unexpected-source` needs a bridged node).
+    pub fn node_options(self) -> NodeOptions {
+        NodeOptions {
+            bridge: self == Scenario::ReplyFromUnexpectedSource,
+        }
+    }
+
+    /// Builds a node with [`Scenario::node_options`] on `Lab::new(tag)` and
+    /// applies the scenario.
+    pub fn build(self, tag: &str) -> Result<Node> {
+        let mut node = Node::with_options(tag, self.node_options())
+            .with_context(|| format!("building the node for {self}"))?;
+        self.apply(&mut node)
+            .with_context(|| format!("applying scenario {self}"))?;
+        Ok(node)
+    }
+
+    /// Turns a freshly built node into the reproduction (see each function).
+    /// Servers it replaces are stopped and the node's `Proc` fields updated.
+    pub fn apply(self, node: &mut Node) -> Result<()> {
+        match self {
+            Scenario::UpstreamRejectsEdns => upstream_rejects_edns(node),
+            Scenario::UpstreamDisagreement => upstream_disagreement(node),
+            Scenario::LoopbackNameserver => loopback_nameserver(node),
+            Scenario::ForwardingLoop => forwarding_loop(node),
+            Scenario::ReplyFromUnexpectedSource => reply_from_unexpected_source(node),
+            Scenario::LeftViaUplink => left_via_uplink(node),
+            Scenario::TruncatedNoTcp => truncated_no_tcp(node),
+            Scenario::Dropped => dropped(node),
+            Scenario::Healthy => Ok(()),
+        }
+    }
+
+    /// The client command(s) [`Scenario::run_client`] runs in the pod, as a
+    /// person would type them there.
+    pub fn client_commands(self, node: &Node) -> Vec<Vec<String>> {
+        let (cip, nl) = (node.cluster_ip.to_string(), node.nodelocal_ip.to_string());
+        let www = node.www_name.as_str();
+        // dig: two tries 2 s apart, unless said otherwise.
+        let dig = |server: &str, extra: &[&str], name: &str, qtype: &str| -> Vec<String> {
+            let mut argv = vec!["dig", "+time=2"];
+            if !extra.iter().any(|e| e.starts_with("+tries=")) {
+                argv.push("+tries=2");
+            }
+            argv.extend_from_slice(extra);
+            let mut argv: Vec<String> = argv.into_iter().map(str::to_owned).collect();
+            argv.extend([format!("@{server}"), name.to_owned(), qtype.to_owned()]);
+            argv
+        };
+        match self {
+            Scenario::UpstreamRejectsEdns | Scenario::ForwardingLoop | Scenario::Dropped => {
+                vec![dig(&cip, &[], www, "A")]
+            }
+            // One try each: a lookup per upstream choice.
+            Scenario::UpstreamDisagreement => vec![dig(&cip, &["+tries=1"], www, "A")],
+            Scenario::LoopbackNameserver => {
+                vec![dig(&LOOPBACK_STUB_IP.to_string(), &[], www, "A")]
+            }
+            // kdig reports the misaddressed reply; dig 9.18's connected
+            // socket never sees it and just times out.
+            Scenario::ReplyFromUnexpectedSource => vec![
+                [
+                    "kdig",
+                    "+timeout=2",
+                    "+retry=0",
+                    &format!("@{cip}"),
+                    www,
+                    "A",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ],
+            Scenario::LeftViaUplink => vec![dig(&nl, &[], www, "A")],
+            Scenario::TruncatedNoTcp => vec![dig(&cip, &["+ignore"], &node.big_name, "TXT")],
+            Scenario::Healthy => vec![dig(&nl, &[], www, "A"), dig(&cip, &[], www, "A")],
+        }
+    }
+
+    /// Sends the client lookup(s) that show the failure from the pod and
+    /// returns what the client saw, one entry per client process run.
+    /// `upstream-disagreement` repeats its lookup (at least
+    /// [`DISAGREEMENT_MIN_TRIES`], at most [`DISAGREEMENT_MAX_TRIES`] times)
+    /// until it has seen both NOERROR and NXDOMAIN.
+    pub fn run_client(self, node: &Node) -> Result<Vec<ClientLookup>> {
+        let commands = self.client_commands(node);
+        let mut seen = Vec::new();
+        if self == Scenario::UpstreamDisagreement {
+            for i in 0..DISAGREEMENT_MAX_TRIES {
+                let run = ClientLookup::run(node, &commands[0])?;
+                seen.push(run);
+                let got = |rcode| seen.iter().any(|s| s.status() == Some(rcode));
+                if i + 1 >= DISAGREEMENT_MIN_TRIES && got("NOERROR") && got("NXDOMAIN") {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(seen);
+        }
+        for argv in &commands {
+            seen.push(ClientLookup::run(node, argv)?);
+        }
+        Ok(seen)
+    }
+
+    /// The lookups dnstrace must report for this scenario, with the verdict,
+    /// culprit and last hop it must give them.
+    pub fn expect(self, node: &Node) -> Vec<Expect> {
+        let cip = SocketAddr::new(IpAddr::V4(node.cluster_ip), 53);
+        let nl = SocketAddr::new(IpAddr::V4(node.nodelocal_ip), 53);
+        let pod = IpAddr::V4(node.pod_ip);
+        let www = crate::tracer::fqdn(&node.www_name);
+        let base = |server: SocketAddr| Expect {
+            verdict: self.verdict(),
+            client: pod,
+            server,
+            qname: www.clone(),
+            qtype: "A",
+            every: true,
+            culprit: None,
+            last_hop: Vec::new(),
+        };
+        let with = |server, culprit: String, last_hop: &[&str]| Expect {
+            culprit: Some(culprit),
+            last_hop: last_hop.iter().map(|h| (*h).to_owned()).collect(),
+            ..base(server)
+        };
+        let up_in = format!("{} ingress", node.uplink);
+        match self {
+            // The forwarded query with OPT (udp=1232, DO=1) got FORMERR from
+            // the old router; the client got NOERROR after unbound's retry
+            // without OPT. Last hop: where the FORMERR was seen.
+            Scenario::UpstreamRejectsEdns => vec![with(
+                cip,
+                format!("{}:53", node.resolver_ip),
+                &[&up_in, "socket-out"],
+            )],
+            // Only the public resolver fails. Lookups answered before both
+            // answers were seen are plain `ok`, hence `every: false`.
+            Scenario::UpstreamDisagreement => vec![Expect {
+                every: false,
+                ..with(
+                    cip,
+                    format!("{PUBLIC_RESOLVER_IP}:53"),
+                    &[&up_in, "socket-out"],
+                )
+            }],
+            // Never leaves the pod: last seen leaving the client's socket, or
+            // dropped on the pod's loopback (NO_SOCKET: nothing listens).
+            Scenario::LoopbackNameserver => vec![Expect {
+                client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ..with(
+                    SocketAddr::new(IpAddr::V4(LOOPBACK_STUB_IP), 53),
+                    format!("{LOOPBACK_STUB_IP}:53"),
+                    &["socket-out", "drop"],
+                )
+            }],
+            // The question circulates between the CoreDNS pod (10.244.1.10)
+            // and node-local-dns (169.254.25.10, which reaches CoreDNS as
+            // 198.51.100.10 → ClusterIP → 10.244.1.10). The culprit is the
+            // looping pair, "a <-> b:53"; either rendering names the CoreDNS
+            // pod. Each forwarded copy ends delivered to a server's socket.
+            Scenario::ForwardingLoop => {
+                vec![with(cip, node.cdns_ip.to_string(), &["socket-in"])]
+            }
+            // The reply leaves the bridge towards the pod with the CoreDNS
+            // pod's address as its source.
+            Scenario::ReplyFromUnexpectedSource => vec![with(
+                cip,
+                format!("{}:53", node.cdns_ip),
+                &[&format!("{} egress", node.pod_veth)],
+            )],
+            Scenario::LeftViaUplink => vec![with(
+                nl,
+                node.uplink.clone(),
+                &[&format!("{} egress", node.uplink)],
+            )],
+            // No TCP retry at all: the client is to blame. Last hop: the TC=1
+            // reply, last seen reaching the pod (its socket, or its veth).
+            Scenario::TruncatedNoTcp => vec![Expect {
+                qname: crate::tracer::fqdn(&node.big_name),
+                qtype: "TXT",
+                ..with(
+                    cip,
+                    node.pod_ip.to_string(),
+                    &["socket-in", &format!("{} egress", node.pod_veth)],
+                )
+            }],
+            // Dropped by the FORWARD rule while the packet still belongs to
+            // the pod veth it came in on.
+            Scenario::Dropped => vec![with(
+                cip,
+                format!("{} (NETFILTER_DROP)", node.pod_veth),
+                &[&format!("{} drop", node.pod_veth)],
+            )],
+            Scenario::Healthy => vec![base(nl), base(cip)],
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<Scenario> {
+        Scenario::from_name(name).with_context(|| {
+            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            format!(
+                "unknown scenario {name:?}; valid ones: {}",
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// A lookup dnstrace must report (one `{"type":"lookup"}` record) and what it must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// The JSON `verdict`.
+    pub verdict: &'static str,
+    /// The client's address: the record's `client` is `"<client>:<port>"`.
+    pub client: IpAddr,
+    /// The server as the client addressed it: the record's `server`.
+    pub server: SocketAddr,
+    /// The record's `qname`, with its trailing dot.
+    pub qname: String,
+    /// The record's `qtype`.
+    pub qtype: &'static str,
+    /// Every lookup for this question must have `verdict` (false: at least one).
+    pub every: bool,
+    /// A substring of the record's `culprit` (an address `ip:port`, an
+    /// interface name, `"<iface> (<DROP_REASON>)"` or `"<a> <-> <b>"`);
+    /// `None`: no culprit (`ok`).
+    pub culprit: Option<String>,
+    /// Substrings of which the record's `last_hop` must contain at least one
+    /// (`"<iface> <dir>"` with dir ingress, egress or drop, or
+    /// `"socket-out"` / `"socket-in"`, which dnstrace follows with the netns);
+    /// empty: not checked. There are two where the lab differs from a real
+    /// node: the socket hop (cgroup_skb on the root cgroup) also sees the
+    /// upstream servers' own sockets, because the "remote" upstream netns
+    /// shares this kernel, so a reply is first seen leaving the upstream's
+    /// socket (`socket-out`) rather than arriving on the uplink.
+    pub last_hop: Vec<String>,
+}
+
+impl Expect {
+    /// Whether the lookup record is about this client, server and question.
+    pub fn is_for(&self, lookup: &Value) -> bool {
+        lookup["type"] == "lookup"
+            && lookup["qname"] == self.qname.as_str()
+            && lookup["qtype"] == self.qtype
+            && lookup["server"] == self.server.to_string()
+            && lookup["client"]
+                .as_str()
+                .and_then(|c| c.parse::<SocketAddr>().ok())
+                .is_some_and(|c| c.ip() == self.client)
+    }
+
+    /// Why `lookup` (a record this expectation [is for](Expect::is_for))
+    /// does not say what it must, or `Ok`.
+    pub fn check(&self, lookup: &Value) -> Result<()> {
+        let field = |name: &str| lookup[name].as_str().unwrap_or("").to_owned();
+        if lookup["verdict"] != self.verdict {
+            bail!("verdict {} instead of {}", lookup["verdict"], self.verdict);
+        }
+        if let Some(want) = &self.culprit
+            && !field("culprit").contains(want.as_str())
+        {
+            bail!("culprit {:?} does not contain {want:?}", field("culprit"));
+        }
+        let last_hop = field("last_hop");
+        if !self.last_hop.is_empty() && !self.last_hop.iter().any(|h| last_hop.contains(h.as_str()))
+        {
+            bail!("last hop {last_hop:?} contains none of {:?}", self.last_hop);
+        }
+        Ok(())
+    }
+
+    /// Checks `lookups` (all records of a run) against this expectation:
+    /// every (or at least one, see [`Expect::every`]) lookup for this
+    /// question says what it must, and there is at least one.
+    pub fn check_all<'v>(&self, lookups: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+        let mine: Vec<&Value> = lookups.into_iter().filter(|l| self.is_for(l)).collect();
+        if mine.is_empty() {
+            bail!(
+                "no lookup {} → {} {} {}",
+                self.client,
+                self.server,
+                self.qtype,
+                self.qname
+            );
+        }
+        let problems: Vec<String> = mine
+            .iter()
+            .filter_map(|l| self.check(l).err().map(|e| format!("{e}: {l}")))
+            .collect();
+        if (self.every && !problems.is_empty()) || problems.len() == mine.len() {
+            bail!("{}", problems.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// "expect verdict: X — culprit Y — last hop Z", for banners.
+    pub fn banner(&self) -> String {
+        let mut line = format!("expect verdict: {}", self.verdict);
+        if let Some(c) = &self.culprit {
+            line.push_str(&format!(" — culprit {c}"));
+        }
+        if !self.last_hop.is_empty() {
+            line.push_str(&format!(" — last hop {}", self.last_hop.join(" or ")));
+        }
+        line
+    }
+}
+
+/// What one client process in the pod saw.
+#[derive(Clone, Debug)]
+pub struct ClientLookup {
+    /// The command line, as a person would type it in the pod.
+    pub command: String,
+    pub out: CmdOutput,
+    pub elapsed: Duration,
+}
+
+impl ClientLookup {
+    /// Runs `argv` in the pod's netns and times it.
+    pub fn run(node: &Node, argv: &[String]) -> Result<ClientLookup> {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let out = node.lab.exec(&node.pod_ns, &argv)?;
+        Ok(ClientLookup {
+            command: argv.join(" "),
+            out,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The rcode of the last reply the client printed (dig and kdig), e.g.
+    /// "NOERROR", or `None` if it printed none.
+    pub fn status(&self) -> Option<&str> {
+        self.out.stdout.lines().rev().find_map(|line| {
+            let rest = line.split("status: ").nth(1)?;
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(rest.len());
+            Some(&rest[..end])
+        })
+    }
+
+    /// The header flags of the last reply printed (dig `;; flags:`, kdig `;; Flags:`).
+    pub fn flags(&self) -> Vec<&str> {
+        self.out
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|line| {
+                let rest = line
+                    .strip_prefix(";; flags: ")
+                    .or_else(|| line.strip_prefix(";; Flags: "))?;
+                Some(rest.split(';').next().unwrap_or("").split_whitespace())
+            })
+            .map(Iterator::collect)
+            .unwrap_or_default()
+    }
+
+    /// Both streams, for searching.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.out.stdout, self.out.stderr)
+    }
+
+    /// The client gave up waiting for a reply (dig: "timed out", kdig:
+    /// "response timeout").
+    pub fn timed_out(&self) -> bool {
+        let text = self.text();
+        text.contains("timed out") || text.contains("response timeout")
+    }
+
+    /// The client's socket was refused (ICMP port unreachable).
+    pub fn refused(&self) -> bool {
+        self.text().contains("connection refused")
+    }
+
+    /// kdig's warning about a reply from another address than it queried.
+    pub fn unexpected_source(&self) -> Option<String> {
+        self.text()
+            .lines()
+            .find(|l| l.contains("unexpected reply source"))
+            .map(|l| l.trim().to_owned())
+    }
+
+    /// One line for humans: the outcome and how long it took.
+    pub fn summary(&self) -> String {
+        let took = format!("{:.0} ms", self.elapsed.as_secs_f64() * 1e3);
+        let mut line = match self.status() {
+            Some(status) => {
+                let flags = self.flags().join(" ");
+                let answers = self
+                    .out
+                    .stdout
+                    .lines()
+                    .find_map(|l| {
+                        l.split("ANSWER: ")
+                            .nth(1)
+                            .and_then(|r| r.split([',', ';']).next())
+                    })
+                    .unwrap_or("?")
+                    .to_owned();
+                format!("{status} (flags: {flags}; {answers} answer(s)) after {took}")
+            }
+            None if self.refused() => format!("no reply: connection refused, after {took}"),
+            None if self.timed_out() => format!("no reply: timed out after {took}"),
+            None => format!(
+                "no reply (exit {:?}) after {took}: {}",
+                self.out.code(),
+                self.text().lines().last().unwrap_or("")
+            ),
+        };
+        if let Some(warning) = self.unexpected_source() {
+            line.push_str(&format!("; {warning}"));
+        }
+        line
+    }
+}
+
+// ---- the reproductions ----
+
+/// Failure mode 1: the upstream 203.0.113.53 becomes an old home/enterprise
+/// router's DNS proxy (a dnspython responder: no Debian server misbehaves
+/// this way) that answers FORMERR, without OPT, to every query that carries
+/// an OPT record, and relays OPT-less queries to the real resolver behind it
+/// (BIND on [`ISP_RESOLVER_IP`], which takes over `example.test`).
+///
+/// The CoreDNS-role unbound forwards with EDNS (udp=1232, DO=1), gets
+/// FORMERR, and retries at once without EDNS, which works: the pod sees
+/// NOERROR. unbound then remembers the router as EDNS-less (infra cache,
+/// 15 min), so only the first lookup after `apply` shows the FORMERR.
+pub fn upstream_rejects_edns(node: &mut Node) -> Result<()> {
+    let lab = &node.lab;
+    lab.stop(&node.upstream, Signal::Term, SHUTDOWN)?;
+    lab.add_addr(&node.up_ns, "lo", &format!("{ISP_RESOLVER_IP}/32"))?;
+    node.upstream = lab.start_named(
+        &node.up_ns,
+        "isp-resolver-named",
+        &[IpAddr::V4(ISP_RESOLVER_IP)],
+        &[example_zone()],
+    )?;
+    let script = lab.write_file(&format!("{OLD_ROUTER}.py"), OLD_ROUTER_PY)?;
+    let mut cmd = lab.cmd(&node.up_ns, python());
+    cmd.arg(&script)
+        .arg(node.resolver_ip.to_string())
+        .arg(ISP_RESOLVER_IP.to_string());
+    let router = lab.spawn_logged(OLD_ROUTER, cmd)?;
+    wait_log(node, &router, "old-router: DNS proxy on")?;
+    Ok(())
+}
+
+/// Failure mode 2: a second upstream, a "public resolver" on
+/// [`PUBLIC_RESOLVER_IP`] (BIND authoritative for an empty `test.` zone:
+/// NXDOMAIN for every `example.test` name), and the CoreDNS-role unbound
+/// restarted to forward to both, like CoreDNS `forward . /etc/resolv.conf`
+/// with `policy random`: unbound picks at random among upstreams whose RTTs
+/// are within 400 ms of each other. The same question gets NOERROR from
+/// 203.0.113.53 and NXDOMAIN from 203.0.113.54, at random, within seconds.
+pub fn upstream_disagreement(node: &mut Node) -> Result<()> {
+    let lab = &node.lab;
+    lab.add_addr(&node.up_ns, "lo", &format!("{PUBLIC_RESOLVER_IP}/32"))?;
+    let public = Zone {
+        name: "test".to_owned(),
+        text: format!(
+            "$TTL 0\n\
+             @   IN SOA ns.test. hostmaster.test. ( 1 3600 600 86400 0 )\n\
+             @   IN NS  ns\n\
+             ns  IN A   {PUBLIC_RESOLVER_IP}\n"
+        ),
+    };
+    lab.start_named(
+        &node.up_ns,
+        "public-resolver-named",
+        &[IpAddr::V4(PUBLIC_RESOLVER_IP)],
+        &[public],
+    )?;
+    lab.stop(&node.coredns, Signal::Term, SHUTDOWN)?;
+    node.coredns = lab.start_unbound(
+        &node.cdns_ns,
+        "coredns-unbound-random",
+        &[IpAddr::V4(node.cdns_ip)],
+        &[IpAddr::V4(node.resolver_ip), IpAddr::V4(PUBLIC_RESOLVER_IP)],
+        "",
+    )?;
+    Ok(())
+}
+
+/// Failure mode 3: nothing to change: the pod's loopback is up (127.0.0.0/8)
+/// and nothing listens on 127.0.0.53:53 in the pod netns, as in a pod that
+/// got a systemd-resolved host's resolv.conf (`nameserver 127.0.0.53`).
+/// Checks that nothing does.
+pub fn loopback_nameserver(node: &mut Node) -> Result<()> {
+    let listening = node
+        .lab
+        .run(&node.pod_ns, &["ss", "-Hlun", "sport = :53"])?;
+    if !listening.trim().is_empty() {
+        bail!("something listens on port 53 in the pod: {listening}");
+    }
+    Ok(())
+}
+
+/// Failure mode 4: CoreDNS's upstream is node-local-dns (a node resolv.conf
+/// listing 169.254.25.10), and node-local-dns forwards to the kube-dns
+/// ClusterIP, i.e. back to CoreDNS. Both roles are dnsmasq here, with
+/// `--add-subnet=32` (an EDNS client-subnet option that makes every forwarded
+/// query client-specific, so dnsmasq does not merge it with the identical one
+/// in flight, just as CoreDNS's `forward` never merges): each lap is a new
+/// query with a new id and port. (unbound and BIND merge identical in-flight
+/// queries, which stalls a loop after one lap; two plain dnsmasqs stall too,
+/// until the client retries: then each takes the other's resend for a retry
+/// and they ping-pong the same two ids forever, at full speed.)
+///
+/// The question circulates about 150 times through each server in a few
+/// tens of milliseconds, until both hit `--dns-forward-max` (150 in flight);
+/// the one that is full answers REFUSED, which unwinds the whole chain: the
+/// pod gets REFUSED, and the loop stops by itself.
+pub fn forwarding_loop(node: &mut Node) -> Result<()> {
+    let lab = &node.lab;
+    lab.stop(&node.coredns, Signal::Term, SHUTDOWN)?;
+    lab.stop(&node.nodelocal, Signal::Term, SHUTDOWN)?;
+    node.coredns = lab.start_dnsmasq(
+        &node.cdns_ns,
+        "coredns-dnsmasq-loop",
+        &[IpAddr::V4(node.cdns_ip)],
+        &[
+            &format!("--server={}", node.nodelocal_ip),
+            "--add-subnet=32",
+        ],
+    )?;
+    node.nodelocal = lab.start_dnsmasq(
+        &node.node_ns,
+        "nodelocaldns-dnsmasq-loop",
+        &[IpAddr::V4(node.nodelocal_ip)],
+        &[&format!("--server={}", node.cluster_ip), "--add-subnet=32"],
+    )?;
+    Ok(())
+}
+
+/// Failure mode 5: needs a bridged node ([`Scenario::node_options`]): turns
+/// `net.bridge.bridge-nf-call-iptables` off in the node netns (br_netfilter
+/// not loaded). The pod's query to the ClusterIP is routed (DNAT to the
+/// CoreDNS pod on the same bridge), but the reply, from one bridge port to
+/// another, is switched at layer 2 and never meets conntrack: it reaches the
+/// pod with the CoreDNS pod's address as its source.
+pub fn reply_from_unexpected_source(node: &mut Node) -> Result<()> {
+    if node.bridge.is_none() {
+        bail!(
+            "{} needs a bridged node: build it with Scenario::node_options()",
+            Scenario::ReplyFromUnexpectedSource
+        );
+    }
+    node.lab
+        .sysctl(&node.node_ns, "net.bridge.bridge-nf-call-iptables", "0")
+}
+
+/// Failure mode 6: removes 169.254.25.10 from the ifb that held it, as when a
+/// CNI's BPF masquerading takes node-local-dns traffic off the local path: a
+/// pod's query to 169.254.25.10 follows the default route, is MASQUERADEd to
+/// the node IP and leaves through the uplink. Beyond the uplink the "network"
+/// (the upstream netns, forwarding on) routes link-local destinations into an
+/// ifb (`<p>wan0`) that swallows them without a kernel drop, as a real
+/// network would, out of the node's sight. Nothing ever answers.
+pub fn left_via_uplink(node: &mut Node) -> Result<()> {
+    let lab = &node.lab;
+    lab.ip(
+        &node.node_ns,
+        &[
+            "addr",
+            "del",
+            &format!("{}/32", node.nodelocal_ip),
+            "dev",
+            &node.nodelocal_dev,
+        ],
+    )?;
+    let wan = format!("{}wan0", lab.prefix());
+    lab.sysctl(&node.up_ns, "net.ipv4.ip_forward", "1")?;
+    lab.add_ifb(&node.up_ns, &wan, &[])?;
+    lab.add_route(&node.up_ns, &format!("169.254.0.0/16 dev {wan}"))
+}
+
+/// Failure mode 7: nothing to change: `big.example.test TXT` is over 1232
+/// bytes, so the reply over UDP carries TC=1, and the client (`dig +ignore`)
+/// does not retry over TCP. (unbound itself fetches the big answer from BIND
+/// over TCP.)
+pub fn truncated_no_tcp(_node: &mut Node) -> Result<()> {
+    Ok(())
+}
+
+/// Failure mode 8: `iptables -I FORWARD -p udp --dport 53 -d <CoreDNS pod> -j
+/// DROP` in the node netns, as a NetworkPolicy gone wrong: a pod's query to
+/// the ClusterIP is DNATed, then dropped while being forwarded (kernel reason
+/// NETFILTER_DROP). node-local-dns's own queries (OUTPUT) still pass.
+pub fn dropped(node: &mut Node) -> Result<()> {
+    node.lab.iptables(
+        &node.node_ns,
+        &format!(
+            "-I FORWARD -p udp --dport 53 -d {}/32 -j DROP",
+            node.cdns_ip
+        ),
+    )
+}
+
+/// Debian's python3 (it has python3-dnspython); a `python3` earlier on PATH
+/// (pyenv, venv) may not.
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Waits until `proc`'s log contains `needle`.
+fn wait_log(node: &Node, proc: &Proc, needle: &str) -> Result<()> {
+    let deadline = Instant::now() + READY;
+    loop {
+        if node.lab.log_tail(proc, 50).contains(needle) {
+            return Ok(());
+        }
+        if let Some(status) = node.lab.status(proc)? {
+            bail!(
+                "{} exited ({status}) before it was ready: {}",
+                proc.name,
+                node.lab.log_tail(proc, 20)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} not ready within {READY:?}: {}",
+                proc.name,
+                node.lab.log_tail(proc, 20)
+            );
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The old router's DNS proxy: argv listen-address upstream-address.
+const OLD_ROUTER_PY: &str = r#"
+# An old router's DNS proxy (as the Yamaha FWX120 of FAILURE-MODES.md): it
+# answers FORMERR, without OPT, to any query that carries an EDNS0 OPT record,
+# and relays queries without OPT to the resolver behind it.
+import socket, sys, threading
+import dns.flags, dns.message, dns.rcode, dns.rdatatype
+
+listen, upstream = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((listen, 53))
+print(f"old-router: DNS proxy on {listen}:53 -> {upstream}:53; FORMERR to any query with OPT", flush=True)
+
+def handle(data, peer):
+    try:
+        q = dns.message.from_wire(data)
+    except Exception as e:
+        print(f"unparsable query from {peer[0]}:{peer[1]}: {e}", flush=True)
+        return
+    qtext = "?"
+    if q.question:
+        qtext = f"{q.question[0].name} {dns.rdatatype.to_text(q.question[0].rdtype)}"
+    if q.edns >= 0:
+        r = dns.message.make_response(q)
+        r.use_edns(False)
+        r.set_rcode(dns.rcode.FORMERR)
+        sock.sendto(r.to_wire(), peer)
+        do = 1 if q.ednsflags & dns.flags.DO else 0
+        print(f"FORMERR to {peer[0]}:{peer[1]} id={q.id} {qtext}: query had OPT (udp={q.payload}, DO={do})", flush=True)
+        return
+    up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    up.settimeout(2)
+    try:
+        up.sendto(data, (upstream, 53))
+        reply, _ = up.recvfrom(65535)
+    except OSError as e:
+        print(f"no answer from {upstream} for id={q.id} {qtext}: {e}", flush=True)
+        return
+    finally:
+        up.close()
+    sock.sendto(reply, peer)
+    rcode = dns.rcode.to_text(dns.message.from_wire(reply).rcode())
+    print(f"answered {peer[0]}:{peer[1]} id={q.id} {qtext} without OPT: {rcode}", flush=True)
+
+while True:
+    data, peer = sock.recvfrom(65535)
+    threading.Thread(target=handle, args=(data, peer), daemon=True).start()
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        for s in Scenario::ALL {
+            assert_eq!(s.name().parse::<Scenario>().unwrap(), s);
+            assert!(!s.describe().is_empty());
+        }
+        let mut names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Scenario::ALL.len());
+        let err = "nope".parse::<Scenario>().unwrap_err().to_string();
+        assert!(
+            err.contains("healthy") && err.contains("forwarding-loop"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verdicts_are_the_issue_names() {
+        let verdicts: Vec<_> = Scenario::ALL.iter().map(|s| s.verdict()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                "upstream_rejects_edns",
+                "upstream_disagreement",
+                "loopback_nameserver",
+                "forwarding_loop",
+                "reply_from_unexpected_source",
+                "left_via_uplink",
+                "truncated_no_tcp",
+                "dropped",
+                "ok"
+            ]
+        );
+    }
+
+    fn lookup(stdout: &str) -> ClientLookup {
+        ClientLookup {
+            command: "dig".into(),
+            out: CmdOutput {
+                status: std::os::unix::process::ExitStatusExt::from_raw(0),
+                stdout: stdout.into(),
+                stderr: String::new(),
+            },
+            elapsed: Duration::from_millis(3),
+        }
+    }
+
+    #[test]
+    fn parses_dig_and_kdig() {
+        let dig = lookup(
+            ";; ->>HEADER<<- opcode: QUERY, status: NXDOMAIN, id: 4242\n\
+             ;; flags: qr aa rd ra; QUERY: 1, ANSWER: 0, AUTHORITY: 1, ADDITIONAL: 1\n",
+        );
+        assert_eq!(dig.status(), Some("NXDOMAIN"));
+        assert_eq!(dig.flags(), ["qr", "aa", "rd", "ra"]);
+        let kdig = lookup(
+            ";; WARNING: unexpected reply source 10.244.0.20@53\n\
+             ;; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 7\n\
+             ;; Flags: qr rd ra; QUERY: 1; ANSWER: 1; AUTHORITY: 0; ADDITIONAL: 1\n",
+        );
+        assert_eq!(kdig.status(), Some("NOERROR"));
+        assert_eq!(kdig.flags(), ["qr", "rd", "ra"]);
+        assert!(kdig.unexpected_source().is_some());
+        let gone = lookup(";; communications error to 10.96.0.10#53: timed out\n");
+        assert!(gone.timed_out() && gone.status().is_none());
+        assert!(gone.summary().contains("timed out"));
+    }
+
+    #[test]
+    fn expectations_match_records() {
+        let e = Expect {
+            verdict: "dropped",
+            client: "10.244.0.10".parse().unwrap(),
+            server: "10.96.0.10:53".parse().unwrap(),
+            qname: "www.example.test.".into(),
+            qtype: "A",
+            every: true,
+            culprit: Some("pod0 (NETFILTER_DROP)".into()),
+            last_hop: vec!["pod0 drop".into(), "socket-out".into()],
+        };
+        let good = serde_json::json!({
+            "type": "lookup", "client": "10.244.0.10:5353", "server": "10.96.0.10:53",
+            "qname": "www.example.test.", "qtype": "A", "verdict": "dropped",
+            "culprit": "dtx0000pod0 (NETFILTER_DROP)", "last_hop": "dtx0000pod0 drop"
+        });
+        assert!(e.is_for(&good));
+        e.check(&good).unwrap();
+        e.check_all([&good]).unwrap();
+        let mut bad = good.clone();
+        bad["verdict"] = "unanswered".into();
+        assert!(e.check(&bad).is_err());
+        assert!(e.check_all([&good, &bad]).is_err());
+        assert!(
+            Expect {
+                every: false,
+                ..e.clone()
+            }
+            .check_all([&good, &bad])
+            .is_ok()
+        );
+        let mut other = good.clone();
+        other["qname"] = "nx.example.test.".into();
+        assert!(!e.is_for(&other));
+        assert!(e.check_all([&other]).is_err());
+    }
+}
