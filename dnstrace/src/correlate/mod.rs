@@ -589,7 +589,12 @@ impl Correlator {
             }
             // Sent again from a point this message already passed, but elsewhere: a
             // parallel query to another server (musl asks every nameserver at once).
-            let score = if elsewhere && hop.point != Point::Drop {
+            // A local socket sending is where a message starts: a socket-out sighting of a
+            // known message can only be its sender sending it again, from the same address.
+            // Another address is a new query that reuses the ID (a transparent forwarder).
+            let score = if (elsewhere && hop.point != Point::Drop)
+                || (hop.point == Point::SocketOut && !same_src)
+            {
                 0
             } else if same_dst {
                 3

@@ -33,6 +33,7 @@ scenarios!(
     nxdomain_ok,
     loss_unknown,
     flood,
+    transparent_forwarder,
 );
 
 #[test]
