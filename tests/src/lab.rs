@@ -53,6 +53,9 @@ pub enum Signal {
     Int,
     Term,
     Kill,
+    /// Freeze (SIGSTOP) and thaw (SIGCONT), e.g. to back up a consumer.
+    Stop,
+    Cont,
 }
 
 impl Signal {
@@ -61,6 +64,8 @@ impl Signal {
             Signal::Int => libc::SIGINT,
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Cont => libc::SIGCONT,
         }
     }
 }

@@ -117,18 +117,47 @@ impl<'a> Tracer<'a> {
     /// tracer's `--timeout` (default 5 s) has passed after the client's last
     /// try; before that, a stopped tracer reports it as `unknown`.
     pub fn wait_lookup(&self, want: impl Fn(&Value) -> bool, timeout: Duration) -> Result<Value> {
+        self.wait_record("lookup", want, timeout)
+    }
+
+    /// Waits up to [`READY_TIMEOUT`] for a packet record that `want` accepts.
+    pub fn wait_packet(&self, want: impl Fn(&Value) -> bool) -> Result<Value> {
+        self.wait_record("packet", want, READY_TIMEOUT)
+    }
+
+    fn wait_record(
+        &self,
+        kind: &str,
+        want: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
+        let of_kind = || {
+            self.records()
+                .into_iter()
+                .filter(|r| r["type"] == kind)
+                .collect::<Vec<_>>()
+        };
         loop {
-            if let Some(found) = self.lookups().into_iter().find(|l| want(l)) {
+            if let Some(found) = of_kind().into_iter().find(|r| want(r)) {
                 return Ok(found);
             }
             if let Some(status) = self.lab.status(&self.proc)? {
                 bail!("dnstrace exited ({status}) first: {}", self.stderr());
             }
             if Instant::now() >= deadline {
-                let seen: Vec<String> = self.lookups().iter().map(one_line).collect();
+                let seen: Vec<String> = of_kind()
+                    .iter()
+                    .map(|r| {
+                        if kind == "lookup" {
+                            one_line(r)
+                        } else {
+                            r.to_string()
+                        }
+                    })
+                    .collect();
                 bail!(
-                    "no matching lookup within {timeout:?}; lookups so far:\n{}",
+                    "no matching {kind} within {timeout:?}; {kind}s so far:\n{}",
                     seen.join("\n")
                 );
             }

@@ -3,6 +3,7 @@
 //! servers and clients. Run them with `cargo xtask test` (root).
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::IpAddr,
     time::{Duration, Instant},
@@ -370,8 +371,57 @@ fn thousand_queries_all_answered_and_all_events_received() {
         answered, 1000,
         "every query answered while dnstrace is attached"
     );
-    let (packets, summary) = stop(tracer, Signal::Int);
-    assert_lossless(&summary);
+    let trace = tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
+    let (packets, summary) = (&trace.packets, &trace.summary);
+    assert_lossless(summary);
+
+    // Every one of them is one lookup, `ok` (NXDOMAIN from the authority is an
+    // answer), and nothing else was judged.
+    let verdicts: BTreeMap<&str, usize> = trace.lookups.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l["verdict"].as_str().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        verdicts,
+        BTreeMap::from([("ok", 1000)]),
+        "1,000 healthy lookups, 1,000 ok"
+    );
+    assert_eq!(
+        summary["lookups"]["by_verdict"],
+        serde_json::json!({"ok": 1000}),
+        "{summary}"
+    );
+    let pod = node.pod_ip.to_string();
+    for l in &trace.lookups {
+        assert_eq!(l["server"], format!("{}:53", node.cluster_ip));
+        assert!(l["client"].as_str().unwrap().starts_with(&pod), "{l}");
+        assert!(l["rcode"] == "NXDOMAIN" || l["rcode"] == "NOERROR", "{l}");
+        assert!(
+            !l["children"].as_array().unwrap().is_empty(),
+            "forwarded: {l}"
+        );
+    }
+    // The per-upstream summary: CoreDNS asked the upstream resolver for each name.
+    let upstream = format!("{}:53", node.resolver_ip);
+    let row = summary["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == upstream.as_str())
+        .unwrap_or_else(|| panic!("no row for {upstream}: {summary}"));
+    let queries = row["queries"].as_u64().unwrap();
+    assert!(queries >= 1000, "{row}");
+    assert_eq!(row["unanswered"], 0, "{row}");
+    assert_eq!(row["answered"].as_u64().unwrap(), queries, "{row}");
+    let by_rcode: u64 = row["rcodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_rcode, queries, "{row}");
+    assert!(row["p50_ms"].as_f64().unwrap() <= row["p99_ms"].as_f64().unwrap());
+
     let queries = packets
         .iter()
         .filter(|p| {
@@ -386,6 +436,139 @@ fn thousand_queries_all_answered_and_all_events_received() {
     assert_eq!(
         packets.len() as u64,
         summary["userspace"]["received"].as_u64().unwrap()
+    );
+}
+
+/// A forced ring-buffer overflow. The tracer (4 KiB ring) sees a query to a
+/// slow server, is then frozen (SIGSTOP) while 300 more queries cross the veth
+/// and the slow server's answer arrives, and is thawed. Ground truth is what
+/// the clients sent and got back: the kernel's loss count must equal the events
+/// that never reached userspace, and the slow lookup, answered in reality but
+/// with its answer lost, must be `unknown`, never `unanswered`.
+#[test]
+fn ring_overflow_losses_are_exact_and_lookups_unknown() {
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, server) = pair("ovf");
+    let peer_ns = format!("{}-b", lab.prefix());
+    let peer = format!("{}b0", lab.prefix());
+    let _dns = lab
+        .start_dnsmasq(
+            &peer_ns,
+            "dnsmasq",
+            &[server],
+            &["--address=/ovf.test/10.0.0.1"],
+        )
+        .expect("dnsmasq");
+    // A server that answers after 1.5 s, on a second address.
+    let slow_ip = "10.53.0.3";
+    lab.add_addr(&peer_ns, &peer, &format!("{slow_ip}/24"))
+        .expect("addr");
+    let mut cmd = lab.cmd(&peer_ns, "python3");
+    cmd.args([
+        "-c",
+        &format!(
+            r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("{slow_ip}", 53))
+while True:
+    q, peer = s.recvfrom(512)
+    time.sleep(1.5)
+    s.sendto(q[:2] + b"\x81\x80" + q[4:6] + b"\0\0\0\0\0\0" + q[12:], peer)
+"#
+        ),
+    ]);
+    let _slow = lab.spawn_logged("slow", cmd).expect("slow server");
+    let t = start(&lab, &ns, "ovf", &["-i", &dev, "--ring-size", "4096"]);
+
+    const N: usize = 300;
+    let client = |at: &str, name: &str, n: usize| {
+        format!(
+            r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(("{at}", 53))
+name = b"".join(bytes([len(p)]) + p for p in b"{name}".split(b".")) + b"\0"
+got = 0
+for i in range({n}):
+    s.send(struct.pack(">HHHHHH", i + 1, 0x0100, 1, 0, 0, 0) + name + b"\0\1\0\1")
+    try:
+        if struct.unpack(">H", s.recv(512)[:2])[0] == i + 1:
+            got += 1
+    except socket.timeout:
+        pass
+print(got)
+"#
+        )
+    };
+    let slow_out = lab.dir().join("slow-client.out");
+    let mut cmd = lab.cmd(&ns, "python3");
+    cmd.args(["-c", &client(slow_ip, "slow.ovf.test", 1)])
+        .stdout(fs::File::create(&slow_out).unwrap());
+    let slow_client = lab.spawn("slow-client", cmd).expect("slow client");
+    // The tracer sees the slow query; then it is frozen.
+    t.wait_packet(|p| p["qname"] == "slow.ovf.test." && p["qr"] == false)
+        .expect("slow query seen");
+    lab.signal(&t.proc, Signal::Stop).expect("SIGSTOP");
+    let flood = lab.run(
+        &ns,
+        &[
+            "python3",
+            "-c",
+            &client(&server.to_string(), "q.ovf.test", N),
+        ],
+    );
+    let slow_status = lab.wait_exit(&slow_client, Duration::from_secs(5));
+    lab.signal(&t.proc, Signal::Cont).expect("SIGCONT");
+    let answered: usize = flood.expect("client").trim().parse().expect("count");
+    assert_eq!(answered, N, "the server answered every query");
+    assert!(slow_status.expect("wait").is_some_and(|s| s.success()));
+    assert_eq!(
+        fs::read_to_string(&slow_out).unwrap().trim(),
+        "1",
+        "slow answered"
+    );
+    // Let the collector drain, notice the loss and judge.
+    std::thread::sleep(Duration::from_millis(500));
+    let trace = t.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
+    let summary = &trace.summary;
+    let (seen, emitted, lost, received, dropped) = counters(summary);
+    // Each query out and each reply in, at one veth.
+    let truth = 2 * (N as u64 + 1);
+    assert_eq!(seen, truth, "the kernel saw every packet: {summary}");
+    assert_eq!(dropped, 0, "{summary}");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot hold {truth} events: {summary}"
+    );
+    assert_eq!(emitted + lost, truth, "{summary}");
+    assert_eq!(received, emitted, "{summary}");
+    assert_eq!(lost, truth - trace.packets.len() as u64, "{summary}");
+    assert_eq!(summary["lookups"]["lost_events"].as_u64(), Some(lost));
+
+    let slow: Vec<_> = trace.lookups_for("slow.ovf.test");
+    assert_eq!(slow.len(), 1, "{:?}", trace.lookups);
+    assert_eq!(
+        slow[0]["verdict"], "unknown",
+        "answer lost, not vanished: {}",
+        slow[0]
+    );
+    let why = format!("{} {}", slow[0]["detail"], slow[0]["hint"]);
+    assert!(why.contains(&format!("{lost} events were lost")), "{why}");
+    assert!(
+        trace
+            .lookups
+            .iter()
+            .all(|l| l["verdict"] == "unknown" || l["verdict"] == "ok"),
+        "a loss never turns into another verdict: {:?}",
+        trace
+            .lookups
+            .iter()
+            .map(|l| &l["verdict"])
+            .collect::<Vec<_>>()
     );
 }
 
