@@ -15,9 +15,13 @@ use tokio::{
 use crate::{
     capture::{Batch, Capture, CaptureConfig, links::Framing},
     cli::{Output, WatchConfig},
-    correlate::{self, Correlator, Coverage},
-    decode,
-    sink::{IssueCounts, JsonSink, Names, Sink, Summary, TextSink},
+    correlate::{self, Correlator, Coverage, Lookup, Placement},
+    decode::{self, LinkType, Meta, Packet},
+    sink::{
+        IssueCounts, JsonSink, Names, Sink, Summary, TextSink,
+        pcap::{Bounds, PcapSink, PointDesc, PointKind, Record, RunInfo},
+    },
+    tui,
 };
 
 /// Why the capture stopped.
@@ -26,6 +30,8 @@ enum Stop {
     Signal(&'static str),
     Duration,
     OutputClosed,
+    /// `q` or Ctrl-C in the TUI.
+    Quit,
 }
 
 /// How often open lookups are checked for their deadline and losses are noted.
@@ -34,6 +40,15 @@ const TICK: Duration = Duration::from_millis(100);
 /// Runs `dnstrace watch` until a signal, `--duration`, or the reader goes away.
 pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    // With the TUI, logs move to the file when it takes the terminal.
+    if let Some(path) = cfg
+        .log_file
+        .as_deref()
+        .filter(|_| cfg.output != Output::Tui)
+    {
+        crate::logging::to_file(path)
+            .with_context(|| format!("opening the log file {}", path.display()))?;
+    }
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
@@ -99,13 +114,63 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         ..correlate::Config::default()
     });
 
+    let pcap = match &cfg.pcap {
+        Some(path) => {
+            let w = &correlator.config().watched;
+            let run = RunInfo {
+                host_netns: capture.netns(),
+                uplinks: uplinks.clone(),
+                ifaces: w.ifaces.clone(),
+                all_ifaces: w.all_ifaces,
+                socket: w.socket,
+                drops: w.drops,
+                timeout_ms: cfg.timeout.as_millis() as u64,
+            };
+            let sink = PcapSink::create(
+                path,
+                &run,
+                &pcap_points(&capture),
+                Bounds::for_timeout(cfg.timeout),
+            )
+            .with_context(|| format!("creating the pcapng file {}", path.display()))?;
+            Some(sink)
+        }
+        None => None,
+    };
+
+    // The TUI owns the terminal from here until the summary is due.
+    let mut ui = match cfg.output {
+        Output::Tui => {
+            let header = tui::HeaderInfo {
+                source: "watch".to_owned(),
+                coverage: correlator.config().watched.clone(),
+                netns: capture.netns(),
+                uplinks: uplinks.clone(),
+                ports: cfg.ports.clone(),
+                clock_offset_ns: i128::from(names.epoch_ns(0)),
+            };
+            if let Some(path) = &cfg.log_file {
+                crate::logging::to_file(path)
+                    .with_context(|| format!("opening the log file {}", path.display()))?;
+            }
+            let (feed, rx) = tui::channel(tui::QUEUE);
+            let handle =
+                tui::spawn(rx, header, tui::Options::default()).context("starting the TUI")?;
+            Some((feed, handle))
+        }
+        _ => None,
+    };
+
     let (tx, rx) = mpsc::channel::<Batch>(cfg.queue);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (lost_tx, lost_rx) = watch::channel(0u64);
     let mut drain = capture
         .take_drain()
         .context("opening the ring buffer for polling")?;
-    let consumer = Consumer::new(&cfg, names, correlator, lost_rx);
+    let feed = ui.as_ref().map(|(feed, _)| feed.clone());
+    let mut consumer = Consumer::new(&cfg, names, correlator, lost_rx, feed);
+    consumer.pcap = pcap;
+    consumer.tcp = Some(decode::tcp::Streams::new());
     let consumer = tokio::spawn(consumer.run(rx));
     let drain_task = tokio::spawn(async move {
         drain.run(&tx, &mut stop_rx).await;
@@ -126,6 +191,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
                 _ = sigint.recv() => break Stop::Signal("SIGINT"),
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
                 () = &mut deadline => break Stop::Duration,
+                () = ui_ended(&mut ui) => break Stop::Quit,
                 _ = tick.tick() => {
                     // The consumer only ends early when stdout is gone (e.g. `| head`).
                     if consumer.is_finished() {
@@ -137,6 +203,14 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         }
     };
     log::info!("stopping: {stop:?}");
+    // Give the terminal back first: the summary goes there.
+    let ui_exit = match ui.take() {
+        Some((feed, handle)) => {
+            feed.close();
+            Some(handle.finish().await)
+        }
+        None => None,
+    };
 
     let _ = stop_tx.send(true);
     let (mut drain, tx) = drain_task.await.context("the ring buffer task failed")?;
@@ -152,7 +226,17 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         lookups,
         upstreams,
         mut sink,
+        pcap,
+        end_epoch_ns,
     } = done;
+    let kernel = capture.counters();
+    let pcap = match pcap {
+        Some(p) => Some(
+            p.close(end_epoch_ns.max(1), kernel.lost())
+                .context("writing the end of the pcapng file")?,
+        ),
+        None => None,
+    };
     let summary = Summary {
         netns: capture.netns(),
         kernel: capture.counters(),
@@ -162,6 +246,8 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         lookups,
         upstreams,
         duration_ms: started.elapsed().as_millis() as u64,
+        pcap,
+        replay: None,
     };
     if stop != Stop::OutputClosed {
         let _ = sink.upstreams(&summary.upstreams);
@@ -170,10 +256,27 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     if let Stop::Signal(sig) = stop {
         eprintln!("dnstrace: {sig} received, detached");
     }
+    if stop == Stop::Quit {
+        eprintln!("dnstrace: quit, detached");
+    }
     for line in summary.lines() {
         eprintln!("{line}");
     }
+    if let Some(path) = &cfg.log_file {
+        eprintln!("dnstrace: log in {}", path.display());
+    }
+    if let Some(Err(e)) = ui_exit {
+        return Err(anyhow::Error::new(e).context("the TUI failed"));
+    }
     Ok(summary)
+}
+
+/// Resolves when the user quits the TUI (never without one).
+async fn ui_ended(ui: &mut Option<(tui::FeedTx, tui::UiHandle)>) {
+    match ui {
+        Some((_, handle)) => handle.ended().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn announce(capture: &Capture, cfg: &WatchConfig, uplinks: &[String]) {
@@ -221,26 +324,100 @@ fn announce(capture: &Capture, cfg: &WatchConfig, uplinks: &[String]) {
     eprintln!("{msg}; netns cookie {}; Ctrl-C to stop", capture.netns());
 }
 
-/// What the consumer hands back at the end.
-struct Done {
-    decoded: u64,
-    issues: IssueCounts,
-    lookups: correlate::CorrelateStats,
-    upstreams: Vec<correlate::UpstreamStats>,
-    sink: Sink<BufWriter<std::io::Stdout>>,
+/// One interface block per capture point: each tc-hooked interface, the socket hop, drops.
+fn pcap_points(capture: &Capture) -> Vec<PointDesc> {
+    let netns = capture.netns();
+    let mut points = Vec::new();
+    for p in capture.attached() {
+        let (kind, ifindex, link, name) = match p.mode {
+            crate::capture::AttachMode::Cgroup => {
+                (PointKind::Socket, 0, LinkType::RawIp, "socket".to_owned())
+            }
+            crate::capture::AttachMode::Tracepoint => {
+                (PointKind::Drop, 0, LinkType::RawIp, "drop".to_owned())
+            }
+            _ => {
+                let framing = capture
+                    .links()
+                    .iter()
+                    .find(|l| l.index == p.ifindex)
+                    .map(|l| l.framing);
+                let link = match framing {
+                    Some(Framing::RawIp) => LinkType::RawIp,
+                    _ => LinkType::Ethernet,
+                };
+                (PointKind::Tc, p.ifindex, link, p.target.clone())
+            }
+        };
+        let description = match kind {
+            PointKind::Tc => format!(
+                "{name} in netns {netns} (this node's): {}",
+                crate::sink::pcap::kind_role(kind)
+            ),
+            PointKind::Socket => format!(
+                "{}; cgroup {}",
+                crate::sink::pcap::kind_role(kind),
+                p.target
+            ),
+            PointKind::Drop => crate::sink::pcap::kind_role(kind).to_owned(),
+        };
+        let desc = PointDesc {
+            kind,
+            ifindex,
+            link,
+            name,
+            description,
+        };
+        if !points.contains(&desc) {
+            points.push(desc);
+        }
+    }
+    points
 }
 
-/// Decodes, correlates and writes; owns all per-packet and per-lookup state.
-struct Consumer {
-    sink: Sink<BufWriter<std::io::Stdout>>,
-    names: Names,
-    correlator: Correlator,
+/// What the consumer hands back at the end.
+pub(crate) struct Done {
+    pub decoded: u64,
+    pub issues: IssueCounts,
+    pub lookups: correlate::CorrelateStats,
+    pub upstreams: Vec<correlate::UpstreamStats>,
+    pub sink: Sink<BufWriter<std::io::Stdout>>,
+    pub pcap: Option<PcapSink>,
+    pub end_epoch_ns: u64,
+}
+
+/// One captured packet as the pipeline takes it: from the ring buffer, or from a file.
+pub(crate) struct Frame<'a> {
+    pub meta: Meta,
+    pub link: LinkType,
+    pub data: &'a [u8],
+    /// For drop events: the kernel's drop reason name.
+    pub drop_reason: Option<String>,
+    /// The capture point's name when known already (replay of our own file); else it
+    /// comes from [`Names::iface`].
+    pub iface: Option<String>,
+}
+
+/// Decodes, correlates and writes; owns all per-packet and per-lookup state. Fed by the
+/// live capture ([`Consumer::run`]) or by a file (`crate::replay`).
+pub(crate) struct Consumer {
+    pub sink: Sink<BufWriter<std::io::Stdout>>,
+    pub names: Names,
+    pub correlator: Correlator,
     packets: bool,
     lost_rx: watch::Receiver<u64>,
     lost_seen: u64,
     upstream_every: Option<Duration>,
     decoded: u64,
     issues: IssueCounts,
+    /// `--pcap`: every packet, commented with its lookup and verdict.
+    pub pcap: Option<PcapSink>,
+    /// Reassembles DNS over TCP (replay): several messages per segment, split messages.
+    pub tcp: Option<decode::tcp::Streams>,
+    finished: Vec<Lookup>,
+    placed: Vec<Placement>,
+    /// When [`Consumer::finish`] ran, in ns since the Unix epoch.
+    end_epoch_ns: u64,
 }
 
 impl Consumer {
@@ -249,22 +426,47 @@ impl Consumer {
         names: Names,
         correlator: Correlator,
         lost_rx: watch::Receiver<u64>,
+        tui: Option<tui::FeedTx>,
     ) -> Self {
         let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
-        let sink = match cfg.output {
-            Output::Text => Sink::Text(TextSink::new(out)),
-            Output::Json => Sink::Json(JsonSink::new(out)),
+        let sink = match (cfg.output, tui) {
+            (_, Some(feed)) => Sink::Tui(feed),
+            (Output::Json, None) => Sink::Json(JsonSink::new(out)),
+            _ => Sink::Text(TextSink::new(out)),
         };
+        Self::with_sink(
+            sink,
+            names,
+            correlator,
+            cfg.packets,
+            cfg.upstream_every,
+            lost_rx,
+        )
+    }
+
+    pub(crate) fn with_sink(
+        sink: Sink<BufWriter<std::io::Stdout>>,
+        names: Names,
+        correlator: Correlator,
+        packets: bool,
+        upstream_every: Option<Duration>,
+        lost_rx: watch::Receiver<u64>,
+    ) -> Self {
         Self {
             sink,
             names,
             correlator,
-            packets: cfg.packets,
+            packets,
             lost_rx,
             lost_seen: 0,
-            upstream_every: cfg.upstream_every,
+            upstream_every,
             decoded: 0,
             issues: IssueCounts::default(),
+            pcap: None,
+            tcp: None,
+            finished: Vec::new(),
+            placed: Vec::new(),
+            end_epoch_ns: 0,
         }
     }
 
@@ -296,59 +498,158 @@ impl Consumer {
         }
         let now = mono_now_ns();
         let _ = self.tick(now);
-        for l in self.correlator.finish(now) {
-            let _ = self.sink.lookup(&l);
-        }
-        let _ = self.sink.flush();
+        let _ = self.finish(now);
         self.done()
     }
 
     fn batch(&mut self, batch: Batch) -> std::io::Result<()> {
         for c in batch {
             let drop_reason = c.drop_reason.map(|r| self.names.drop_reason(r));
-            let p = decode::decode(c.meta, c.link, &c.data);
-            self.decoded += 1;
-            self.issues.add(&p);
-            if self.packets {
-                self.sink.packet(&p, drop_reason.as_deref(), &self.names)?;
-            }
-            let now = p.meta.ts_ns;
-            let iface = self.names.iface(&p.meta);
-            let finished = self.correlator.ingest(
-                correlate::Event {
-                    packet: p,
-                    iface,
-                    drop_reason,
-                },
-                now,
-            );
-            for l in finished {
-                self.sink.lookup(&l)?;
-            }
+            self.frame(Frame {
+                meta: c.meta,
+                link: c.link,
+                data: &c.data,
+                drop_reason,
+                iface: None,
+            })?;
         }
         self.sink.flush()
     }
 
+    /// Decodes one frame and takes it through the pipeline.
+    pub(crate) fn frame(&mut self, f: Frame<'_>) -> std::io::Result<()> {
+        let p = decode::decode(f.meta.clone(), f.link, f.data);
+        self.decoded(&f, p)
+    }
+
+    /// Takes one decoded frame through reassembly, the packet output, the correlator and
+    /// the pcapng writer.
+    pub(crate) fn decoded(&mut self, f: &Frame<'_>, p: Packet) -> std::io::Result<()> {
+        self.decoded += 1;
+        let meta = p.meta.clone();
+        let packets = match &mut self.tcp {
+            Some(streams) if p.proto == Some(decode::Proto::Tcp) => {
+                streams.packets(p, f.link, f.data)
+            }
+            _ => vec![p],
+        };
+        let iface = match &f.iface {
+            Some(name) => name.clone(),
+            None => self.names.iface(&meta),
+        };
+        self.placed.clear();
+        for p in packets {
+            self.issues.add(&p);
+            if self.packets {
+                self.sink
+                    .packet(&p, f.drop_reason.as_deref(), &self.names)?;
+            }
+            let now = p.meta.ts_ns;
+            let finished = self.correlator.ingest(
+                correlate::Event {
+                    packet: p,
+                    iface: iface.clone(),
+                    drop_reason: f.drop_reason.clone(),
+                },
+                now,
+            );
+            if let Some(placed) = self.correlator.placed() {
+                self.placed.push(placed);
+            }
+            self.finished.extend(finished);
+        }
+        if let Some(pcap) = &mut self.pcap {
+            let written = pcap.packet(Record {
+                epoch_ns: self.names.epoch_ns(meta.ts_ns),
+                meta: &meta,
+                link: f.link,
+                data: f.data,
+                iface: &iface,
+                drop_reason: f.drop_reason.as_deref(),
+                placed: &self.placed,
+            });
+            self.pcap_failed(written);
+        }
+        self.emit_finished(meta.ts_ns)
+    }
+
+    /// A pcapng write error stops the file, not the capture.
+    fn pcap_failed(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            log::error!("writing the pcapng file failed, no more packets go to it: {e}");
+            self.pcap = None;
+        }
+    }
+
+    /// Writes the lookups that finished, and the pcapng packets waiting for their verdicts.
+    fn emit_finished(&mut self, now: u64) -> std::io::Result<()> {
+        let finished = std::mem::take(&mut self.finished);
+        for l in &finished {
+            if let Some(pcap) = &mut self.pcap {
+                pcap.lookup_done(l);
+            }
+            self.sink.lookup(l)?;
+        }
+        if let Some(pcap) = &mut self.pcap {
+            let written = pcap.drain(now, false);
+            self.pcap_failed(written);
+        }
+        Ok(())
+    }
+
     /// Notes losses the kernel counted since the last tick, then ends lookups past their deadline.
-    fn tick(&mut self, now: u64) -> std::io::Result<()> {
+    pub(crate) fn tick(&mut self, now: u64) -> std::io::Result<()> {
         let lost = *self.lost_rx.borrow();
         if lost > self.lost_seen {
             self.correlator.note_loss(lost - self.lost_seen, now);
             self.lost_seen = lost;
         }
-        for l in self.correlator.expire(now) {
-            self.sink.lookup(&l)?;
-        }
-        Ok(())
+        let expired = self.correlator.expire(now);
+        self.finished.extend(expired);
+        let r = self.emit_finished(now);
+        self.live(now);
+        r
     }
 
-    fn done(self) -> Done {
+    /// Live counters for the TUI.
+    fn live(&mut self, now: u64) {
+        if !self.sink.is_live() {
+            return;
+        }
+        let c = self.correlator.stats();
+        let stats = tui::LiveStats {
+            at_ns: now,
+            packets: self.decoded,
+            lookups: c.finished,
+            open: c.live_lookups as u64,
+            kernel_lost: self.lost_seen,
+            dropped: 0,
+            malformed: self.issues.malformed,
+            evicted: c.evicted,
+        };
+        let correlator = &self.correlator;
+        self.sink.live(stats, || correlator.upstreams());
+    }
+
+    /// End of input: finishes every open lookup.
+    pub(crate) fn finish(&mut self, now: u64) -> std::io::Result<()> {
+        self.end_epoch_ns = self.names.epoch_ns(now);
+        let rest = self.correlator.finish(now);
+        self.finished.extend(rest);
+        let r = self.emit_finished(now);
+        let _ = self.sink.flush();
+        r
+    }
+
+    pub(crate) fn done(self) -> Done {
         Done {
             decoded: self.decoded,
             issues: self.issues,
             lookups: self.correlator.stats(),
             upstreams: self.correlator.upstreams(),
             sink: self.sink,
+            pcap: self.pcap,
+            end_epoch_ns: self.end_epoch_ns,
         }
     }
 }

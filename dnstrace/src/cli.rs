@@ -27,9 +27,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Capture DNS packets live and stream them (text or JSON lines).
+    /// Capture DNS live: a full-screen view on a terminal, else text or JSON lines.
     #[command(long_about = WATCH_ABOUT, after_long_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Read a pcap or pcapng file and print its lookups and verdicts (no privileges needed).
+    #[command(long_about = REPLAY_ABOUT, after_long_help = REPLAY_EXAMPLES)]
+    Replay(ReplayArgs),
+    /// Attach a no-op tc classifier until SIGINT: the baseline of `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchNoop(BenchNoopArgs),
 }
 
 const WATCH_ABOUT: &str = "\
@@ -49,15 +55,23 @@ at exit.
 With --packets, every packet is printed too: where it was seen (interface and
 direction, or the socket hop), the addresses as they were at that point (so
 NAT is visible from one hop to the next), the DNS id, flags, question, rcode,
-a short answer summary and EDNS. On exit dnstrace prints its counters: packets seen in the
-kernel, events emitted, events lost in the kernel (ring buffer full), events
-dropped in userspace (output closed) and malformed packets. A slow output
-never drops silently: the pipeline pushes back onto the ring buffer, and the
-kernel counts each event it could not queue.";
+a short answer summary and EDNS. On exit dnstrace prints its counters: packets
+seen in the kernel, events emitted, events lost in the kernel (ring buffer
+full), events dropped in userspace (output closed) and malformed packets. A
+slow output never drops silently: the pipeline pushes back onto the ring
+buffer, and the kernel counts each event it could not queue.
+
+On a terminal the default output is a full-screen view (--output tui): one
+row per lookup, coloured by verdict, a detail pane (hop timeline with the
+addresses at each hop, forwarded queries, EDNS, verdict and hint), the
+per-upstream table and live counters; ? shows its keys, q quits (like
+Ctrl-C). It never slows the capture down: lookups it cannot keep up with are
+dropped and counted on screen. Logs go to --log-file while it runs.";
 
 const WATCH_EXAMPLES: &str = "\
 Examples:
   dnstrace watch --auto                      every interface of this netns + the socket hop
+  dnstrace watch --auto --output text        lines instead of the full-screen view
   dnstrace watch -i eth0 -i lxc12ab          two interfaces, no socket hop
   dnstrace watch --auto --output json | jq 'select(.rcode==\"SERVFAIL\")'
   dnstrace watch --auto --port 53 --port 5353 --duration 30s
@@ -69,6 +83,19 @@ pub enum Output {
     Text,
     /// One JSON object per line (schema in the README).
     Json,
+    /// Full-screen live view: lookups, detail, upstreams, counters (needs a terminal).
+    Tui,
+}
+
+impl Output {
+    /// The output when none is given: the TUI on a terminal, text lines otherwise.
+    pub fn default_for(stdout_is_terminal: bool) -> Self {
+        if stdout_is_terminal {
+            Self::Tui
+        } else {
+            Self::Text
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,15 +145,13 @@ pub struct WatchArgs {
     #[arg(long, value_name = "BYTES", env = "DNSTRACE_SNAPLEN", default_value_t = SNAPLEN_MAX)]
     pub snaplen: u32,
 
-    /// Output format.
-    #[arg(
-        short,
-        long,
-        value_enum,
-        env = "DNSTRACE_OUTPUT",
-        default_value = "text"
-    )]
-    pub output: Output,
+    /// Output format [default: tui when stdout is a terminal, else text].
+    #[arg(short, long, value_enum, env = "DNSTRACE_OUTPUT")]
+    pub output: Option<Output>,
+
+    /// Write logs to this file instead of stderr [default with --output tui: $XDG_STATE_HOME/dnstrace/dnstrace.log, else /tmp/dnstrace-UID.log].
+    #[arg(long, value_name = "PATH", env = "DNSTRACE_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 
     /// Also print every captured packet, not only the lookups stitched from them.
     #[arg(long, env = "DNSTRACE_PACKETS")]
@@ -182,6 +207,95 @@ pub struct WatchArgs {
         default_value_t = 53
     )]
     pub tc_priority: u16,
+
+    /// Also write every captured packet to this pcapng file for Wireshark: one interface per capture point, each packet commented with its lookup, hop and verdict.
+    #[arg(long, value_name = "FILE", env = "DNSTRACE_PCAP")]
+    pub pcap: Option<PathBuf>,
+}
+
+const REPLAY_ABOUT: &str = "\
+Read a capture file and run the same decoder and correlator as `watch`, printing
+the same lookups and verdicts. Time comes from the file: lookups expire on
+packet timestamps, and at the end of the file every open lookup reaches its
+deadline (or, for a file written by `watch --pcap`, ends when that capture
+ended).
+
+Reads pcap (micro- or nanosecond, either byte order) and pcapng (several
+interfaces, each with its own link type and time resolution). Link types:
+Ethernet (with VLAN tags), raw IP, Linux cooked (SLL and SLL2, as written by
+`tcpdump -i any`), BSD loopback (NULL and LOOP) and NFLOG. Interface names come
+from the interface blocks; directions from epb_flags or the SLL packet type.
+A file written by `dnstrace watch --pcap` is read back with its capture points,
+network namespaces and drop reasons, so it gives the verdicts of the live run.
+
+DNS over TCP is reassembled (several messages in one segment, one message split
+over several), and so are IPv4 and IPv6 fragments; fragments of a datagram that
+never completes are counted. Only UDP and TCP on the --port ports is DNS: mDNS (5353), LLMNR
+(5355) and DNS quoted inside ICMP errors are skipped and counted.";
+
+const REPLAY_EXAMPLES: &str = "\
+Examples:
+  dnstrace replay capture.pcapng
+  dnstrace replay --output json --packets node.pcap | jq 'select(.type==\"lookup\")'
+  tcpdump -i any -w any.pcap port 53; dnstrace replay any.pcap";
+
+/// Arguments of `dnstrace replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The pcap or pcapng file to read.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Output format.
+    #[arg(
+        short,
+        long,
+        value_enum,
+        env = "DNSTRACE_OUTPUT",
+        default_value = "text"
+    )]
+    pub output: Output,
+
+    /// Also print every DNS packet, not only the lookups.
+    #[arg(long, env = "DNSTRACE_PACKETS")]
+    pub packets: bool,
+
+    /// A lookup still unanswered this long after the client's last query is finished as unanswered [default: the capture's timeout for a file written by dnstrace, else 5s].
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// UDP/TCP port(s) that carry DNS; other traffic in the file is skipped.
+    #[arg(
+        short,
+        long = "port",
+        value_name = "PORT",
+        value_delimiter = ',',
+        default_value = "53"
+    )]
+    pub ports: Vec<u16>,
+
+    /// Interface(s) that lead off the node (default: from the file's section header when
+    /// dnstrace wrote it, else none).
+    #[arg(long = "uplink", value_name = "IF", value_delimiter = ',')]
+    pub uplinks: Vec<String>,
+
+    /// Also write what was read to this pcapng file, commented with lookups and verdicts.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+}
+
+/// Arguments of the hidden `bench-noop` (used by `cargo xtask bench` only).
+#[derive(Debug, Args)]
+pub struct BenchNoopArgs {
+    /// Interface to attach to (repeatable).
+    #[arg(short, long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+    /// Attach on egress only.
+    #[arg(long)]
+    pub egress_only: bool,
+    /// Write this file once attached.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Validated `watch` settings.
@@ -194,6 +308,8 @@ pub struct WatchConfig {
     pub ports: Vec<u16>,
     pub snaplen: u32,
     pub output: Output,
+    /// Where logs go (None: stderr). Always set with the TUI, which owns the terminal.
+    pub log_file: Option<PathBuf>,
     pub packets: bool,
     pub timeout: Duration,
     /// None: find them from the default routes.
@@ -205,6 +321,7 @@ pub struct WatchConfig {
     pub queue: usize,
     pub tc_mode: TcMode,
     pub tc_priority: u16,
+    pub pcap: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -223,6 +340,10 @@ pub enum ConfigError {
     TcPriority,
     #[error("--queue must be at least 1")]
     Queue,
+    #[error(
+        "--output tui needs a terminal on stdout; use --output text or json with a pipe or file"
+    )]
+    TuiNeedsTerminal,
 }
 
 impl TryFrom<WatchArgs> for WatchConfig {
@@ -263,6 +384,16 @@ impl TryFrom<WatchArgs> for WatchConfig {
         if a.queue == 0 {
             return Err(ConfigError::Queue);
         }
+        let stdout_tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let output = a.output.unwrap_or(Output::default_for(stdout_tty));
+        if output == Output::Tui && !stdout_tty {
+            return Err(ConfigError::TuiNeedsTerminal);
+        }
+        let log_file = match (a.log_file, output) {
+            (Some(p), _) => Some(p),
+            (None, Output::Tui) => Some(default_log_file()),
+            (None, _) => None,
+        };
         let mut ifaces = a.ifaces;
         ifaces.dedup();
         Ok(Self {
@@ -272,7 +403,8 @@ impl TryFrom<WatchArgs> for WatchConfig {
             drops,
             ports,
             snaplen: a.snaplen,
-            output: a.output,
+            output,
+            log_file,
             packets: a.packets,
             timeout: a.timeout,
             uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
@@ -283,7 +415,18 @@ impl TryFrom<WatchArgs> for WatchConfig {
             queue: a.queue,
             tc_mode: a.tc_mode,
             tc_priority: a.tc_priority,
+            pcap: a.pcap,
         })
+    }
+}
+
+/// Where logs go while the TUI owns the terminal: `$XDG_STATE_HOME/dnstrace/dnstrace.log`,
+/// else `/tmp/dnstrace-UID.log`.
+pub fn default_log_file() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dnstrace/dnstrace.log"),
+        // SAFETY: getuid cannot fail.
+        _ => PathBuf::from(format!("/tmp/dnstrace-{}.log", unsafe { libc::getuid() })),
     }
 }
 
@@ -331,7 +474,9 @@ mod tests {
     fn watch(args: &[&str]) -> Result<WatchConfig, ConfigError> {
         let mut argv = vec!["dnstrace", "watch"];
         argv.extend_from_slice(args);
-        let Command::Watch(w) = Cli::try_parse_from(argv).expect("parses").command;
+        let Command::Watch(w) = Cli::try_parse_from(argv).expect("parses").command else {
+            panic!("not a watch command");
+        };
         WatchConfig::try_from(w)
     }
 
@@ -353,6 +498,37 @@ mod tests {
             .to_string();
         insta::assert_snapshot!("help", top);
         insta::assert_snapshot!("watch_help", watch);
+    }
+
+    #[test]
+    fn replay_help_snapshot() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let replay = cmd
+            .find_subcommand_mut("replay")
+            .expect("replay")
+            .render_long_help()
+            .to_string();
+        insta::assert_snapshot!("replay_help", replay);
+    }
+
+    #[test]
+    fn replay_args() {
+        let Command::Replay(r) = Cli::try_parse_from([
+            "dnstrace", "replay", "x.pcap", "-o", "json", "--port", "53,5353",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not a replay command");
+        };
+        assert_eq!(r.file, PathBuf::from("x.pcap"));
+        assert_eq!(
+            (r.output, r.ports.as_slice()),
+            (Output::Json, &[53, 5353][..])
+        );
+        assert_eq!((r.timeout, r.pcap), (None, None));
+        assert!(Cli::try_parse_from(["dnstrace", "replay"]).is_err());
     }
 
     #[test]
@@ -387,6 +563,29 @@ mod tests {
             watch(&["-a", "-p", "1,2,3,4,5,6,7,8,9"]),
             Err(ConfigError::TooManyPorts { got: 9, .. })
         ));
+    }
+
+    #[test]
+    fn tui_is_the_default_on_a_terminal_only() {
+        assert_eq!(Output::default_for(true), Output::Tui);
+        assert_eq!(Output::default_for(false), Output::Text);
+        // `cargo test` runs with stdout on a pipe or a file unless asked otherwise.
+        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let c = watch(&["-a"]).unwrap();
+            assert_eq!(c.output, Output::Text);
+            assert_eq!(c.log_file, None);
+            assert_eq!(
+                watch(&["-a", "-o", "tui"]).unwrap_err(),
+                ConfigError::TuiNeedsTerminal
+            );
+            let c = watch(&["-a", "-o", "json", "--log-file", "/tmp/x.log"]).unwrap();
+            assert_eq!(c.log_file, Some(PathBuf::from("/tmp/x.log")));
+        }
+        let log = default_log_file().to_string_lossy().into_owned();
+        assert!(
+            log.ends_with("/dnstrace/dnstrace.log") || log.starts_with("/tmp/dnstrace-"),
+            "{log}"
+        );
     }
 
     #[test]

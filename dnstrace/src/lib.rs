@@ -6,4 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod decode;
+pub mod logging;
+pub mod replay;
 pub mod sink;
+pub mod tui;

@@ -4,8 +4,7 @@ use clap::Parser as _;
 use dnstrace::cli::{Cli, Command, WatchConfig};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("DNSTRACE_LOG", "warn"))
-        .init();
+    dnstrace::logging::init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -23,6 +22,20 @@ fn main() -> ExitCode {
             Command::Watch(args) => {
                 let cfg = WatchConfig::try_from(args)?;
                 dnstrace::app::watch(cfg).await.map(|_| ())
+            }
+            Command::Replay(args) => {
+                dnstrace::replay::replay(dnstrace::replay::ReplayConfig::from(args))
+                    .await
+                    .map(|_| ())
+            }
+            Command::BenchNoop(args) => {
+                let _noop =
+                    dnstrace::capture::NoopClassifier::attach(&args.ifaces, args.egress_only)?;
+                if let Some(path) = &args.ready_file {
+                    std::fs::write(path, format!("{}\n", std::process::id()))?;
+                }
+                tokio::signal::ctrl_c().await?;
+                Ok(())
             }
         }
     });

@@ -3,11 +3,19 @@
 //! `--scenario NAME` instead reproduces one failure mode of FAILURE-MODES.md
 //! for real (see `dnstrace_tests::Scenario`) and runs the client that shows
 //! it; `--scenario list` lists them.
-//! dnstrace's stream goes to stdout; the demo's own lines go to stderr.
+//! On a terminal, dnstrace shows its full-screen view (`--output tui`) and the
+//! queries run in the background, logged to a file, until the user quits with
+//! `q`. Otherwise (or with `--output text`) dnstrace's stream goes to stdout
+//! and the demo's own lines go to stderr, between them.
 
 use std::{
+    fs::File,
+    io::{IsTerminal as _, Write as _},
     net::IpAddr,
     path::{Path, PathBuf},
+    process::{Child, ExitStatus},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -49,7 +57,22 @@ pub struct Args {
     /// Run this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
     #[arg(long, value_name = "PATH", env = "DNSTRACE_DEMO_BIN")]
     bin: Option<PathBuf>,
+    /// dnstrace's full-screen view (queries in the background, `q` quits), or its text lines with the demo's banners [default: tui when stdout is a terminal, else text].
+    #[arg(long, value_enum)]
+    output: Option<Output>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Tui,
+    Text,
+}
+
+/// dnstrace's log and the demo's query log in TUI mode (nothing may write to the screen).
+const TUI_LOG: &str = "dnstrace-demo.log";
+const QUERIES_LOG: &str = "dnstrace-demo-queries.log";
+/// Pause between rounds of queries in TUI mode.
+const TUI_ROUND_GAP: Duration = Duration::from_secs(2);
 
 pub fn run(args: &Args) -> Result<()> {
     let scenario = match args.scenario.as_deref() {
@@ -59,6 +82,14 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Some(name) => Some(name.parse::<Scenario>()?),
         None => None,
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let tui = match args.output {
+        Some(Output::Tui) if !terminal => {
+            bail!("--output tui needs a terminal on stdout; use --output text")
+        }
+        Some(o) => o == Output::Tui,
+        None => terminal,
     };
     require_root()?;
     let started = Instant::now();
@@ -92,11 +123,29 @@ pub fn run(args: &Args) -> Result<()> {
     );
     bail_if_stopped()?;
 
+    if tui {
+        let outcome = tui_session(&node, &bin, scenario, args);
+        let t = Instant::now();
+        drop(node);
+        eprintln!(
+            "[demo] lab torn down in {}; total {}",
+            fmt_duration(t.elapsed()),
+            fmt_duration(started.elapsed())
+        );
+        outcome?;
+        if scenario.is_none() && !stopped() {
+            tour();
+        }
+        return Ok(());
+    }
+
     let ready = node.lab.dir().join("ready");
     // setns only (not `ip netns exec`): that would remount /sys and hide the
     // cgroup2 mount below it, which dnstrace needs for the socket hop.
     let mut cmd = node.lab.cmd_setns(&node.node_ns, &bin)?;
-    let mut watch = vec!["watch".to_owned(), "--auto".to_owned()];
+    let mut watch = ["watch", "--auto", "--output", "text"]
+        .map(str::to_owned)
+        .to_vec();
     if scenario.is_some() {
         watch.extend([
             "--timeout".to_owned(),
@@ -140,6 +189,194 @@ pub fn run(args: &Args) -> Result<()> {
         tour();
     }
     Ok(())
+}
+
+/// dnstrace's full-screen view owns the terminal (it runs in the foreground
+/// process group, so it may read keys); the queries run on another thread and
+/// write to [`QUERIES_LOG`], never to the screen. Returns when dnstrace exits.
+fn tui_session(node: &Node, bin: &Path, scenario: Option<Scenario>, args: &Args) -> Result<()> {
+    let tmp = std::env::temp_dir();
+    let (log, queries_log) = (tmp.join(TUI_LOG), tmp.join(QUERIES_LOG));
+    // dnstrace appends to its log: start afresh.
+    let _ = std::fs::remove_file(&log);
+    let ready = node.lab.dir().join("ready");
+    let mut cmd = node.lab.cmd_setns(&node.node_ns, bin)?;
+    cmd.args(["watch", "--auto", "--output", "tui", "--log-file"])
+        .arg(&log)
+        .arg("--ready-file")
+        .arg(&ready);
+    if scenario.is_some() {
+        cmd.arg("--timeout")
+            .arg(format!("{}s", SCENARIO_TIMEOUT.as_secs()));
+    }
+    if let Some(secs) = args.duration {
+        cmd.arg("--duration").arg(format!("{secs}s"));
+    }
+    if let Some(scenario) = scenario {
+        eprintln!("── scenario {scenario}: {}", scenario.describe());
+        for expect in scenario.expect(node) {
+            eprintln!(
+                "   {} → {} {} {}: {}",
+                expect.client,
+                expect.server,
+                expect.qtype,
+                expect.qname.trim_end_matches('.'),
+                expect.banner()
+            );
+        }
+    }
+    eprintln!(
+        "[demo] starting dnstrace's full-screen view in netns {} (q quits; the queries and what dig got go to {})",
+        node.node_ns,
+        queries_log.display()
+    );
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let ready_or_exit = wait_child_ready(&mut child, &ready);
+    let stop = AtomicBool::new(false);
+    let (status, sent) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            if ready_or_exit.is_ok() {
+                background_queries(node, scenario, &queries_log, &stop)
+            } else {
+                Ok(Vec::new())
+            }
+        });
+        let status = wait_child(&mut child);
+        stop.store(true, Ordering::SeqCst);
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the query thread panicked")));
+        (status, sent)
+    });
+    ready_or_exit?;
+    let status = status?;
+    eprintln!(
+        "[demo] dnstrace exited ({status}); its log: {}; the demo's queries: {}",
+        log.display(),
+        queries_log.display()
+    );
+    let problems = sent?;
+    for p in &problems {
+        eprintln!("[demo] UNEXPECTED: {p}");
+    }
+    if !status.success() {
+        bail!("dnstrace exited with {status}");
+    }
+    if !problems.is_empty() && !args.keep_going {
+        bail!("{} queries did not get the expected answer", problems.len());
+    }
+    Ok(())
+}
+
+/// Waits for dnstrace's ready file; kills it if it hangs or on a stop signal.
+fn wait_child_ready(child: &mut Child, ready: &Path) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        if ready.exists() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("dnstrace exited ({status}) before writing its ready file; see its output above");
+        }
+        if stopped() || t.elapsed() >= READY_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail_if_stopped()?;
+            bail!(
+                "dnstrace did not write its ready file {} within {}s",
+                ready.display(),
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for dnstrace to exit; a stop signal to the demo becomes a SIGTERM to it
+/// (which restores the terminal and prints the summary), then a kill after the grace.
+fn wait_child(child: &mut Child) -> Result<ExitStatus> {
+    let mut signalled: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        match signalled {
+            None if stopped() => {
+                // SAFETY: plain syscall on our own child, not yet reaped.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                signalled = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() > EXIT_GRACE => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The queries of the demo (or the scenario's client) in rounds until `stop`,
+/// logged to `path`; returns what did not get the expected answer.
+fn background_queries(
+    node: &Node,
+    scenario: Option<Scenario>,
+    path: &Path,
+    stop: &AtomicBool,
+) -> Result<Vec<String>> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let halted = || stop.load(Ordering::SeqCst) || stopped();
+    let pause = |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !halted() {
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut problems = Vec::new();
+    if let Some(scenario) = scenario {
+        for argv in scenario.client_commands(node) {
+            writeln!(f, "── pod$ {}", argv.join(" "))?;
+        }
+        for lookup in scenario.run_client(node)? {
+            writeln!(f, "   ↳ {}", lookup.summary())?;
+        }
+        writeln!(f, "[demo] client done; q quits dnstrace")?;
+        return Ok(problems);
+    }
+    let queries = queries(node);
+    let mut round = 0;
+    while !halted() {
+        round += 1;
+        writeln!(f, "[demo] round {round}")?;
+        for query in &queries {
+            if halted() {
+                break;
+            }
+            writeln!(f, "── {}", query.banner)?;
+            // One short try, so that quitting never waits long for dig.
+            let mut extra = query.args.to_vec();
+            extra.extend(["+time=1", "+tries=1"]);
+            let out = node.query(
+                &node.pod_ns,
+                &query.server,
+                &query.name,
+                query.qtype,
+                &extra,
+            )?;
+            match check(query, &out) {
+                Ok(line) => writeln!(f, "   ↳ {line}")?,
+                Err(problem) if halted() => writeln!(f, "   ↳ (stopping) {problem}")?,
+                Err(problem) => {
+                    writeln!(f, "   ↳ UNEXPECTED: {problem}")?;
+                    problems.push(format!("{}: {problem}", query.banner));
+                }
+            }
+            pause(BETWEEN_QUERIES);
+        }
+        pause(TUI_ROUND_GAP);
+    }
+    Ok(problems)
 }
 
 /// `--scenario list`.

@@ -5,10 +5,12 @@
 //!   `demo --scenario NAME` reproduces one failure mode for real instead.
 //! - `test`: setup, build, then every test (privileged ones single-threaded).
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
+//! - `bench`: measure dnstrace's overhead and throughput, write BENCHMARKS.md.
 //!
 //! This crate never depends on `dnstrace`: `setup` must build before the eBPF
 //! toolchain that dnstrace's build script needs exists.
 
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -54,6 +56,11 @@ enum Task {
         #[command(subcommand)]
         action: lab::Action,
     },
+    /// Setup, build dnstrace (release), measure its overhead and throughput on lab namespaces, write BENCHMARKS.md.
+    Bench(bench::Args),
+    /// The bench's UDP/DNS flood generator (runs inside a lab netns).
+    #[command(hide = true)]
+    BenchFlood(bench::flood::FloodArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +71,8 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Test { args } => test::run(&args),
         Task::Lab { action } => lab::run(action),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchFlood(args) => bench::flood::run(&args),
     };
     match result {
         Ok(()) if stopped() => ExitCode::from(130),

@@ -4,6 +4,7 @@
 mod attach;
 mod btf;
 pub mod links;
+mod noop;
 mod ring;
 
 use std::{
@@ -22,9 +23,13 @@ use dnstrace_common::{
 };
 
 pub use attach::{AttachMode, AttachPoint, TcMode};
+pub use noop::NoopClassifier;
 pub use ring::{Batch, Drain, DrainStats};
 
 use crate::decode::{LinkType, Meta, Point};
+
+/// The kernel programs' object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnstrace-ebpf"));
 
 /// Smallest and largest accepted `--snaplen`.
 pub const SNAPLEN_MIN: u32 = 64;
@@ -178,10 +183,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CONFIG, &config, true)
             .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/dnstrace-ebpf"
-            )))
+            .load(OBJECT)
             .map_err(|e| CaptureError::from_aya("loading the eBPF object", &e))?;
         let ring = ebpf
             .take_map(MAP_EVENTS)
@@ -293,6 +295,15 @@ impl Capture {
 
 /// Converts one ring buffer record. The only place that reads the kernel ABI.
 pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
+    let (mut captured, packet) = from_record(record, own_netns)?;
+    captured.data = bytes::Bytes::copy_from_slice(packet);
+    Some(captured)
+}
+
+/// Like [`from_bytes`], but leaves `data` empty and returns the packet bytes
+/// as a slice of `record`, for the caller to copy (the drain copies a whole
+/// batch into one buffer).
+pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[u8])> {
     if record.len() < HEADER_LEN {
         return None;
     }
@@ -316,7 +327,7 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
     };
     let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
     let comm = (comm_len > 0).then(|| String::from_utf8_lossy(&h.comm[..comm_len]).into_owned());
-    Some(Captured {
+    let captured = Captured {
         meta: Meta {
             ts_ns: h.ts_ns,
             ifindex: h.ifindex,
@@ -332,9 +343,10 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
             comm,
         },
         link,
-        data: bytes::Bytes::copy_from_slice(&data[..cap]),
+        data: bytes::Bytes::new(),
         drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
-    })
+    };
+    Some((captured, &data[..cap]))
 }
 
 fn check_kernel() -> Result<(), CaptureError> {

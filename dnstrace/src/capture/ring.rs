@@ -10,13 +10,17 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::{Captured, from_bytes};
+use super::{Captured, from_record};
 
 /// Events travel in batches: one channel operation per wake-up, not per packet.
 pub type Batch = Vec<Captured>;
 
 /// Largest batch handed to the pipeline.
 const BATCH: usize = 256;
+/// The kernel wakes the reader only once a quarter of the ring is waiting
+/// (a wake-up per event would cost more than capturing it), so the ring is
+/// also drained this often.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What happened to the records read from the ring buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +58,8 @@ impl Drain {
 
     /// Moves events into `tx` until `stop` turns true.
     pub async fn run(&mut self, tx: &mpsc::Sender<Batch>, stop: &mut watch::Receiver<bool>) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -65,6 +71,10 @@ impl Drain {
                     }
                     batch
                 }
+                _ = poll.tick() => {
+                    self.drain_available(tx).await;
+                    continue;
+                }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
@@ -75,6 +85,20 @@ impl Drain {
             if !batch.is_empty() {
                 // Waits while the queue is full: backpressure onto the ring buffer.
                 self.send(tx, batch).await;
+            }
+        }
+    }
+
+    /// Moves what the ring holds now into `tx`.
+    async fn drain_available(&mut self, tx: &mpsc::Sender<Batch>) {
+        loop {
+            let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
+            let full = batch.len() == BATCH;
+            if !batch.is_empty() {
+                self.send(tx, batch).await;
+            }
+            if !full {
+                break;
             }
         }
     }
@@ -100,13 +124,25 @@ impl Drain {
 
 fn read_batch(ring: &mut RingBuf<MapData>, own_netns: u64, stats: &mut DrainStats) -> Batch {
     let mut batch = Vec::with_capacity(BATCH);
+    // The packets of a batch share one buffer: one allocation per batch, not per event.
+    let mut packets = bytes::BytesMut::with_capacity(BATCH * 128);
+    let mut spans = Vec::with_capacity(BATCH);
     while batch.len() < BATCH {
         let Some(item) = ring.next() else { break };
         stats.received += 1;
-        match from_bytes(&item, own_netns) {
-            Some(c) => batch.push(c),
+        match from_record(&item, own_netns) {
+            Some((c, packet)) => {
+                let start = packets.len();
+                packets.extend_from_slice(packet);
+                spans.push(start..packets.len());
+                batch.push(c);
+            }
             None => stats.bad_records += 1,
         }
+    }
+    let packets = packets.freeze();
+    for (c, span) in batch.iter_mut().zip(spans) {
+        c.data = packets.slice(span);
     }
     batch
 }

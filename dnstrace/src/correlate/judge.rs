@@ -8,7 +8,7 @@ use super::state::{
     T_FIN, T_PSH, T_RST, T_SYN, rcode_name,
 };
 use super::{Correlator, End, Hop, HopEdns, Lookup, Verdict};
-use crate::decode::Point;
+use crate::decode::{Point, text::socket_addr_string};
 
 /// Forwarded copies of one question between the same two addresses, nested, that make a loop.
 const LOOP_COPIES: usize = 3;
@@ -189,8 +189,9 @@ impl Correlator {
             .map(|(i, _)| self.leg_out(&lk, i, end))
             .collect();
         Lookup {
-            client: root.client.to_string(),
-            server: root.server.to_string(),
+            id: 0,
+            client: socket_addr_string(&root.client),
+            server: socket_addr_string(&root.server),
             rcode: reply.map(|h| rcode_name(h.rcode)),
             verdict: j.verdict,
             culprit: j.culprit,
@@ -695,8 +696,9 @@ impl Correlator {
         let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
         let (verdict, culprit, last_hop, detail) = self.leg_verdict(lk, i, end);
         Lookup {
-            client: leg.client.to_string(),
-            server: leg.server.to_string(),
+            id: 0,
+            client: socket_addr_string(&leg.client),
+            server: socket_addr_string(&leg.server),
             qname: lk.qname.clone(),
             qtype: lk.qtype.clone(),
             rcode: resp.map(|h| rcode_name(h.rcode)),

@@ -221,6 +221,9 @@ pub struct Hop {
 /// One finished lookup: a `{"type":"lookup",...}` JSON line. Field names are the API.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Lookup {
+    /// The correlator's number for this lookup, unique in a run, counting from 1; a
+    /// forwarded query (child) carries the number of the lookup it belongs to.
+    pub id: u64,
     /// "ip:port" of the client.
     pub client: String,
     /// "ip:port" the client addressed (before any DNAT).
@@ -325,6 +328,14 @@ const LOSS_SLACK_NS: u64 = 1_000_000_000;
 const LOSS_MERGE_NS: u64 = 100_000_000;
 const MAX_LOSS_SPANS: usize = 4096;
 
+/// Where an ingested event went: the lookup it was attached to and, when it became a hop,
+/// the index of its leg (0 is the client's first query; children and retries follow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub lookup: u64,
+    pub leg: Option<u8>,
+}
+
 /// The correlator: owns all flow state, bounded by TTL and `max_lookups`.
 pub struct Correlator {
     cfg: Config,
@@ -350,6 +361,8 @@ pub struct Correlator {
     loss: VecDeque<(u64, u64, u64)>,
     upstreams: Upstreams,
     stats: CorrelateStats,
+    /// Where the last ingested event went.
+    placed: Option<Placement>,
 }
 
 impl Correlator {
@@ -375,6 +388,7 @@ impl Correlator {
             loss: VecDeque::new(),
             upstreams,
             stats: CorrelateStats::default(),
+            placed: None,
         }
     }
 
@@ -386,6 +400,7 @@ impl Correlator {
     /// the client).
     pub fn ingest(&mut self, ev: Event, now_ns: u64) -> Vec<Lookup> {
         self.stats.events += 1;
+        self.placed = None;
         let mut out = Vec::new();
         let Event {
             packet,
@@ -470,6 +485,17 @@ impl Correlator {
         out
     }
 
+    /// The lookup (and leg) the last event given to [`Self::ingest`] was attached to; None
+    /// when it joined no lookup (not DNS, ignored, an orphan reply). The lookup may already
+    /// have finished because of that event: its [`Lookup::id`] is this `lookup`.
+    pub fn placed(&self) -> Option<Placement> {
+        self.placed
+    }
+
+    fn place_at(&mut self, lookup: u64, leg: Option<u8>) {
+        self.placed = Some(Placement { lookup, leg });
+    }
+
     /// Time passes: lookups past their deadline finish.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Lookup> {
         let mut out = Vec::new();
@@ -552,6 +578,7 @@ impl Correlator {
 
     fn on_query(&mut self, hop: HopRec, qhash: u64, q: dns::Question) {
         if let Some(r) = self.match_query(&hop, qhash, &q.name) {
+            self.place_at(r.lookup, Some(r.leg));
             self.add_query_hop(r, hop);
             return;
         }
@@ -717,6 +744,10 @@ impl Correlator {
         if lk.legs.len() >= state::MAX_LEGS {
             lk.legs_omitted += 1;
             self.stats.legs_omitted += 1;
+            self.placed = Some(Placement {
+                lookup: lid,
+                leg: None,
+            });
             return;
         }
         let depth = parent.map_or(0, |p| lk.legs[usize::from(p)].depth.saturating_add(1));
@@ -726,6 +757,10 @@ impl Correlator {
             p.last_child_ts = p.last_child_ts.max(hop.ts);
         }
         let idx = lk.legs.len() as u8;
+        self.placed = Some(Placement {
+            lookup: lid,
+            leg: Some(idx),
+        });
         lk.legs.push(Leg::new(hop, kind, parent, depth, on_uplink));
         state::refs_insert(
             &mut self.by_msg,
@@ -753,6 +788,7 @@ impl Correlator {
         }
         let lid = self.next_id;
         self.next_id += 1;
+        self.place_at(lid, Some(0));
         let deadline = hop.ts + self.ttl_ns;
         let leg = Leg::new(hop, LegKind::Client, None, 0, self.is_uplink(hop.iface));
         self.lookups.insert(
@@ -822,6 +858,7 @@ impl Correlator {
             self.stats.orphan_responses += 1;
             return None;
         };
+        self.place_at(r.lookup, Some(r.leg));
         let lk = self.lookups.get_mut(&r.lookup)?;
         let leg = &mut lk.legs[usize::from(r.leg)];
         let here = hop.spot();
@@ -899,6 +936,7 @@ impl Correlator {
                 return;
             }
         };
+        self.place_at(lid, None);
         let Some(lk) = self.lookups.get_mut(&lid) else {
             return;
         };
@@ -963,7 +1001,8 @@ impl Correlator {
     fn finish_one(&mut self, lid: u64, end: u64, how: End) -> Option<Lookup> {
         let lk = self.remove(lid)?;
         self.record_upstreams(&lk, end);
-        let lookup = self.judge(lk, end, how);
+        let mut lookup = self.judge(lk, end, how);
+        set_id(&mut lookup, lid);
         self.stats.finished += 1;
         *self
             .stats
@@ -1025,6 +1064,13 @@ impl Correlator {
                 .query_hops()
                 .last()
                 .is_some_and(|h| state::is_departure(h.point))
+    }
+}
+
+fn set_id(l: &mut Lookup, id: u64) {
+    l.id = id;
+    for c in &mut l.children {
+        set_id(c, id);
     }
 }
 

@@ -558,3 +558,72 @@ fn parallel_queries_to_two_nameservers_are_one_lookup() {
     assert_eq!((l.verdict, l.retries, l.hops.len()), (Verdict::Ok, 1, 6));
     assert_eq!(l.server, CIP);
 }
+
+#[test]
+fn placed_names_the_lookup_and_leg_of_each_event() {
+    let sc = Scenario::default();
+    let mut c = Correlator::new(sc.config.build());
+    let mut feed = |row: Row| {
+        let t = scenario::ns(row.ts_ms);
+        let done = c.ingest(scenario::event(&row, "www.example.test.", "A"), t);
+        (c.placed(), done)
+    };
+    // A client query opens lookup 1 at leg 0; its next hop (DNAT rewrote the destination).
+    let (p, _) = feed(q(0.0, "lxcpod0 ingress", POD, CIP, 7));
+    assert_eq!(
+        p,
+        Some(Placement {
+            lookup: 1,
+            leg: Some(0)
+        })
+    );
+    let (p, _) = feed(q(0.1, "eth0 egress", POD, CDNS, 7));
+    assert_eq!(
+        p,
+        Some(Placement {
+            lookup: 1,
+            leg: Some(0)
+        })
+    );
+    // Another client: lookup 2.
+    let (p, _) = feed(q(0.2, "lxcpod1 ingress", "10.244.0.11:41000", CIP, 9));
+    assert_eq!(
+        p,
+        Some(Placement {
+            lookup: 2,
+            leg: Some(0)
+        })
+    );
+    // CoreDNS forwards lookup 1 upstream with a new ID: leg 1 of lookup 1.
+    let (p, _) = feed(q(
+        1.0,
+        "eth0 egress",
+        "10.244.1.10:5000",
+        "192.0.2.53:53",
+        77,
+    ));
+    assert_eq!(
+        p,
+        Some(Placement {
+            lookup: 1,
+            leg: Some(1)
+        })
+    );
+    // A reply nobody asked for is placed nowhere.
+    let (p, _) = feed(r(1.5, "eth0 ingress", "192.0.2.99:53", POD, 999, "NOERROR"));
+    assert_eq!(p, None);
+    // The reply reaching the client finishes lookup 1; the finished record has that id.
+    let (p, done) = feed(r(2.0, "lxcpod0 egress", CIP, POD, 7, "NOERROR"));
+    assert_eq!(
+        p,
+        Some(Placement {
+            lookup: 1,
+            leg: Some(0)
+        })
+    );
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].id, 1);
+    assert!(done[0].children.iter().all(|child| child.id == 1));
+    let rest = c.finish(scenario::ns(10_000.0));
+    assert_eq!(rest.iter().map(|l| l.id).collect::<Vec<_>>(), [2]);
+}

@@ -128,6 +128,9 @@ pub fn parse(bytes: &[u8]) -> Result<Message, (Option<Message>, DnsError)> {
     let Some(header) = Header::read(bytes) else {
         return Err((None, DnsError::ShortHeader { len: bytes.len() }));
     };
+    if let Some(message) = fast_parse(bytes, &header) {
+        return Ok(message);
+    }
     let reason = match guarded(|| full_parse(bytes, &header)) {
         Some(Ok(message)) => return Ok(message),
         Some(Err(reason)) => reason,
@@ -236,6 +239,137 @@ fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
                 .collect(),
         }),
     })
+}
+
+/// Messages of the most common shape, read without hickory (which costs about
+/// three times as much): a standard query or response with one question
+/// whose name is plain letters, digits, `-` and `_`; answers that are all
+/// A or AAAA records in class IN, named by a pointer to the question or by a
+/// plain name; no authority records; and at most one additional record, an
+/// OPT without options. Anything else returns None and takes the full parse,
+/// which gives the same [`Message`] for these (tests compare the two).
+fn fast_parse(bytes: &[u8], header: &Header) -> Option<Message> {
+    if header.opcode != 0
+        || header.qdcount != 1
+        || header.nscount != 0
+        || header.arcount > 1
+        || usize::from(header.ancount) > MAX_ANSWERS
+    {
+        return None;
+    }
+    let be16 = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    };
+    let be32 = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (qname, mut at) = plain_name(bytes, HEADER_LEN)?;
+    let question = Question {
+        qtype: type_name(RecordType::from(be16(at)?)),
+        qclass: class_name(DNSClass::from(be16(at + 2)?)),
+        name: qname,
+    };
+    at += 4;
+    let mut answers = Vec::with_capacity(usize::from(header.ancount));
+    for _ in 0..header.ancount {
+        let name = if be16(at)? == 0xc000 | HEADER_LEN as u16 {
+            at += 2;
+            question.name.clone()
+        } else {
+            let (name, next) = plain_name(bytes, at)?;
+            at = next;
+            name
+        };
+        let (rtype, class, ttl, len) = (be16(at)?, be16(at + 2)?, be32(at + 4)?, be16(at + 8)?);
+        at += 10;
+        let rdata = bytes.get(at..at + usize::from(len))?;
+        at += usize::from(len);
+        let data = match (rtype, class, rdata.len()) {
+            (1, 1, 4) => {
+                super::text::ipv4_string(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(rdata).ok()?))
+            }
+            (28, 1, 16) => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(rdata).ok()?).to_string(),
+            _ => return None,
+        };
+        answers.push(Answer {
+            name,
+            rtype: if rtype == 1 { "A" } else { "AAAA" }.to_owned(),
+            ttl,
+            data,
+        });
+    }
+    let mut edns = None;
+    let mut rcode = u16::from(header.rcode);
+    if header.arcount == 1 {
+        // Root name, type OPT, CLASS = payload size, TTL = ext. rcode, version, flags; no options.
+        if bytes.get(at) != Some(&0) || be16(at + 1)? != 41 || be16(at + 9)? != 0 {
+            return None;
+        }
+        let (udp_size, ttl) = (be16(at + 3)?, be32(at + 5)?);
+        if udp_size < 512 {
+            return None;
+        }
+        at += 11;
+        rcode |= ((ttl >> 24) as u16) << 4;
+        edns = Some(Edns {
+            udp_size,
+            dnssec_ok: ttl & 0x8000 != 0,
+            version: (ttl >> 16) as u8,
+            options: Vec::new(),
+        });
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    Some(Message {
+        id: header.id,
+        qr: header.qr,
+        opcode: opcode_name(header.opcode),
+        rcode: rcode_name(rcode),
+        flags: header.flags,
+        question: Some(question),
+        qdcount: header.qdcount,
+        ancount: header.ancount,
+        nscount: header.nscount,
+        arcount: header.arcount,
+        answers,
+        edns,
+    })
+}
+
+/// An uncompressed name at `at` made of letters, digits, `-` and `_`, as
+/// hickory's `to_ascii` writes it (trailing dot), and the offset after it.
+fn plain_name(bytes: &[u8], mut at: usize) -> Option<(String, usize)> {
+    let mut name = String::with_capacity(64);
+    loop {
+        let len = usize::from(*bytes.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // Pointers and the reserved label types take the full parse.
+        if len > 63 {
+            return None;
+        }
+        let label = bytes.get(at..at + len)?;
+        if !label
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        // Only ASCII was accepted just above.
+        name.push_str(std::str::from_utf8(label).ok()?);
+        name.push('.');
+        at += len;
+        if name.len() > 253 {
+            return None;
+        }
+    }
+    if name.is_empty() {
+        name.push('.');
+    }
+    Some((name, at))
 }
 
 /// Reads only the first question, for messages whose later sections are broken.
@@ -483,6 +617,51 @@ mod tests {
         match parse(bytes) {
             Err((partial, DnsError::Malformed { reason })) => (partial, reason),
             other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    /// Messages the fast path takes decode exactly as the full parse does them.
+    #[test]
+    fn fast_path_matches_full_parse() {
+        // `_Srv-1.Ex.` AAAA IN; www.example.test. A IN
+        let odd = "06 5f5372762d31 02 4578 00 001c 0001";
+        let www = "03 777777 07 6578616d706c65 04 74657374 00 0001 0001";
+        let fast = [
+            response_a(),
+            truncated_response(),
+            hex(&format!("abcd 0100 0001 0000 0000 0000 {www}")),
+            // EDNS without options: udp 4096, DO=1, version 0.
+            hex(&format!(
+                "abcd 0100 0001 0000 0000 0001 {www} 00 0029 1000 00 00 8000 0000"
+            )),
+            // Two AAAA answers, one named by a pointer, one spelled out; EDNS with ext. rcode 1 (BADVERS).
+            hex(&format!(
+                "beef 8580 0001 0002 0000 0001 {odd}
+                 c00c 001c 0001 00000000 0010 20010db8000000000000000000000001
+                 06 5f5372762d31 02 4578 00 001c 0001 0000003c 0010 fe800000000000000000000000000001
+                 00 0029 04d0 01 00 0000 0000"
+            )),
+            // NXDOMAIN without records.
+            hex(&format!("0001 8183 0001 0000 0000 0000 {www}")),
+        ];
+        for bytes in fast {
+            let header = Header::read(&bytes).unwrap();
+            let message = fast_parse(&bytes, &header).expect("takes the fast path");
+            assert_eq!(Ok(message), full_parse(&bytes, &header));
+        }
+        let full = [
+            // EDNS option (COOKIE), authority record (SOA), CNAME answer, compressed question, trailing byte.
+            query(),
+            nxdomain(),
+            hex(&format!(
+                "1234 8180 0001 0001 0000 0000 {www} c00c 0005 0001 0000012c 0002 c00c"
+            )),
+            hex("1234 0100 0001 0000 0000 0000 c00c 0001 0001"),
+            hex(&format!("abcd 0100 0001 0000 0000 0000 {www} 00")),
+        ];
+        for bytes in full {
+            let header = Header::read(&bytes).unwrap();
+            assert_eq!(fast_parse(&bytes, &header), None, "{bytes:02x?}");
         }
     }
 

@@ -1,6 +1,9 @@
 //! Pure decode stage: captured bytes → [`Packet`]. Never fails; problems become an [`Issue`].
 
 pub mod dns;
+pub mod frag;
+pub mod tcp;
+pub mod text;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +43,7 @@ impl Point {
 }
 
 /// How the captured bytes start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LinkType {
     Ethernet,
     RawIp,
@@ -287,6 +290,22 @@ fn decode_into(
             format!("IP protocol {} is not UDP or TCP", protocol_name(payload)),
         )),
     }
+}
+
+/// The sequence number and payload of a TCP segment, for stream reassembly; None when the
+/// frame is not a TCP segment that parses.
+pub fn tcp_segment(link: LinkType, bytes: &[u8]) -> Option<(u32, &[u8])> {
+    let sliced = slice_link(link, bytes, false).ok()?;
+    match sliced.transport? {
+        TransportSlice::Tcp(tcp) => Some((tcp.sequence_number(), tcp.payload())),
+        _ => None,
+    }
+}
+
+/// Sets `packet`'s DNS message (and issue) from one whole, unframed DNS message.
+pub fn set_message(packet: &mut Packet, message: &[u8]) {
+    packet.dns = None;
+    packet.issue = decode_message(packet, message, None).err();
 }
 
 fn decode_message(packet: &mut Packet, payload: &[u8], cut: Option<&str>) -> Result<(), Issue> {

@@ -2,6 +2,7 @@
 //! counters) and writes them somewhere.
 mod json;
 mod lookup;
+pub mod pcap;
 mod text;
 
 use std::{collections::HashMap, io::Write};
@@ -39,6 +40,17 @@ impl Names {
     pub fn with_drop_reasons(mut self, reasons: HashMap<u32, String>) -> Self {
         self.drop_reasons = reasons;
         self
+    }
+
+    /// Timestamps that already are nanoseconds since the Unix epoch (replay of a file).
+    pub fn with_epoch_timestamps(mut self) -> Self {
+        self.mono_to_epoch_ns = 0;
+        self
+    }
+
+    /// Names an interface index learnt after the start (replay learns them from the file).
+    pub fn add_iface(&mut self, index: u32, name: String) {
+        self.by_index.insert(index, name);
     }
 
     /// Name of a kernel drop reason value, e.g. "NETFILTER_DROP".
@@ -115,6 +127,12 @@ pub struct Summary {
     pub lookups: CorrelateStats,
     pub upstreams: Vec<UpstreamStats>,
     pub duration_ms: u64,
+    /// What `--pcap` wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<pcap::PcapStats>,
+    /// What `dnstrace replay` read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<crate::replay::ReplayStats>,
 }
 
 impl Summary {
@@ -122,22 +140,51 @@ impl Summary {
     pub fn lines(&self) -> Vec<String> {
         let k = &self.kernel;
         let u = &self.userspace;
-        let mut v = vec![
-            format!(
-                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}), {} cut at snaplen",
-                k.packets,
-                k.dns_seen,
-                k.emitted,
-                k.lost(),
-                k.ring_full,
-                k.copy_failed,
-                k.truncated
-            ),
-            format!(
-                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
-                u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
-            ),
-        ];
+        let mut v = match &self.replay {
+            Some(r) => vec![
+                format!(
+                    "dnstrace: replay of {} ({}{}): {} packets, {} DNS, {} not DNS, {} later IP fragments, {} of an unsupported link type, {} unparsed{}",
+                    r.file,
+                    r.format,
+                    if r.dnstrace_file {
+                        ", written by dnstrace"
+                    } else {
+                        ""
+                    },
+                    r.frames,
+                    r.dns_frames,
+                    r.not_dns,
+                    r.later_fragments,
+                    r.skipped_link.values().sum::<u64>(),
+                    r.unparsed.values().sum::<u64>(),
+                    r.error.as_ref().map_or(String::new(), |e| format!("; {e}"))
+                ),
+                format!(
+                    "dnstrace: IP fragments: {} in {} reassembled datagrams, {} in sets never completed, {} contradicting their set",
+                    r.ip.fragments_used,
+                    r.ip.reassembled,
+                    r.ip.fragments_incomplete,
+                    r.ip.fragments_bad
+                ),
+                format!(
+                    "dnstrace: decoded {}, {} malformed, {} partial; DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps",
+                    self.decoded,
+                    self.issues.malformed,
+                    self.issues.partial,
+                    r.tcp.messages,
+                    r.tcp.multi_message_segments,
+                    r.tcp.joined_messages,
+                    r.tcp.gaps
+                ),
+            ],
+            None => self.live_lines(),
+        };
+        if let Some(p) = &self.pcap {
+            v.push(format!(
+                "dnstrace: pcapng {}: {} packets on {} interfaces; {} with their lookup's verdict, {} written before it (buffer bound), {} in no lookup",
+                p.path, p.packets, p.interfaces, p.with_verdict, p.without_verdict, p.no_lookup
+            ));
+        }
         let l = &self.lookups;
         let verdicts: Vec<_> = l
             .by_verdict
@@ -169,12 +216,36 @@ impl Summary {
         }
         v
     }
+
+    /// A live run's capture lines.
+    fn live_lines(&self) -> Vec<String> {
+        let k = &self.kernel;
+        let u = &self.userspace;
+        vec![
+            format!(
+                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}), {} cut at snaplen",
+                k.packets,
+                k.dns_seen,
+                k.emitted,
+                k.lost(),
+                k.ring_full,
+                k.copy_failed,
+                k.truncated
+            ),
+            format!(
+                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
+                u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
+            ),
+        ]
+    }
 }
 
 /// Where decoded packets go.
 pub enum Sink<W: Write> {
     Text(TextSink<W>),
     Json(JsonSink<W>),
+    /// The full-screen view: lookups, upstreams and live counters go to its queue.
+    Tui(crate::tui::FeedTx),
 }
 
 impl<W: Write> Sink<W> {
@@ -183,6 +254,7 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.packet(p, drop, names),
             Self::Json(s) => s.packet(p, drop, names),
+            Self::Tui(_) => Ok(()),
         }
     }
 
@@ -190,6 +262,7 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.flush(),
             Self::Json(s) => s.flush(),
+            Self::Tui(_) => Ok(()),
         }
     }
 
@@ -198,6 +271,10 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.raw(&lookup_text(l)),
             Self::Json(s) => s.line(&lookup_json(l)),
+            Self::Tui(t) => {
+                t.lookup(l);
+                Ok(())
+            }
         }
     }
 
@@ -206,6 +283,10 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.raw(&upstreams_text(u)),
             Self::Json(s) => s.line(&upstreams_json(u)),
+            Self::Tui(t) => {
+                t.upstreams(u.to_vec());
+                Ok(())
+            }
         }
     }
 
@@ -214,6 +295,25 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.flush(),
             Self::Json(s) => s.summary(summary),
+            // Printed on stderr once the terminal is restored.
+            Self::Tui(_) => Ok(()),
+        }
+    }
+
+    /// True for the live view, which wants [`Sink::live`] counters.
+    pub fn is_live(&self) -> bool {
+        matches!(self, Self::Tui(_))
+    }
+
+    /// Live counters for the TUI (and, once a second, the upstream table that
+    /// `upstreams` computes); the stream outputs ignore them.
+    pub fn live(
+        &mut self,
+        stats: crate::tui::LiveStats,
+        upstreams: impl FnOnce() -> Vec<UpstreamStats>,
+    ) {
+        if let Self::Tui(t) = self {
+            t.live(stats, upstreams);
         }
     }
 }

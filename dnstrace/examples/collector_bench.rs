@@ -1,0 +1,240 @@
+//! Collector throughput benchmark, used by `cargo xtask bench`.
+//!
+//! `collector_bench gen FILE LOOKUPS` writes a pcap (Ethernet, IPv4, UDP) of
+//! LOOKUPS client lookups, each a query seen on a pod veth and, except for
+//! every 100th, its answer: about 2×LOOKUPS DNS packets, interleaved as on a
+//! busy node (about 15 lookups in flight).
+//!
+//! `collector_bench gen-flood FILE QUERIES` writes QUERIES distinct queries
+//! that nobody answers (the correlator's memory bound).
+//!
+//! `collector_bench run FILE` reads it back through dnstrace's own decode and
+//! correlate stages, the way `dnstrace watch` feeds them (expiring open
+//! lookups every 100 ms of capture time), and prints one JSON line: events,
+//! lookups by verdict, wall and CPU seconds, and events per CPU second.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufReader, BufWriter},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use dnstrace::{
+    correlate::{self, Correlator, Coverage},
+    decode::{self, LinkType, Meta, Point},
+};
+use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+
+/// Every this many lookups, one gets no answer.
+const UNANSWERED_EVERY: u64 = 100;
+const SPACING_NS: u64 = 20_000;
+const RTT_NS: u64 = 300_000;
+const NAMES: u64 = 1000;
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const IFACE: &str = "pod0";
+const TICK_NS: u64 = 100_000_000;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["gen", file, lookups] => generate(file, lookups.parse().context("LOOKUPS")?),
+        ["gen-flood", file, queries] => generate_flood(file, queries.parse().context("QUERIES")?),
+        ["run", file] => run(file),
+        _ => bail!("usage: collector_bench gen FILE LOOKUPS | gen-flood FILE QUERIES | run FILE"),
+    }
+}
+
+fn client(i: u64) -> (Ipv4Addr, u16) {
+    let pod = i % 250;
+    (
+        Ipv4Addr::new(10, 244, (pod / 250) as u8, (pod % 250 + 2) as u8),
+        (1024 + (i / 250) % 60_000) as u16,
+    )
+}
+
+fn qname(i: u64) -> String {
+    format!("host{}.ns{}.svc.cluster.local", i % NAMES, i % 7)
+}
+
+/// A DNS message: the question, and for a response one A record.
+fn dns(id: u16, name: &str, answer: Option<Ipv4Addr>) -> Vec<u8> {
+    let mut m = Vec::with_capacity(96);
+    let flags: u16 = if answer.is_some() { 0x8180 } else { 0x0100 };
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.extend_from_slice(&u16::from(answer.is_some()).to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    if let Some(addr) = answer {
+        m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        m.extend_from_slice(&addr.octets());
+    }
+    m
+}
+
+fn frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Result<Vec<u8>> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, payload)?;
+    Ok(out)
+}
+
+fn generate(path: &str, lookups: u64) -> Result<()> {
+    let started = Instant::now();
+    // (time, sequence, frame): sorted by time, queries before answers at a tie.
+    let mut packets: Vec<(u64, u64, Vec<u8>)> = Vec::with_capacity(2 * lookups as usize);
+    for i in 0..lookups {
+        let t = 1_000_000_000 + i * SPACING_NS;
+        let answered = i % UNANSWERED_EVERY != UNANSWERED_EVERY - 1;
+        // An unanswered lookup's name is its own: a later lookup of the same
+        // name from the same pod would rightly count as its retry.
+        let name = if answered {
+            qname(i)
+        } else {
+            format!("gone{i}.svc.cluster.local")
+        };
+        let (id, pod) = ((i * 7919) as u16, client(i));
+        let server = (SERVER, 53);
+        packets.push((t, 2 * i, frame(pod, server, &dns(id, &name, None))?));
+        if answered {
+            let answer = Ipv4Addr::new(10, 0, (i % NAMES / 250) as u8, (i % 250) as u8);
+            packets.push((
+                t + RTT_NS,
+                2 * i + 1,
+                frame(server, pod, &dns(id, &name, Some(answer)))?,
+            ));
+        }
+    }
+    packets.sort_unstable_by_key(|(t, seq, _)| (*t, *seq));
+    let file = File::create(path).with_context(|| format!("creating {path}"))?;
+    let mut writer = PcapWriter::new(BufWriter::with_capacity(1 << 20, file))?;
+    for (t, _, data) in &packets {
+        writer.write_packet(&PcapPacket::new(
+            Duration::from_nanos(*t),
+            data.len() as u32,
+            data,
+        ))?;
+    }
+    println!(
+        "{{\"packets\":{},\"lookups\":{lookups},\"unanswered\":{},\"seconds\":{:.3}}}",
+        packets.len(),
+        lookups / UNANSWERED_EVERY,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// QUERIES distinct queries (own name each) that nobody answers, 10 µs apart.
+fn generate_flood(path: &str, queries: u64) -> Result<()> {
+    let file = File::create(path).with_context(|| format!("creating {path}"))?;
+    let mut writer = PcapWriter::new(BufWriter::with_capacity(1 << 20, file))?;
+    for i in 0..queries {
+        let data = frame(
+            client(i),
+            (SERVER, 53),
+            &dns(i as u16, &format!("n{i:x}.flood.test"), None),
+        )?;
+        let t = Duration::from_nanos(1_000_000_000 + i * 10_000);
+        writer.write_packet(&PcapPacket::new(t, data.len() as u32, &data))?;
+    }
+    println!("{{\"packets\":{queries}}}");
+    Ok(())
+}
+
+fn run(path: &str) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    let mut reader = PcapReader::new(BufReader::with_capacity(1 << 20, file))?;
+    let mut correlator = Correlator::new(correlate::Config {
+        host_netns: 1,
+        // As `dnstrace watch --auto` on the node: nothing leaves unseen.
+        watched: Coverage::full(),
+        ..correlate::Config::default()
+    });
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (mut events, mut finished, mut next_tick) = (0u64, 0u64, 0u64);
+    let mut last_ts = 0;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet?;
+        let ts_ns = packet.timestamp.as_nanos() as u64;
+        // Queries arrive from the pod (ingress on its veth), answers leave towards it.
+        let to_server = packet.data.get(36..38) == Some(&[0, 53]);
+        let meta = Meta {
+            ts_ns,
+            ifindex: 2,
+            netns: 1,
+            point: if to_server {
+                Point::TcIngress
+            } else {
+                Point::TcEgress
+            },
+            wire_len: packet.orig_len,
+            cap_len: packet.data.len() as u32,
+            pid: 0,
+            comm: None,
+        };
+        let decoded = decode::decode(meta, LinkType::Ethernet, &packet.data);
+        events += 1;
+        let done = correlator.ingest(
+            correlate::Event {
+                packet: decoded,
+                iface: IFACE.to_owned(),
+                drop_reason: None,
+            },
+            ts_ns,
+        );
+        finished += done.len() as u64;
+        if ts_ns >= next_tick {
+            finished += correlator.expire(ts_ns).len() as u64;
+            next_tick = ts_ns + TICK_NS;
+        }
+        last_ts = ts_ns;
+    }
+    // The capture ends; unanswered lookups end at their deadline.
+    finished += correlator.expire(last_ts + 60_000_000_000).len() as u64;
+    finished += correlator.finish(last_ts + 60_000_000_000).len() as u64;
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let stats = correlator.stats();
+    let verdicts: BTreeMap<&str, u64> = stats.by_verdict.clone().into_iter().collect();
+    println!(
+        "{{\"events\":{events},\"lookups\":{finished},\"verdicts\":{},\"ignored\":{},\"evicted\":{},\"wall_s\":{wall:.4},\"cpu_s\":{cpu:.4},\"events_per_cpu_s\":{:.0},\"peak_rss_kib\":{}}}",
+        serde_json::to_string(&verdicts)?,
+        stats.ignored,
+        stats.evicted,
+        events as f64 / cpu.max(1e-9),
+        peak_rss_kib()
+    );
+    Ok(())
+}
+
+/// User + system CPU time of this process.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
