@@ -79,7 +79,7 @@ Examples:
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    /// One aligned line per packet.
+    /// One line per lookup, with a hop timeline and a hint for problems (and a line per packet with --packets).
     Text,
     /// One JSON object per line (schema in the README).
     Json,
