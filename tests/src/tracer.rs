@@ -234,3 +234,20 @@ pub fn one_line(l: &Value) -> String {
         l["last_hop"].as_str().unwrap_or("-"),
     )
 }
+
+/// Ids of the loaded BPF programs whose name starts with `prefix` (e.g. "dt_"
+/// for dnstrace's, "dt_tc_" for its classifiers), sorted, as `bpftool` in
+/// `ns` lists them (programs are global: the netns only decides where bpftool runs).
+pub fn program_ids(lab: &Lab, ns: &str, prefix: &str) -> Result<Vec<u64>> {
+    let out = lab.run(ns, &["bpftool", "-j", "prog", "show"])?;
+    let progs: Value = serde_json::from_str(&out).context("bpftool printed no JSON")?;
+    let mut ids: Vec<u64> = progs
+        .as_array()
+        .context("bpftool printed no array")?
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}

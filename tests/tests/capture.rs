@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnstrace_tests::{Lab, Node, Signal, Tracer, VethEnd, dnstrace_bin, skip_without_root};
+use dnstrace_tests::{
+    Lab, Node, Signal, Tracer, VethEnd, dnstrace_bin, program_ids, skip_without_root,
+};
 use serde_json::Value;
 
 /// The shared tracer (`dnstrace watch --output json --packets`) in `ns`.
@@ -574,19 +576,7 @@ print(got)
 
 /// Ids of loaded programs whose name starts with `dt_tc_`.
 fn tc_program_ids(lab: &Lab, ns: &str) -> Vec<u64> {
-    let out = lab
-        .run(ns, &["bpftool", "-j", "prog", "show"])
-        .expect("bpftool prog show");
-    let progs: Value = serde_json::from_str(&out).expect("bpftool JSON");
-    let mut ids: Vec<u64> = progs
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dt_tc_")))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    ids
+    program_ids(lab, ns, "dt_tc_").expect("bpftool prog show")
 }
 
 fn tc_filters(lab: &Lab, ns: &str, dev: &str, dir: &str) -> String {

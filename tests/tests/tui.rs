@@ -13,8 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dnstrace_tests::{Lab, Node, dnstrace_bin, skip_without_root};
-use serde_json::Value;
+use dnstrace_tests::{Lab, Node, dnstrace_bin, program_ids, skip_without_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -122,21 +121,9 @@ impl Drop for Tmux {
     }
 }
 
-/// Ids of loaded programs named dt_* (dnstrace's).
+/// Ids of loaded programs whose name starts with `dt_`.
 fn dt_programs(lab: &Lab, ns: &str) -> Vec<u64> {
-    let out = lab
-        .run(ns, &["bpftool", "-j", "prog", "show"])
-        .expect("bpftool prog show");
-    let progs: Value = serde_json::from_str(&out).expect("bpftool JSON");
-    let mut ids: Vec<u64> = progs
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dt_")))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    ids
+    program_ids(lab, ns, "dt_").expect("bpftool prog show")
 }
 
 /// The number after `label` on the screen, e.g. "packets 57 (…)" → 57.

@@ -213,17 +213,7 @@ fn tui_session(node: &Node, bin: &Path, scenario: Option<Scenario>, args: &Args)
         cmd.arg("--duration").arg(format!("{secs}s"));
     }
     if let Some(scenario) = scenario {
-        eprintln!("── scenario {scenario}: {}", scenario.describe());
-        for expect in scenario.expect(node) {
-            eprintln!(
-                "   {} → {} {} {}: {}",
-                expect.client,
-                expect.server,
-                expect.qtype,
-                expect.qname.trim_end_matches('.'),
-                expect.banner()
-            );
-        }
+        banner(node, scenario);
     }
     eprintln!(
         "[demo] starting dnstrace's full-screen view in netns {} (q quits; the queries and what dig got go to {})",
@@ -408,10 +398,8 @@ fn tour() {
     );
 }
 
-/// Runs the scenario's client in the pod, with banners saying what is broken
-/// and what dnstrace should conclude, then keeps the stream open until
-/// dnstrace has judged the lookups (its `--timeout` after the last try).
-fn reproduce(node: &Node, tracer: &Proc, scenario: Scenario) -> Result<()> {
+/// What the scenario breaks, and what dnstrace should conclude.
+fn banner(node: &Node, scenario: Scenario) {
     eprintln!("── scenario {scenario}: {}", scenario.describe());
     for expect in scenario.expect(node) {
         eprintln!(
@@ -423,6 +411,13 @@ fn reproduce(node: &Node, tracer: &Proc, scenario: Scenario) -> Result<()> {
             expect.banner()
         );
     }
+}
+
+/// Runs the scenario's client in the pod, with banners saying what is broken
+/// and what dnstrace should conclude, then keeps the stream open until
+/// dnstrace has judged the lookups (its `--timeout` after the last try).
+fn reproduce(node: &Node, tracer: &Proc, scenario: Scenario) -> Result<()> {
+    banner(node, scenario);
     for argv in scenario.client_commands(node) {
         eprintln!("── pod$ {}", argv.join(" "));
     }
