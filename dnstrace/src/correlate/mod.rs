@@ -582,6 +582,9 @@ impl Correlator {
             self.add_query_hop(r, hop);
             return;
         }
+        if self.absorb_omitted(&hop, qhash, &q.name) {
+            return;
+        }
         match self.place(&hop, qhash, &q.name) {
             Place::Tcp(lid) => self.add_leg(lid, None, LegKind::Tcp, hop, qhash),
             Place::Child(lid, parent) => {
@@ -601,7 +604,9 @@ impl Correlator {
             let Some(lk) = self.lookups.get(&r.lookup) else {
                 continue;
             };
-            let leg = &lk.legs[usize::from(r.leg)];
+            let Some(leg) = lk.legs.get(usize::from(r.leg)) else {
+                continue;
+            };
             if leg.proto != hop.proto()
                 || !lk.qname.eq_ignore_ascii_case(qname)
                 || hop.ts > leg.last_query_ts + self.ttl_ns
@@ -733,7 +738,47 @@ impl Correlator {
                 return Place::Retry(lid);
             }
         }
+        // A lookup at its leg cap that is still forwarding this question (a loop storm):
+        // one more copy of it, left out and counted, rather than a new lookup.
+        for (lid, lk) in open() {
+            let busy = lk
+                .legs
+                .iter()
+                .map(|l| l.last_query_ts.max(l.last_child_ts))
+                .max()
+                .unwrap_or(0)
+                .max(lk.omitted_ts);
+            if lk.legs.len() >= state::MAX_LEGS && hop.ts <= busy + self.cfg.forward_window_ns {
+                return Place::Child(lid, 0);
+            }
+        }
         Place::New
+    }
+
+    /// A sighting of a message left out at a lookup's leg cap: counted, not a new lookup.
+    fn absorb_omitted(&mut self, hop: &HopRec, qhash: u64, qname: &str) -> bool {
+        let Some(refs) = self.by_msg.get(&(hop.id, qhash)) else {
+            return false;
+        };
+        let Some(lid) = refs
+            .as_slice()
+            .iter()
+            .filter(|r| r.leg == state::OMITTED)
+            .map(|r| r.lookup)
+            .find(|lid| {
+                self.lookups
+                    .get(lid)
+                    .is_some_and(|lk| lk.qname.eq_ignore_ascii_case(qname))
+            })
+        else {
+            return false;
+        };
+        if let Some(lk) = self.lookups.get_mut(&lid) {
+            lk.omitted_ts = lk.omitted_ts.max(hop.ts);
+        }
+        self.stats.hops_omitted += 1;
+        self.place_at(lid, None);
+        true
     }
 
     fn add_leg(&mut self, lid: u64, parent: Option<u8>, kind: LegKind, hop: HopRec, qhash: u64) {
@@ -744,6 +789,15 @@ impl Correlator {
         if lk.legs.len() >= state::MAX_LEGS {
             lk.legs_omitted += 1;
             self.stats.legs_omitted += 1;
+            lk.omitted_ts = lk.omitted_ts.max(hop.ts);
+            if lk.omitted_ids.len() < state::MAX_OMITTED_IDS && !lk.omitted_ids.contains(&hop.id) {
+                lk.omitted_ids.push(hop.id);
+                let r = LegRef {
+                    lookup: lid,
+                    leg: state::OMITTED,
+                };
+                state::refs_insert(&mut self.by_msg, (hop.id, qhash), r);
+            }
             self.placed = Some(Placement {
                 lookup: lid,
                 leg: None,
@@ -802,6 +856,8 @@ impl Correlator {
                 tcp_flows: Vec::new(),
                 retries: 0,
                 legs_omitted: 0,
+                omitted_ids: Vec::new(),
+                omitted_ts: 0,
                 start: hop.ts,
                 last_client_ts: hop.ts,
                 deadline,
@@ -828,7 +884,9 @@ impl Correlator {
             let Some(lk) = self.lookups.get(&r.lookup) else {
                 continue;
             };
-            let leg = &lk.legs[usize::from(r.leg)];
+            let Some(leg) = lk.legs.get(usize::from(r.leg)) else {
+                continue;
+            };
             if leg.proto != hop.proto()
                 || !lk.qname.eq_ignore_ascii_case(qname)
                 || hop.ts > leg.last_query_ts + self.ttl_ns
@@ -855,7 +913,9 @@ impl Correlator {
 
     fn on_response(&mut self, hop: HopRec, qhash: u64, qname: &str) -> Option<Lookup> {
         let Some(r) = self.match_response(&hop, qhash, qname) else {
-            self.stats.orphan_responses += 1;
+            if !self.absorb_omitted(&hop, qhash, qname) {
+                self.stats.orphan_responses += 1;
+            }
             return None;
         };
         self.place_at(r.lookup, Some(r.leg));
@@ -961,6 +1021,13 @@ impl Correlator {
                 leg: i as u8,
             };
             state::refs_remove(&mut self.by_msg, (leg.id, lk.qhash), r);
+        }
+        for id in &lk.omitted_ids {
+            let r = LegRef {
+                lookup: lid,
+                leg: state::OMITTED,
+            };
+            state::refs_remove(&mut self.by_msg, (*id, lk.qhash), r);
         }
         if let Some(q) = self.by_q.get_mut(&lk.qhash) {
             // Lookups mostly finish in start order, so the search from the front is short.

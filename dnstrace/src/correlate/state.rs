@@ -11,6 +11,10 @@ pub(super) const MAX_HOPS: usize = 64;
 const FACT_SLACK: usize = 8;
 /// Legs (client attempts + forwarded queries at any depth) kept per lookup.
 pub(super) const MAX_LEGS: usize = 32;
+/// The leg index of a message left out at the leg cap (never a real leg).
+pub(super) const OMITTED: u8 = u8::MAX;
+/// How many left-out messages a lookup keeps absorbing.
+pub(super) const MAX_OMITTED_IDS: usize = 256;
 /// SYN / SYN-ACK / RST segments of a TCP retry kept per lookup.
 pub(super) const MAX_TCP_HOPS: usize = 16;
 
@@ -230,6 +234,11 @@ pub(super) struct LookupState {
     pub tcp_flows: Vec<SocketAddr>,
     pub retries: u32,
     pub legs_omitted: u32,
+    /// IDs of forwarded queries left out at the leg cap, indexed under
+    /// [`OMITTED`] so that their later sightings and replies are absorbed.
+    pub omitted_ids: Vec<u16>,
+    /// Last sighting of a left-out message.
+    pub omitted_ts: u64,
     pub start: u64,
     pub last_client_ts: u64,
     pub deadline: u64,

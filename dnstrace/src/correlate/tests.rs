@@ -627,3 +627,73 @@ fn placed_names_the_lookup_and_leg_of_each_event() {
     let rest = c.finish(scenario::ns(10_000.0));
     assert_eq!(rest.iter().map(|l| l.id).collect::<Vec<_>>(), [2]);
 }
+
+/// A loop storm longer than the leg cap (pod → node-local-dns ⇄ CoreDNS, 200
+/// copies, each with its own ID and port) stays one lookup: the copies past the
+/// cap, and every later sighting and reply of them, are counted, not new lookups.
+#[test]
+fn loop_storm_past_the_leg_cap_is_one_lookup() {
+    let nld = "169.254.25.10:53";
+    let mut rows = vec![
+        q(0.0, "socket-out 2", POD, nld, 1),
+        q(0.01, "lxcpod0 ingress", POD, nld, 1),
+        q(0.02, "socket-in 1", POD, nld, 1),
+    ];
+    let copies = 200u16;
+    for n in 0..copies {
+        let t = 0.1 + f64::from(n) * 0.05;
+        let (at_out, at_in, src, dst) = if n % 2 == 0 {
+            (
+                "socket-out 1",
+                "socket-in 3",
+                format!("198.51.100.10:{}", 30000 + n),
+                CDNS,
+            )
+        } else {
+            (
+                "socket-out 3",
+                "socket-in 1",
+                format!("10.244.1.10:{}", 30000 + n),
+                nld,
+            )
+        };
+        rows.push(q(t, at_out, &src, dst, 100 + n));
+        rows.push(q(t + 0.01, at_in, &src, dst, 100 + n));
+    }
+    // The innermost copy is refused; the refusals unwind back to the pod.
+    for n in (0..copies).rev() {
+        let t = 20.0 + f64::from(copies - n) * 0.05;
+        let (at_out, at_in, src, dst) = if n % 2 == 0 {
+            (
+                "socket-out 3",
+                "socket-in 1",
+                CDNS.to_owned(),
+                format!("198.51.100.10:{}", 30000 + n),
+            )
+        } else {
+            (
+                "socket-out 1",
+                "socket-in 3",
+                nld.to_owned(),
+                format!("10.244.1.10:{}", 30000 + n),
+            )
+        };
+        rows.push(r(t, at_out, &src, &dst, 100 + n, "REFUSED"));
+        rows.push(r(t + 0.01, at_in, &src, &dst, 100 + n, "REFUSED"));
+    }
+    rows.push(r(40.0, "socket-out 1", nld, POD, 1, "REFUSED"));
+    rows.push(r(40.01, "lxcpod0 egress", nld, POD, 1, "REFUSED"));
+    rows.push(r(40.02, "socket-in 2", nld, POD, 1, "REFUSED"));
+    let out = run(rows);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::ForwardingLoop, "{}", l.detail);
+    assert_eq!(l.rcode.as_deref(), Some("REFUSED"));
+    assert!(
+        out.stats.legs_omitted > 0,
+        "the storm went past the leg cap"
+    );
+    assert_eq!(
+        out.stats.orphan_responses, 0,
+        "every refusal belongs to the lookup"
+    );
+}
