@@ -341,6 +341,14 @@ fn forwarding_loop() {
         .find(|l| r.scenario.expect(n)[0].is_for(l))
         .unwrap();
     assert!(pod_lookup["culprit"].as_str().unwrap().contains(" <-> "));
+    // The whole storm is that one lookup: no copy of it surfaces as a lookup of its own.
+    let ours = r.trace().unwrap().lookups_for(&n.www_name);
+    assert_eq!(
+        ours.len(),
+        1,
+        "{:?}",
+        ours.iter().map(|l| one_line(l)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
