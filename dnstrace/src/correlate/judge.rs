@@ -92,12 +92,19 @@ fn is_looping(lk: &LookupState, i: usize) -> bool {
 }
 
 impl Correlator {
-    /// "eth0 egress", "lxcpod0 drop", "socket-in (netns 3)".
+    /// "eth0 egress", "lxcpod0 drop", "socket-in (netns 3)", and "lo drop (netns 5)"
+    /// for a device in another netns than the tracer's.
     fn at(&self, h: &HopRec) -> String {
         match h.point {
             Point::SocketIn | Point::SocketOut => {
                 format!("{} (netns {})", h.point.as_str(), h.netns)
             }
+            _ if self.cfg.host_netns != 0 && h.netns != self.cfg.host_netns => format!(
+                "{} {} (netns {})",
+                self.ifaces.get(h.iface),
+                h.point.as_str(),
+                h.netns
+            ),
             _ => format!("{} {}", self.ifaces.get(h.iface), h.point.as_str()),
         }
     }

@@ -68,6 +68,8 @@ impl Names {
             Point::TcIngress | Point::TcEgress | Point::Drop => {
                 match self.by_index.get(&meta.ifindex) {
                     Some(name) if meta.netns == self.own_netns => name.clone(),
+                    // Loopback is the first device of every netns.
+                    _ if meta.ifindex == 1 => "lo".to_owned(),
                     _ => format!("if{}", meta.ifindex),
                 }
             }
