@@ -293,16 +293,17 @@ impl Capture {
     }
 }
 
-/// Converts one ring buffer record. The only place that reads the kernel ABI.
+/// Converts one ring buffer record, copying the packet.
+#[cfg(test)]
 pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
     let (mut captured, packet) = from_record(record, own_netns)?;
     captured.data = bytes::Bytes::copy_from_slice(packet);
     Some(captured)
 }
 
-/// Like [`from_bytes`], but leaves `data` empty and returns the packet bytes
-/// as a slice of `record`, for the caller to copy (the drain copies a whole
-/// batch into one buffer).
+/// Converts one ring buffer record: the only place that reads the kernel ABI.
+/// Leaves `data` empty and returns the packet bytes as a slice of `record`,
+/// for the caller to copy (the drain copies a whole batch into one buffer).
 pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[u8])> {
     if record.len() < HEADER_LEN {
         return None;

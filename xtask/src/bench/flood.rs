@@ -36,6 +36,9 @@ pub struct FloodArgs {
     /// Send DNS queries, each with its own id and name.
     #[arg(long)]
     pub dns: bool,
+    /// Run on this CPU only.
+    #[arg(long)]
+    pub cpu: Option<usize>,
 }
 
 impl FloodArgs {
@@ -55,11 +58,17 @@ impl FloodArgs {
         if self.dns {
             v.push("--dns".to_owned());
         }
+        if let Some(cpu) = self.cpu {
+            v.extend(["--cpu".to_owned(), cpu.to_string()]);
+        }
         v
     }
 }
 
 pub fn run(args: &FloodArgs) -> Result<()> {
+    if let Some(cpu) = args.cpu {
+        pin_to(cpu)?;
+    }
     let sock = UdpSocket::bind("0.0.0.0:0").context("binding the flood socket")?;
     sock.connect(args.dst)
         .with_context(|| format!("connecting to {}", args.dst))?;
@@ -154,4 +163,44 @@ fn send_batch(sock: &UdpSocket, bufs: &[[u8; DNS_MAX]], lens: &[usize]) -> Resul
             _ => bail!("sendmmsg: {err}"),
         }
     }
+}
+
+/// Pins the calling thread (the whole generator: it has one) to `cpu`.
+pub fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
+}
+
+/// Pins every thread of process `pid` to `cpu` (threads it starts later inherit it).
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?;
+    for task in tasks {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: as in pin_to.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("pinning thread {tid} of {pid} to CPU {cpu}"));
+        }
+    }
+    Ok(())
 }

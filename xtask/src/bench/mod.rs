@@ -88,6 +88,9 @@ struct Plan {
     veths: usize,
     /// Repeats of the attach runs that use tcx (each costs seconds, see attach.rs).
     attach_repeats: usize,
+    /// Repeats and flood length of the kernel cost runs (short ones, many: the VM is noisy).
+    kernel_repeats: usize,
+    kernel_flood_secs: f64,
 }
 
 impl Plan {
@@ -106,6 +109,8 @@ impl Plan {
                 tshark_repeats: 3,
                 veths: 250,
                 attach_repeats: 3,
+                kernel_repeats: 9,
+                kernel_flood_secs: 3.0,
             }
         } else {
             Plan {
@@ -121,6 +126,8 @@ impl Plan {
                 tshark_repeats: 1,
                 veths: 250,
                 attach_repeats: 1,
+                kernel_repeats: 5,
+                kernel_flood_secs: 2.0,
             }
         }
     }
@@ -341,32 +348,28 @@ fn flood_command(args: &flood::FloodArgs) -> String {
     format!("cargo xtask {}", args.to_args().join(" "))
 }
 
-/// Sets a sysctl on the host and puts the old value back on drop.
-struct SysctlGuard {
-    key: &'static str,
-    old: String,
-}
-
-impl SysctlGuard {
-    fn set(key: &'static str, value: &str) -> Result<SysctlGuard> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let old = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .to_owned();
-        std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
-        Ok(SysctlGuard { key, old })
+/// BPF run-time statistics (what `kernel.bpf_stats_enabled=1` turns on),
+/// enabled through BPF_ENABLE_STATS: they stay on while the returned fd is
+/// open, so they go off again however the bench ends, even on SIGKILL.
+fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    const BPF_STATS_RUN_TIME: u32 = 0;
+    // union bpf_attr, enable_stats member: { __u32 type; }, zero-padded.
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&BPF_STATS_RUN_TIME.to_ne_bytes());
+    // SAFETY: bpf(2) reads `attr.len()` bytes from a valid buffer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("bpf(BPF_ENABLE_STATS)");
     }
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        let path = format!("/proc/sys/{}", self.key.replace('.', "/"));
-        if let Err(e) = std::fs::write(&path, &self.old) {
-            eprintln!(
-                "[bench] could not restore {} to {}: {e}",
-                self.key, self.old
-            );
-        }
-    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
