@@ -579,6 +579,79 @@ fn tc_program_ids(lab: &Lab, ns: &str) -> Vec<u64> {
     program_ids(lab, ns, "dt_tc_").expect("bpftool prog show")
 }
 
+/// `--auto` on a netns with more than 32 interfaces uses netlink tc, not tcx
+/// (each tcx hook waits for an RCU grace period), still captures, and removes
+/// every filter and clsact it added on exit.
+#[test]
+fn auto_mode_uses_netlink_past_32_interfaces() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::new("many").expect("lab");
+    let a = lab.add_netns("a").expect("netns");
+    let b = lab.add_netns("b").expect("netns");
+    let devs: Vec<String> = (0..34).map(|i| format!("{}a{i}", lab.prefix())).collect();
+    for (i, dev) in devs.iter().enumerate() {
+        let peer = format!("{}b{i}", lab.prefix());
+        let (ours, theirs) = (format!("10.60.{i}.1/24"), format!("10.60.{i}.2/24"));
+        lab.add_veth(
+            &VethEnd {
+                ns: &a,
+                name: dev,
+                addrs: &[&ours],
+            },
+            &VethEnd {
+                ns: &b,
+                name: &peer,
+                addrs: &[&theirs],
+            },
+        )
+        .expect("veth");
+    }
+    let server: IpAddr = "10.60.33.2".parse().unwrap();
+    let _dns = lab
+        .start_dnsmasq(&b, "dnsmasq", &[server], &["--address=/many.test/10.0.0.1"])
+        .expect("dnsmasq");
+    let t = start(
+        &lab,
+        &a,
+        "many",
+        &["--auto", "--no-socket-hop", "--no-drops"],
+    );
+    for dev in [&devs[0], &devs[33]] {
+        let filters = tc_filters(&lab, &a, dev, "ingress");
+        assert!(
+            filters.contains("dt_tc_eth_in"),
+            "netlink filter on {dev}: {filters}"
+        );
+    }
+    let out = lab
+        .run(
+            &a,
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                &format!("@{server}"),
+                "www.many.test",
+            ],
+        )
+        .expect("dig");
+    assert_eq!(out.trim(), "10.0.0.1");
+    std::thread::sleep(Duration::from_millis(200));
+    let trace = t.stop(Signal::Term).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(trace.stderr.contains("via netlink"), "{}", trace.stderr);
+    let lookups = trace.lookups_for("www.many.test");
+    assert_eq!(lookups.len(), 1, "{:?}", trace.lookups);
+    assert_eq!(lookups[0]["verdict"], "ok");
+    for dev in &devs {
+        assert_eq!(tc_filters(&lab, &a, dev, "ingress").trim(), "", "{dev}");
+        assert_eq!(tc_filters(&lab, &a, dev, "egress").trim(), "", "{dev}");
+        assert!(!has_clsact(&lab, &a, dev), "our clsact removed from {dev}");
+    }
+}
+
 fn tc_filters(lab: &Lab, ns: &str, dev: &str, dir: &str) -> String {
     lab.run(ns, &["tc", "filter", "show", "dev", dev, dir])
         .expect("tc filter show")

@@ -206,7 +206,8 @@ impl Capture {
             created_clsact: Vec::new(),
             drop_reasons,
         };
-        let mut attacher = attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority)?;
+        let mut attacher =
+            attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority, cfg.ifaces.len())?;
         for name in &cfg.ifaces {
             let link = capture
                 .names
