@@ -125,13 +125,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     if tui {
         let outcome = tui_session(&node, &bin, scenario, args);
-        let t = Instant::now();
-        drop(node);
-        eprintln!(
-            "[demo] lab torn down in {}; total {}",
-            fmt_duration(t.elapsed()),
-            fmt_duration(started.elapsed())
-        );
+        tear_down(node, started);
         outcome?;
         if scenario.is_none() && !stopped() {
             tour();
@@ -172,13 +166,7 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         None
     };
-    let t = Instant::now();
-    drop(node);
-    eprintln!(
-        "[demo] lab torn down in {}; total {}",
-        fmt_duration(t.elapsed()),
-        fmt_duration(started.elapsed())
-    );
+    tear_down(node, started);
     outcome?;
     if let Some(status) = status
         && !status.success()
@@ -395,6 +383,17 @@ fn tour() {
     );
     eprintln!(
         "[demo] run one with `cargo xtask demo --scenario NAME`; `--scenario list` says what each breaks"
+    );
+}
+
+/// Removes the lab node and says how long that and the whole demo took.
+fn tear_down(node: Node, started: Instant) {
+    let t = Instant::now();
+    drop(node);
+    eprintln!(
+        "[demo] lab torn down in {}; total {}",
+        fmt_duration(t.elapsed()),
+        fmt_duration(started.elapsed())
     );
 }
 
