@@ -282,6 +282,11 @@ pub struct ReplayArgs {
     /// Also write what was read to this pcapng file, commented with lookups and verdicts.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+
+    /// Write logs to this file instead of stderr [default with --output tui:
+    /// $XDG_STATE_HOME/dnstrace/dnstrace.log, else /tmp/dnstrace-UID.log].
+    #[arg(long, value_name = "PATH", env = "DNSTRACE_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Arguments of the hidden `bench-noop` (used by `cargo xtask bench` only).

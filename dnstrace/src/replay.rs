@@ -61,6 +61,8 @@ pub struct ReplayConfig {
     pub ports: Vec<u16>,
     pub uplinks: Option<Vec<String>>,
     pub pcap: Option<PathBuf>,
+    /// Where logs go; the TUI defaults to a file so that nothing writes over it.
+    pub log_file: Option<PathBuf>,
 }
 
 impl From<ReplayArgs> for ReplayConfig {
@@ -76,6 +78,11 @@ impl From<ReplayArgs> for ReplayConfig {
             ports,
             uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
             pcap: a.pcap,
+            log_file: match (a.log_file, a.output) {
+                (Some(path), _) => Some(path),
+                (None, Output::Tui) => Some(crate::cli::default_log_file()),
+                (None, _) => None,
+            },
         }
     }
 }
@@ -406,6 +413,10 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
                 ports: cfg.ports.clone(),
                 clock_offset_ns: 0,
             };
+            if let Some(path) = &cfg.log_file {
+                crate::logging::to_file(path)
+                    .with_context(|| format!("opening the log file {}", path.display()))?;
+            }
             let (feed, rx) = tui::channel(TUI_QUEUE);
             let opts = tui::Options {
                 linger: true,
@@ -621,6 +632,11 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     }
     for line in summary.lines() {
         eprintln!("{line}");
+    }
+    if cfg.output == Output::Tui
+        && let Some(path) = &cfg.log_file
+    {
+        eprintln!("dnstrace: log in {}", path.display());
     }
     Ok(summary)
 }

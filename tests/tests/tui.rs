@@ -473,3 +473,71 @@ fn tui_gives_the_terminal_back_on_sigterm() {
     assert!(number_after(&s, "dnstrace: lookups: ") >= 1, "{s}");
     run.check_restored(&node);
 }
+
+/// `dnstrace replay FILE --output tui` (no privileges): the file's lookups and
+/// verdicts on screen, the view stays after the file ends, Enter shows the
+/// verdict's detail, `q` quits with status 0 and the terminal restored.
+#[test]
+fn replay_in_the_tui_stays_until_q() {
+    let Some(bin) = dnstrace_bin() else { return };
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/tcpdump-dns-badvers.pcap");
+    if !file.is_file() {
+        eprintln!("skipped: {} is absent", file.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dnstrace-tui-replay-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("replay.log");
+    let command = format!(
+        "{bin} replay {file} --output tui --log-file {log}; echo \"dnstrace exit status $?\"; sleep 600",
+        bin = bin.display(),
+        file = file.display(),
+        log = log.display(),
+    );
+    let tmux = Tmux::start(
+        &format!("dnstrace-test-replay-{}", std::process::id()),
+        &command,
+        COLS,
+        ROWS,
+    );
+    let screen = tmux.wait("the file's lookups", |s| {
+        s.contains("upstream_rejects_edns")
+    });
+    assert!(
+        screen.contains("replay "),
+        "the header names the source:\n{screen}"
+    );
+    assert!(screen.contains("TXT"), "{screen}");
+    // The file has ended, and the view is still there.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        tmux.var("alternate_on"),
+        "1",
+        "still on screen after the file ended"
+    );
+    // Select the problem row and open its detail.
+    let rows = list_rows(&screen);
+    let at = rows
+        .iter()
+        .position(|r| r.contains("rejects-edns"))
+        .expect("a problem row");
+    for _ in 0..at {
+        tmux.keys(&["Down"]);
+    }
+    tmux.keys(&["Enter"]);
+    let detail = tmux.wait("the detail", |s| {
+        s.contains("BADVERS") && s.contains("hint")
+    });
+    assert!(detail.contains("192.5.5.241"), "{detail}");
+    tmux.keys(&["q"]);
+    let end = tmux.wait("the exit", |s| s.contains("dnstrace exit status"));
+    assert!(end.contains("dnstrace exit status 0"), "{end}");
+    assert_eq!(
+        tmux.var("alternate_on"),
+        "0",
+        "the alternate screen is left"
+    );
+    assert!(end.contains("log in"), "{end}");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,13 @@ fn title(m: &Model, width: u16) -> Line<'static> {
 
 fn points(m: &Model) -> Line<'static> {
     let c = &m.header.coverage;
+    if m.header.source.starts_with("replay ") && c.ifaces.is_empty() {
+        // A file: its capture points are whatever it holds, taken as the whole path.
+        return Line::from(vec![
+            Span::styled(" reading ", dim()),
+            Span::raw("every interface in the file, taken as the whole path"),
+        ]);
+    }
     let mut parts = Vec::new();
     if c.socket {
         parts.push("socket hop (every netns)".to_owned());
