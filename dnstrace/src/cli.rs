@@ -15,6 +15,13 @@ packets are delivered to local sockets without crossing an interface (a
 host-network node-local-dns on 169.254.25.10, or a pod querying 127.0.0.53).
 It never changes, delays or drops a packet.
 
+It stitches the packets of each client lookup hop by hop, across DNAT, SNAT
+and forwarders, and gives the lookup a verdict that says where and why it
+failed (upstream rejects EDNS, upstreams disagree, loopback nameserver, reply
+from an unexpected source, left via the uplink, forwarding loop, truncated
+without TCP, dropped in the kernel with the reason, server error,
+unanswered), with a hint that names the fix.
+
 Run it as root in a privileged node shell, e.g.
   kubectl debug node/NODE -it --profile=sysadmin --image=IMAGE -- dnstrace watch --auto";
 
@@ -73,7 +80,8 @@ Examples:
   dnstrace watch --auto                      every interface of this netns + the socket hop
   dnstrace watch --auto --output text        lines instead of the full-screen view
   dnstrace watch -i eth0 -i lxc12ab          two interfaces, no socket hop
-  dnstrace watch --auto --output json | jq 'select(.rcode==\"SERVFAIL\")'
+  dnstrace watch --auto --output json | jq 'select(.verdict!=\"ok\")'
+  dnstrace watch --auto --output text --pcap node.pcapng   also a capture for Wireshark
   dnstrace watch --auto --port 53 --port 5353 --duration 30s
   DNSTRACE_AUTO=1 DNSTRACE_OUTPUT=json dnstrace watch   same, from the environment";
 
