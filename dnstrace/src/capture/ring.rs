@@ -72,7 +72,7 @@ impl Drain {
                     batch
                 }
                 _ = poll.tick() => {
-                    self.drain_available(tx).await;
+                    self.drain_rest(tx).await;
                     continue;
                 }
                 changed = stop.changed() => {
@@ -89,8 +89,9 @@ impl Drain {
         }
     }
 
-    /// Moves what the ring holds now into `tx`.
-    async fn drain_available(&mut self, tx: &mpsc::Sender<Batch>) {
+    /// Moves everything the ring holds now into `tx` (on the poll timer, and
+    /// once more after detaching).
+    pub async fn drain_rest(&mut self, tx: &mpsc::Sender<Batch>) {
         loop {
             let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
             let full = batch.len() == BATCH;
@@ -100,17 +101,6 @@ impl Drain {
             if !full {
                 break;
             }
-        }
-    }
-
-    /// Drains everything left in the ring (used once more after detaching).
-    pub async fn drain_rest(&mut self, tx: &mpsc::Sender<Batch>) {
-        loop {
-            let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
-            if batch.is_empty() {
-                break;
-            }
-            self.send(tx, batch).await;
         }
     }
 

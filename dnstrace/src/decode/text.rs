@@ -3,20 +3,8 @@
 //! several times as much (it formats through `fmt` and pads).
 use std::net::{Ipv4Addr, SocketAddr};
 
-fn push_decimal(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+fn push_decimal(out: &mut String, n: u32) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
