@@ -170,7 +170,6 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let feed = ui.as_ref().map(|(feed, _)| feed.clone());
     let mut consumer = Consumer::new(&cfg, names, correlator, lost_rx, feed);
     consumer.pcap = pcap;
-    consumer.tcp = Some(decode::tcp::Streams::new());
     let consumer = tokio::spawn(consumer.run(rx));
     let drain_task = tokio::spawn(async move {
         drain.run(&tx, &mut stop_rx).await;
@@ -239,7 +238,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     };
     let summary = Summary {
         netns: capture.netns(),
-        kernel: capture.counters(),
+        kernel,
         userspace: drain.stats(),
         decoded,
         issues,
@@ -388,7 +387,6 @@ pub(crate) struct Done {
 
 /// One captured packet as the pipeline takes it: from the ring buffer, or from a file.
 pub(crate) struct Frame<'a> {
-    pub meta: Meta,
     pub link: LinkType,
     pub data: &'a [u8],
     /// For drop events: the kernel's drop reason name.
@@ -412,8 +410,8 @@ pub(crate) struct Consumer {
     issues: IssueCounts,
     /// `--pcap`: every packet, commented with its lookup and verdict.
     pub pcap: Option<PcapSink>,
-    /// Reassembles DNS over TCP (replay): several messages per segment, split messages.
-    pub tcp: Option<decode::tcp::Streams>,
+    /// Reassembles DNS over TCP: several messages per segment, split messages.
+    pub tcp: decode::tcp::Streams,
     finished: Vec<Lookup>,
     placed: Vec<Placement>,
     /// When [`Consumer::finish`] ran, in ns since the Unix epoch.
@@ -463,7 +461,7 @@ impl Consumer {
             decoded: 0,
             issues: IssueCounts::default(),
             pcap: None,
-            tcp: None,
+            tcp: decode::tcp::Streams::new(),
             finished: Vec::new(),
             placed: Vec::new(),
             end_epoch_ns: 0,
@@ -505,20 +503,22 @@ impl Consumer {
     fn batch(&mut self, batch: Batch) -> std::io::Result<()> {
         for c in batch {
             let drop_reason = c.drop_reason.map(|r| self.names.drop_reason(r));
-            self.frame(Frame {
-                meta: c.meta,
-                link: c.link,
-                data: &c.data,
-                drop_reason,
-                iface: None,
-            })?;
+            self.frame(
+                c.meta,
+                Frame {
+                    link: c.link,
+                    data: &c.data,
+                    drop_reason,
+                    iface: None,
+                },
+            )?;
         }
         self.sink.flush()
     }
 
     /// Decodes one frame and takes it through the pipeline.
-    pub(crate) fn frame(&mut self, f: Frame<'_>) -> std::io::Result<()> {
-        let p = decode::decode(f.meta.clone(), f.link, f.data);
+    pub(crate) fn frame(&mut self, meta: Meta, f: Frame<'_>) -> std::io::Result<()> {
+        let p = decode::decode(meta, f.link, f.data);
         self.decoded(&f, p)
     }
 
@@ -526,42 +526,25 @@ impl Consumer {
     /// the pcapng writer.
     pub(crate) fn decoded(&mut self, f: &Frame<'_>, p: Packet) -> std::io::Result<()> {
         self.decoded += 1;
-        let meta = p.meta.clone();
-        let packets = match &mut self.tcp {
-            Some(streams) if p.proto == Some(decode::Proto::Tcp) => {
-                streams.packets(p, f.link, f.data)
-            }
-            _ => vec![p],
-        };
+        let ts = p.meta.ts_ns;
         let iface = match &f.iface {
             Some(name) => name.clone(),
-            None => self.names.iface(&meta),
+            None => self.names.iface(&p.meta),
         };
+        // The pcapng record needs the frame's metadata after the packet has moved on.
+        let meta = self.pcap.is_some().then(|| p.meta.clone());
         self.placed.clear();
-        for p in packets {
-            self.issues.add(&p);
-            if self.packets {
-                self.sink
-                    .packet(&p, f.drop_reason.as_deref(), &self.names)?;
+        if p.proto == Some(decode::Proto::Tcp) {
+            for p in self.tcp.packets(p, f.link, f.data) {
+                self.ingest(p, iface.clone(), f)?;
             }
-            let now = p.meta.ts_ns;
-            let finished = self.correlator.ingest(
-                correlate::Event {
-                    packet: p,
-                    iface: iface.clone(),
-                    drop_reason: f.drop_reason.clone(),
-                },
-                now,
-            );
-            if let Some(placed) = self.correlator.placed() {
-                self.placed.push(placed);
-            }
-            self.finished.extend(finished);
+        } else {
+            self.ingest(p, iface.clone(), f)?;
         }
-        if let Some(pcap) = &mut self.pcap {
+        if let (Some(pcap), Some(meta)) = (&mut self.pcap, &meta) {
             let written = pcap.packet(Record {
-                epoch_ns: self.names.epoch_ns(meta.ts_ns),
-                meta: &meta,
+                epoch_ns: self.names.epoch_ns(ts),
+                meta,
                 link: f.link,
                 data: f.data,
                 iface: &iface,
@@ -570,7 +553,31 @@ impl Consumer {
             });
             self.pcap_failed(written);
         }
-        self.emit_finished(meta.ts_ns)
+        self.emit_finished(ts)
+    }
+
+    /// One DNS message (a TCP segment may hold several) into the packet output and the
+    /// correlator.
+    fn ingest(&mut self, p: Packet, iface: String, f: &Frame<'_>) -> std::io::Result<()> {
+        self.issues.add(&p);
+        if self.packets {
+            self.sink
+                .packet(&p, f.drop_reason.as_deref(), &self.names)?;
+        }
+        let now = p.meta.ts_ns;
+        let finished = self.correlator.ingest(
+            correlate::Event {
+                packet: p,
+                iface,
+                drop_reason: f.drop_reason.clone(),
+            },
+            now,
+        );
+        if let Some(placed) = self.correlator.placed() {
+            self.placed.push(placed);
+        }
+        self.finished.extend(finished);
+        Ok(())
     }
 
     /// A pcapng write error stops the file, not the capture.
@@ -581,20 +588,31 @@ impl Consumer {
         }
     }
 
-    /// Writes the lookups that finished, and the pcapng packets waiting for their verdicts.
+    /// Writes the lookups that finished, and the pcapng packets that were waiting for
+    /// their verdicts.
     fn emit_finished(&mut self, now: u64) -> std::io::Result<()> {
-        let finished = std::mem::take(&mut self.finished);
-        for l in &finished {
+        if self.finished.is_empty() {
+            return Ok(());
+        }
+        let mut finished = std::mem::take(&mut self.finished);
+        for l in finished.drain(..) {
             if let Some(pcap) = &mut self.pcap {
-                pcap.lookup_done(l);
+                pcap.lookup_done(&l);
             }
             self.sink.lookup(l)?;
         }
+        // Keep the buffer's capacity for the next packet.
+        self.finished = finished;
+        self.drain_pcap(now);
+        Ok(())
+    }
+
+    /// Writes the pcapng packets whose lookups have ended or whose bound has passed.
+    fn drain_pcap(&mut self, now: u64) {
         if let Some(pcap) = &mut self.pcap {
             let written = pcap.drain(now, false);
             self.pcap_failed(written);
         }
-        Ok(())
     }
 
     /// Notes losses the kernel counted since the last tick, then ends lookups past their deadline.
@@ -607,6 +625,8 @@ impl Consumer {
         let expired = self.correlator.expire(now);
         self.finished.extend(expired);
         let r = self.emit_finished(now);
+        // Time moved on: held pcapng packets may have reached their bound.
+        self.drain_pcap(now);
         self.live(now);
         r
     }

@@ -435,7 +435,6 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     };
     let (_lost_tx, lost_rx) = watch::channel(0u64);
     let mut consumer = Consumer::with_sink(sink, names, correlator, cfg.packets, None, lost_rx);
-    consumer.tcp = Some(decode::tcp::Streams::new());
     if let Some(path) = &cfg.pcap {
         let info = RunInfo {
             host_netns,
@@ -523,7 +522,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         let datagram;
         match defrag.push(link, data, ts) {
             Outcome::Whole => {}
-            Outcome::Held | Outcome::Bad(_) => continue,
+            Outcome::Held | Outcome::Bad => continue,
             Outcome::Datagram(p) => {
                 datagram = p;
                 data = &datagram;
@@ -542,7 +541,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             pid: 0,
             comm: None,
         };
-        let mut p = decode::decode(meta.clone(), link, data);
+        let mut p = decode::decode(meta, link, data);
         if !is_dns(&p, &cfg.ports, &mut stats) {
             continue;
         }
@@ -551,7 +550,6 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         }
         stats.dns_frames += 1;
         let frame = Frame {
-            meta: p.meta.clone(),
             link,
             data,
             drop_reason,
@@ -581,8 +579,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     }
     defrag.finish();
     stats.ip = defrag.stats;
-    let tcp = consumer.tcp.as_ref().map(|t| t.stats).unwrap_or_default();
-    stats.tcp = tcp;
+    stats.tcp = consumer.tcp.stats;
     let done = consumer.done();
     let pcap = match done.pcap {
         Some(p) => Some(

@@ -26,7 +26,7 @@ pub use lab::{CmdOutput, Lab, MAX_TAG_LEN, Proc, RUN_DIR, Signal, VethEnd, is_ro
 pub use node::{Node, NodeOptions, example_zone};
 pub use scenarios::*;
 pub use servers::Zone;
-pub use tracer::{Trace, Tracer, fqdn, one_line, program_ids};
+pub use tracer::{Trace, Tracer, fqdn, one_line, program_ids, replay};
 
 /// Environment variable naming the `dnstrace` binary the privileged tests run.
 pub const DNSTRACE_BIN_ENV: &str = "DNSTRACE_BIN";

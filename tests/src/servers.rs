@@ -19,10 +19,24 @@ pub struct Zone {
 
 impl Lab {
     /// dnsmasq listening on `listen` only (`--bind-interfaces`), no cache, no
-    /// /etc/resolv.conf, no /etc/hosts; `args` adds options such as
-    /// `--server=10.96.0.10` or `--address=/local.test/10.0.0.53`. Each listen
-    /// address must be configured on an interface of `ns`.
+    /// /etc/resolv.conf, no /etc/hosts, every query logged; `args` adds options
+    /// such as `--server=10.96.0.10` or `--address=/local.test/10.0.0.53`. Each
+    /// listen address must be configured on an interface of `ns`.
     pub fn start_dnsmasq(
+        &self,
+        ns: &str,
+        name: &str,
+        listen: &[IpAddr],
+        args: &[&str],
+    ) -> Result<Proc> {
+        let mut all = vec!["--log-queries", "--cache-size=0"];
+        all.extend_from_slice(args);
+        self.start_dnsmasq_quiet(ns, name, listen, &all)
+    }
+
+    /// Like [`Lab::start_dnsmasq`], without the query log and with dnsmasq's
+    /// default cache: for load, where logging each query would be the bottleneck.
+    pub fn start_dnsmasq_quiet(
         &self,
         ns: &str,
         name: &str,
@@ -40,8 +54,6 @@ impl Lab {
             "--group=root",
             "--bind-interfaces",
             "--log-facility=-",
-            "--log-queries",
-            "--cache-size=0",
         ]);
         cmd.arg(format!(
             "--pid-file={}",

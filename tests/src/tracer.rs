@@ -13,9 +13,10 @@
 //! ```
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
-    path::PathBuf,
-    process::Stdio,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -51,12 +52,8 @@ pub struct Trace {
     pub packets: Vec<Value>,
     /// `{"type":"lookup"}`: one per finished client lookup, with its verdict.
     pub lookups: Vec<Value>,
-    /// `{"type":"upstreams"}`: the per-upstream tables (periodic and at exit).
-    pub upstreams: Vec<Value>,
     /// `{"type":"summary"}`: the end-of-run counters.
     pub summary: Value,
-    /// Records of any other type.
-    pub other: Vec<Value>,
     /// What dnstrace printed on stderr.
     pub stderr: String,
 }
@@ -174,29 +171,64 @@ impl<'a> Tracer<'a> {
         }
         let text = fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
+        Trace::parse(&text, stderr)
+    }
+}
+
+/// `dnstrace replay --output json <args> FILE` (no privileges needed): what it
+/// wrote, once it has exited 0.
+pub fn replay(file: &Path, args: &[&str]) -> Result<Trace> {
+    let bin = dnstrace_bin().context("DNSTRACE_BIN names no dnstrace binary")?;
+    let out = Command::new(bin)
+        .args(["replay", "--output", "json"])
+        .args(args)
+        .arg(file)
+        .output()
+        .context("running dnstrace replay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "replay of {} exited with {}: {stderr}",
+            file.display(),
+            out.status
+        );
+    }
+    Trace::parse(&String::from_utf8_lossy(&out.stdout), stderr)
+}
+
+impl Trace {
+    /// Sorts dnstrace's JSON lines by record type; there must be a summary.
+    pub fn parse(jsonl: &str, stderr: String) -> Result<Trace> {
         let mut trace = Trace {
             stderr,
             ..Trace::default()
         };
         let mut summary = None;
-        for line in text.lines() {
+        for line in jsonl.lines() {
             let v: Value = serde_json::from_str(line)
                 .with_context(|| format!("dnstrace wrote a line that is not JSON: {line}"))?;
             match v["type"].as_str() {
                 Some("packet") => trace.packets.push(v),
                 Some("lookup") => trace.lookups.push(v),
-                Some("upstreams") => trace.upstreams.push(v),
                 Some("summary") => summary = Some(v),
-                _ => trace.other.push(v),
+                _ => {}
             }
         }
         trace.summary =
             summary.with_context(|| format!("no summary record; stderr: {}", trace.stderr))?;
         Ok(trace)
     }
-}
 
-impl Trace {
+    /// How many lookups got each verdict.
+    pub fn verdicts(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for l in &self.lookups {
+            *m.entry(l["verdict"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+        m
+    }
+
     /// Lookups for `qname` (with or without its trailing dot).
     pub fn lookups_for(&self, qname: &str) -> Vec<&Value> {
         let want = fqdn(qname);

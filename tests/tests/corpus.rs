@@ -7,6 +7,7 @@ use std::{
     process::Command,
 };
 
+use dnstrace_tests::Trace;
 use serde_json::Value;
 
 fn corpus_dir() -> PathBuf {
@@ -14,24 +15,18 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// What `dnstrace replay --output json --packets FILE` printed.
-struct Replay {
-    packets: Vec<Value>,
-    lookups: Vec<Value>,
-    summary: Value,
+struct Replay(Trace);
+
+impl std::ops::Deref for Replay {
+    type Target = Trace;
+    fn deref(&self) -> &Trace {
+        &self.0
+    }
 }
 
 impl Replay {
     fn replay(&self) -> &Value {
         &self.summary["replay"]
-    }
-
-    fn verdicts(&self) -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
-        for l in &self.lookups {
-            *m.entry(l["verdict"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        m
     }
 
     fn count(&self, verdict: &str) -> u64 {
@@ -64,53 +59,28 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
     Some((bin, dir))
 }
 
-fn run(bin: &Path, file: &Path) -> Replay {
-    let out = Command::new(bin)
-        .args(["replay", "--output", "json", "--packets"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{}: replay failed: {stderr}",
-        file.display()
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let mut r = Replay {
-        packets: Vec::new(),
-        lookups: Vec::new(),
-        summary: Value::Null,
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", file.display()));
-        match v["type"].as_str() {
-            Some("packet") => r.packets.push(v),
-            Some("lookup") => r.lookups.push(v),
-            Some("summary") => r.summary = v,
-            _ => {}
-        }
-    }
-    assert!(r.summary.is_object(), "{}: no summary", file.display());
-    r
+fn run(file: &Path) -> Replay {
+    let trace = dnstrace_tests::replay(file, &["--packets"])
+        .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+    assert!(!trace.stderr.contains("panicked"), "{}", trace.stderr);
+    Replay(trace)
 }
 
 fn replay(name: &str) -> Option<Replay> {
-    let (bin, dir) = setup()?;
+    let (_, dir) = setup()?;
     let path = dir.join(name);
     if !path.is_file() {
         eprintln!("skipped: {} is absent", path.display());
         return None;
     }
-    Some(run(&bin, &path))
+    Some(run(&path))
 }
 
 /// Every file: no panic, every frame accounted for, every DNS packet either decoded or
 /// counted as malformed/partial with a reason.
 #[test]
 fn every_file_replays_and_accounts_for_every_frame() {
-    let Some((bin, dir)) = setup() else { return };
+    let Some((_, dir)) = setup() else { return };
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -119,7 +89,7 @@ fn every_file_replays_and_accounts_for_every_frame() {
     names.sort();
     assert!(names.len() >= 61, "only {} captures", names.len());
     for path in &names {
-        let r = run(&bin, path);
+        let r = run(path);
         let s = r.replay();
         let name = path.file_name().unwrap().to_string_lossy();
         assert_eq!(s["error"], Value::Null, "{name}: {s}");

@@ -47,27 +47,9 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
 
 /// `dnstrace replay --output json FILE …`: its lookups and summary.
 fn replay(file: &Path, extra: &[&str]) -> (Vec<Value>, Value) {
-    let bin = dnstrace_bin().unwrap();
-    let out = Command::new(bin)
-        .args(["replay", "--output", "json"])
-        .args(extra)
-        .arg(file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "replay: {stderr}");
-    let mut lookups = Vec::new();
-    let mut summary = Value::Null;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        match v["type"].as_str() {
-            Some("lookup") => lookups.push(v),
-            Some("summary") => summary = v,
-            _ => {}
-        }
-    }
-    eprintln!("replay {}:\n{stderr}", file.display());
-    (lookups, summary)
+    let trace = dnstrace_tests::replay(file, extra).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("replay {}:\n{}", file.display(), trace.stderr);
+    (trace.lookups, trace.summary)
 }
 
 /// What makes two runs' lookups the same: who asked what, where, and the verdict.

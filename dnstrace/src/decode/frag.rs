@@ -34,8 +34,8 @@ pub enum Outcome {
     /// The fragment completed its set: this raw IP packet (link type RawIp) is the datagram.
     Datagram(Vec<u8>),
     /// A fragment that contradicts its set (overlap beyond the end, bad offsets): the set
-    /// is dropped; decode the frame as it is.
-    Bad(String),
+    /// is dropped and counted, and the frame skipped.
+    Bad,
 }
 
 /// Counts of what reassembly did.
@@ -127,11 +127,11 @@ impl Defrag {
             frames: 0,
         });
         set.frames += 1;
-        if let Err(e) = set.buf.add(offset, more, payload) {
+        if set.buf.add(offset, more, payload).is_err() {
             let frames = set.frames;
             self.sets.remove(&key);
             self.stats.fragments_bad += frames;
-            return Outcome::Bad(e.to_string());
+            return Outcome::Bad;
         }
         if !set.buf.is_complete() {
             return Outcome::Held;

@@ -269,10 +269,11 @@ impl<W: Write> Sink<W> {
     }
 
     /// Writes one finished lookup.
-    pub fn lookup(&mut self, l: &Lookup) -> std::io::Result<()> {
+    /// Writes one finished lookup (the TUI keeps it: hence by value).
+    pub fn lookup(&mut self, l: Lookup) -> std::io::Result<()> {
         match self {
-            Self::Text(s) => s.raw(&lookup_text(l)),
-            Self::Json(s) => s.line(&lookup_json(l)),
+            Self::Text(s) => s.raw(&lookup_text(&l)),
+            Self::Json(s) => s.line(&lookup_json(&l)),
             Self::Tui(t) => {
                 t.lookup(l);
                 Ok(())

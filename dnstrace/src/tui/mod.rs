@@ -86,8 +86,8 @@ impl Clone for FeedTx {
 
 impl FeedTx {
     /// Queues a finished lookup, or counts it dropped when the queue is full.
-    pub fn lookup(&self, l: &Lookup) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::Lookup(Box::new(l.clone()))) {
+    pub fn lookup(&self, l: Lookup) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::Lookup(Box::new(l))) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

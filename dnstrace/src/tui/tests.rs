@@ -767,7 +767,7 @@ fn rates_come_from_the_stats() {
 fn feed_queue_never_blocks_and_counts_drops() {
     let (mut tx, rx) = channel(2);
     for i in 0..5 {
-        tx.lookup(&nxdomain(i));
+        tx.lookup(nxdomain(i));
     }
     assert_eq!(tx.dropped(), 3);
     let mut m = Model::new(header(), (80, 24));

@@ -12,7 +12,6 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -113,31 +112,14 @@ pub fn dns_lab() -> Result<DnsLab> {
 
     // dnsmasq answering every name under bench.test from its configuration: no
     // upstream, no cache effects, no per-query logging.
-    let mut cmd = lab.cmd(&srv, "dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--group=root",
-        "--bind-interfaces",
-        "--log-facility=-",
-        &format!("--listen-address={server_ip}"),
-        &format!("--address=/{ZONE}/10.0.0.1"),
-        &format!(
-            "--pid-file={}",
-            lab.dir().join("bench-dnsmasq.pid").display()
-        ),
-    ]);
-    let server = lab.spawn_logged("bench-dnsmasq", cmd)?;
-    lab.wait_dns_ready(
-        &srv,
-        IpAddr::V4(server_ip),
-        &server,
-        Duration::from_secs(15),
-    )
-    .context("starting dnsmasq for the bench")?;
+    let server = lab
+        .start_dnsmasq_quiet(
+            &srv,
+            "bench-dnsmasq",
+            &[IpAddr::V4(server_ip)],
+            &[&format!("--address=/{ZONE}/10.0.0.1")],
+        )
+        .context("starting dnsmasq for the bench")?;
 
     let mut text = String::with_capacity(QUERY_NAMES * 20);
     for i in 0..QUERY_NAMES {
