@@ -402,11 +402,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
         if output == Output::Tui && !stdout_tty {
             return Err(ConfigError::TuiNeedsTerminal);
         }
-        let log_file = match (a.log_file, output) {
-            (Some(p), _) => Some(p),
-            (None, Output::Tui) => Some(default_log_file()),
-            (None, _) => None,
-        };
+        let log_file = log_file_for(output, a.log_file);
         let mut ifaces = a.ifaces;
         ifaces.dedup();
         Ok(Self {
@@ -435,6 +431,16 @@ impl TryFrom<WatchArgs> for WatchConfig {
 
 /// Where logs go while the TUI owns the terminal: `$XDG_STATE_HOME/dnstrace/dnstrace.log`,
 /// else `/tmp/dnstrace-UID.log`.
+/// Where logs go: the file given, else under the TUI (which owns the terminal) the
+/// default file, else stderr (None).
+pub fn log_file_for(output: Output, given: Option<PathBuf>) -> Option<PathBuf> {
+    match (given, output) {
+        (Some(p), _) => Some(p),
+        (None, Output::Tui) => Some(default_log_file()),
+        (None, _) => None,
+    }
+}
+
 pub fn default_log_file() -> PathBuf {
     match std::env::var_os("XDG_STATE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dnstrace/dnstrace.log"),

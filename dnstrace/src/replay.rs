@@ -78,11 +78,7 @@ impl From<ReplayArgs> for ReplayConfig {
             ports,
             uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
             pcap: a.pcap,
-            log_file: match (a.log_file, a.output) {
-                (Some(path), _) => Some(path),
-                (None, Output::Tui) => Some(crate::cli::default_log_file()),
-                (None, _) => None,
-            },
+            log_file: crate::cli::log_file_for(a.output, a.log_file),
         }
     }
 }

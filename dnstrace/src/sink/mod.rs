@@ -10,6 +10,7 @@ use std::{collections::HashMap, io::Write};
 pub use json::JsonSink;
 pub use lookup::{lookup_json, lookup_text, upstreams_json, upstreams_text};
 pub use text::TextSink;
+pub(crate) use text::clock;
 
 use crate::{
     capture::{DrainStats, KernelCounters},

@@ -119,7 +119,7 @@ pub fn format_line(p: &Packet, drop: Option<&str>, names: &Names) -> String {
 }
 
 /// HH:MM:SS.micro (UTC) of a Unix-epoch nanosecond timestamp.
-fn clock(epoch_ns: u64) -> String {
+pub(crate) fn clock(epoch_ns: u64) -> String {
     let secs = epoch_ns / 1_000_000_000;
     let micros = (epoch_ns % 1_000_000_000) / 1_000;
     let day = secs % 86_400;

@@ -47,12 +47,6 @@ pub enum Action {
     Quit,
 }
 
-impl From<Feed> for Action {
-    fn from(f: Feed) -> Self {
-        Self::Feed(f)
-    }
-}
-
 /// The action a key press stands for, given what the screen is in.
 pub fn from_key(key: KeyEvent, model: &Model) -> Option<Action> {
     if key.kind == KeyEventKind::Release {

@@ -66,6 +66,15 @@ struct Shared {
     state: AtomicU8,
 }
 
+impl Shared {
+    /// Asks the screen to end within a frame (unless it already is ending).
+    fn close(&self) {
+        let _ = self
+            .state
+            .compare_exchange(OPEN, CLOSE, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// The pipeline's end of the queue to the screen. Never blocks.
 #[derive(Debug)]
 pub struct FeedTx {
@@ -118,10 +127,7 @@ impl FeedTx {
 
     /// Ends the screen within a frame and restores the terminal (end of capture, signal).
     pub fn close(&self) {
-        let _ =
-            self.shared
-                .state
-                .compare_exchange(OPEN, CLOSE, Ordering::Relaxed, Ordering::Relaxed);
+        self.shared.close();
     }
 }
 
@@ -161,7 +167,6 @@ pub enum Exit {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub frame_rate: u32,
     /// Stay up after the feed ended (replay: browse the file's lookups), until `q`.
     pub linger: bool,
     /// [`spawn`] listens for SIGINT and SIGTERM itself and ends the screen on them
@@ -172,7 +177,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            frame_rate: FRAME_RATE,
             linger: false,
             handle_signals: false,
         }
@@ -222,7 +226,7 @@ fn event_loop(
     rx: &FeedRx,
     opts: &Options,
 ) -> io::Result<Exit> {
-    let period = Duration::from_secs(1) / opts.frame_rate.max(1);
+    let period = Duration::from_secs(1) / FRAME_RATE;
     let mut next_frame = Instant::now();
     let mut dirty = true;
     let mut ended = false;
@@ -325,10 +329,7 @@ impl UiHandle {
     /// Ends the screen (if it is still up), waits until the terminal is restored, and
     /// says why it ended.
     pub async fn finish(mut self) -> io::Result<Exit> {
-        let _ =
-            self.shared
-                .state
-                .compare_exchange(OPEN, CLOSE, Ordering::Relaxed, Ordering::Relaxed);
+        self.shared.close();
         self.ended().await;
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
@@ -342,12 +343,7 @@ impl Drop for UiHandle {
     /// An early return of the caller still gives the terminal back.
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.shared.state.compare_exchange(
-                OPEN,
-                CLOSE,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.shared.close();
             let _ = thread.join();
         }
     }

@@ -14,14 +14,15 @@ use crate::{
     tui::model::Model,
 };
 
-pub fn render(f: &mut Frame, area: Rect, m: &Model) {
+/// `selected`: the lookup the list's cursor is on.
+pub fn render(f: &mut Frame, area: Rect, m: &Model, selected: Option<&Lookup>) {
     let block = Block::new()
         .borders(Borders::TOP)
         .title(Span::styled(" detail ([ ] scroll, Enter closes) ", bold()));
     let inner = block.inner(area);
     f.render_widget(block, area);
-    let mut lines = match m.selected() {
-        Some(row) => lines(&row.lookup, m.header.netns),
+    let mut lines = match selected {
+        Some(l) => lines(l, m.header.netns),
         None => vec![Line::styled(" no lookup selected", dim())],
     };
     // Scrolled past the end: show the last screenful.

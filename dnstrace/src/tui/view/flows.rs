@@ -10,7 +10,7 @@ use ratatui::{
 use super::{bold, dim, fmt_ms, fmt_time, netns_label, verdict_style};
 use crate::{
     correlate::Verdict,
-    tui::model::{Model, scroll},
+    tui::model::{self, Model, scroll},
 };
 
 /// Rows of `area` left for lookups: minus the title and the column header.
@@ -18,8 +18,8 @@ pub fn data_rows(area: Rect) -> u16 {
     area.height.saturating_sub(2)
 }
 
-pub fn render(f: &mut Frame, area: Rect, m: &Model) {
-    let visible = m.visible();
+/// `visible`: the rows that pass the filter, in order (see [`Model::visible`]).
+pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
     let mut title = vec![Span::styled(
         format!(" lookups {} shown of {} ", visible.len(), m.len()),
         bold(),
@@ -70,7 +70,7 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model) {
     let time_w: u16 = if area.width >= 96 { 12 } else { 8 };
     let client_w: u16 = if area.width >= 90 { 21 } else { 15 };
     let height = usize::from(data_rows(area));
-    let sel = m.selected_index(&visible);
+    let sel = m.selected_index(visible);
     let offset = scroll(m.cursor.offset, sel, height);
     let rows = visible
         .iter()

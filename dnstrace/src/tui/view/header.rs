@@ -51,8 +51,9 @@ fn title(m: &Model, width: u16) -> Line<'static> {
 
 fn points(m: &Model) -> Line<'static> {
     let c = &m.header.coverage;
-    if m.header.source.starts_with("replay ") && c.ifaces.is_empty() {
-        // A file: its capture points are whatever it holds, taken as the whole path.
+    if c.all_ifaces && c.ifaces.is_empty() {
+        // Full coverage without a list: a capture file not written by dnstrace, whose
+        // capture points are whatever it holds, taken as the whole path.
         return Line::from(vec![
             Span::styled(" reading ", dim()),
             Span::raw("every interface in the file, taken as the whole path"),

@@ -108,9 +108,12 @@ pub fn view(f: &mut Frame, m: &Model) {
     let area = f.area();
     let r = regions(area, m);
     header::render(f, r.header, m);
-    flows::render(f, r.flows, m);
+    // Filtering and sorting up to 10,000 rows: once per frame.
+    let visible = m.visible();
+    flows::render(f, r.flows, m, &visible);
     if let Some(d) = r.detail {
-        detail::render(f, d, m);
+        let selected = visible.get(m.selected_index(&visible));
+        detail::render(f, d, m, selected.map(|r| &r.lookup));
     }
     if let Some(u) = r.upstreams {
         upstreams::render(f, u, m);
@@ -153,16 +156,11 @@ pub fn fmt_ms(ms: Option<f64>) -> String {
 
 /// UTC time of day, "HH:MM:SS.mmm", of a lookup timestamp.
 pub fn fmt_time(ts_ns: u64, offset_ns: i128) -> String {
-    let ns = (i128::from(ts_ns) + offset_ns).max(0) as u128;
-    let ms = ns / 1_000_000;
-    let s = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        s / 3600 % 24,
-        s / 60 % 60,
-        s % 60,
-        ms % 1000
-    )
+    let epoch_ns = (i128::from(ts_ns) + offset_ns).clamp(0, i128::from(u64::MAX)) as u64;
+    let mut t = crate::sink::clock(epoch_ns);
+    // Microseconds → milliseconds.
+    t.truncate(12);
+    t
 }
 
 /// Where a client sent from: "host" for the node's own netns, else its cookie.
