@@ -417,7 +417,6 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             let opts = tui::Options {
                 linger: true,
                 handle_signals: true,
-                ..tui::Options::default()
             };
             let handle = tui::spawn(rx, header, opts).context("starting the TUI")?;
             Some((feed, handle))

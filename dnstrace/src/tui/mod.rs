@@ -165,22 +165,13 @@ pub enum Exit {
     FeedEnded,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Stay up after the feed ended (replay: browse the file's lookups), until `q`.
     pub linger: bool,
     /// [`spawn`] listens for SIGINT and SIGTERM itself and ends the screen on them
     /// (for callers that do not call [`FeedTx::close`] on signals).
     pub handle_signals: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            linger: false,
-            handle_signals: false,
-        }
-    }
 }
 
 /// Every input of the screen.
