@@ -9,6 +9,7 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, VecDeque},
+    fmt::Write as _,
     fs::File,
     io::BufWriter,
     path::Path,
@@ -253,13 +254,13 @@ struct IfCount {
     packets: u64,
     drops: u64,
     first_ns: u64,
-    last_ns: u64,
 }
 
 /// Writes the pcapng file.
 pub struct PcapSink {
     writer: PcapNgWriter<BufWriter<File>>,
-    points: Vec<(PointKind, u32, LinkType, String)>,
+    /// Per interface block: what it is and its name.
+    points: Vec<(PointKind, String)>,
     by_key: HashMap<(PointKind, u32, LinkType), u32>,
     counts: Vec<IfCount>,
     held: VecDeque<Held>,
@@ -330,8 +331,7 @@ impl PcapSink {
         };
         self.writer.write_pcapng_block(idb).map_err(io_err)?;
         let i = self.points.len() as u32;
-        self.points
-            .push((p.kind, p.ifindex, p.link, p.name.clone()));
+        self.points.push((p.kind, p.name.clone()));
         self.by_key.insert(key, i);
         self.counts.push(IfCount::default());
         self.stats.interfaces += 1;
@@ -365,7 +365,6 @@ impl PcapSink {
         if c.first_ns == 0 {
             c.first_ns = r.epoch_ns;
         }
-        c.last_ns = c.last_ns.max(r.epoch_ns);
         if kind == PointKind::Drop {
             // The drop also counts against the interface the packet was on, if watched.
             if let Some(&i) = self
@@ -388,34 +387,37 @@ impl PcapSink {
         };
         let mut lookups: Vec<u64> = r.placed.iter().map(|p| p.lookup).collect();
         lookups.dedup();
-        let legs: Vec<String> = r
-            .placed
-            .iter()
-            .map(|p| p.leg.map_or("-".to_owned(), |l| l.to_string()))
-            .collect();
-        let mut comment = match lookups.is_empty() {
-            true => "lookup=none".to_owned(),
-            false => format!(
-                "lookup={} leg={}",
-                lookups
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                legs.join(",")
-            ),
-        };
-        comment.push_str(&format!(
+        let mut comment = String::with_capacity(128);
+        if lookups.is_empty() {
+            comment.push_str("lookup=none");
+        } else {
+            comment.push_str("lookup=");
+            for (i, id) in lookups.iter().enumerate() {
+                let _ = write!(comment, "{}{id}", if i > 0 { "," } else { "" });
+            }
+            comment.push_str(" leg=");
+            for (i, p) in r.placed.iter().enumerate() {
+                comment.push_str(if i > 0 { "," } else { "" });
+                match p.leg {
+                    Some(l) => {
+                        let _ = write!(comment, "{l}");
+                    }
+                    None => comment.push('-'),
+                }
+            }
+        }
+        let _ = write!(
+            comment,
             " point={} iface={} netns={}",
             r.meta.point.as_str(),
             r.iface,
             r.meta.netns
-        ));
+        );
         if let Some(reason) = r.drop_reason {
-            comment.push_str(&format!(" drop_reason={reason}"));
+            let _ = write!(comment, " drop_reason={reason}");
         }
         if r.meta.cap_len < r.meta.wire_len {
-            comment.push_str(&format!(" snapped={}of{}", r.meta.cap_len, r.meta.wire_len));
+            let _ = write!(comment, " snapped={}of{}", r.meta.cap_len, r.meta.wire_len);
         }
         for id in &lookups {
             let m = self.marks.entry(*id).or_default();
@@ -442,10 +444,10 @@ impl PcapSink {
     pub fn lookup_done(&mut self, l: &Lookup) {
         let mut v = format!("verdict={}", l.verdict.as_str());
         if let Some(rcode) = &l.rcode {
-            v.push_str(&format!(" rcode={rcode}"));
+            let _ = write!(v, " rcode={rcode}");
         }
         if let Some(c) = &l.culprit {
-            v.push_str(&format!(" culprit={}", c.replace(' ', "_")));
+            let _ = write!(v, " culprit={}", c.replace(' ', "_"));
         }
         self.verdict(l.id, v);
     }
@@ -490,24 +492,26 @@ impl PcapSink {
         if h.lookups.is_empty() {
             self.stats.no_lookup += 1;
         } else {
-            let mut verdicts = Vec::new();
+            let base = comment.len();
+            let mut verdicts = 0;
             for id in &h.lookups {
                 let Some(m) = self.marks.get_mut(id) else {
                     continue;
                 };
                 if let Some(v) = &m.verdict {
-                    verdicts.push(v.clone());
+                    comment.push(' ');
+                    comment.push_str(v);
+                    verdicts += 1;
                 }
                 m.held = m.held.saturating_sub(1);
                 if m.held == 0 && m.verdict.is_some() {
                     self.marks.remove(id);
                 }
             }
-            if verdicts.len() == h.lookups.len() {
+            if verdicts == h.lookups.len() {
                 self.stats.with_verdict += 1;
-                comment.push(' ');
-                comment.push_str(&verdicts.join(" "));
             } else {
+                comment.truncate(base);
                 self.stats.without_verdict += 1;
                 comment
                     .push_str(" verdict=pending (written before the lookup ended: buffer bound)");
@@ -533,8 +537,7 @@ impl PcapSink {
     /// told apart by interface, so every block carries the total as isb_osdrop.
     pub fn close(mut self, end_epoch_ns: u64, lost: u64) -> std::io::Result<PcapStats> {
         self.drain(u64::MAX, true)?;
-        for (i, c) in self.counts.clone().iter().enumerate() {
-            let (kind, _, _, name) = &self.points[i];
+        for (i, ((kind, name), c)) in self.points.iter().zip(&self.counts).enumerate() {
             let mut options = vec![
                 InterfaceStatisticsOption::Comment(Cow::Owned(format!(
                     "{name}: {} packets captured; isb_ifdrop = DNS packets the kernel dropped {}; \
