@@ -149,14 +149,12 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
                 ports: cfg.ports.clone(),
                 clock_offset_ns: i128::from(names.epoch_ns(0)),
             };
-            if let Some(path) = &cfg.log_file {
-                crate::logging::to_file(path)
-                    .with_context(|| format!("opening the log file {}", path.display()))?;
-            }
-            let (feed, rx) = tui::channel(tui::QUEUE);
-            let handle =
-                tui::spawn(rx, header, tui::Options::default()).context("starting the TUI")?;
-            Some((feed, handle))
+            Some(start_tui(
+                header,
+                cfg.log_file.as_deref(),
+                tui::QUEUE,
+                tui::Options::default(),
+            )?)
         }
         _ => None,
     };
@@ -385,6 +383,36 @@ pub(crate) struct Done {
     pub end_epoch_ns: u64,
 }
 
+/// Opens the full-screen view; logs go to `log_file` from now on, since the screen owns
+/// the terminal.
+pub(crate) fn start_tui(
+    header: tui::HeaderInfo,
+    log_file: Option<&std::path::Path>,
+    queue: usize,
+    opts: tui::Options,
+) -> anyhow::Result<(tui::FeedTx, tui::UiHandle)> {
+    if let Some(path) = log_file {
+        crate::logging::to_file(path)
+            .with_context(|| format!("opening the log file {}", path.display()))?;
+    }
+    let (feed, rx) = tui::channel(queue);
+    let handle = tui::spawn(rx, header, opts).context("starting the TUI")?;
+    Ok((feed, handle))
+}
+
+/// Where lookups go: the screen when it is up, else text or JSON lines on stdout.
+pub(crate) fn stdout_sink(
+    output: Output,
+    tui: Option<tui::FeedTx>,
+) -> Sink<BufWriter<std::io::Stdout>> {
+    let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
+    match (output, tui) {
+        (_, Some(feed)) => Sink::Tui(feed),
+        (Output::Json, None) => Sink::Json(JsonSink::new(out)),
+        _ => Sink::Text(TextSink::new(out)),
+    }
+}
+
 /// One captured packet as the pipeline takes it: from the ring buffer, or from a file.
 pub(crate) struct Frame<'a> {
     pub link: LinkType,
@@ -426,12 +454,7 @@ impl Consumer {
         lost_rx: watch::Receiver<u64>,
         tui: Option<tui::FeedTx>,
     ) -> Self {
-        let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
-        let sink = match (cfg.output, tui) {
-            (_, Some(feed)) => Sink::Tui(feed),
-            (Output::Json, None) => Sink::Json(JsonSink::new(out)),
-            _ => Sink::Text(TextSink::new(out)),
-        };
+        let sink = stdout_sink(cfg.output, tui);
         Self::with_sink(
             sink,
             names,

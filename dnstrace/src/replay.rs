@@ -26,7 +26,7 @@ use pcap_file::{
 use tokio::sync::watch;
 
 use crate::{
-    app::{Consumer, Frame},
+    app::{Consumer, Frame, start_tui, stdout_sink},
     cli::{Output, ReplayArgs},
     correlate::{self, Correlator, Coverage},
     decode::{
@@ -35,7 +35,7 @@ use crate::{
         tcp::TcpStats,
     },
     sink::{
-        JsonSink, Names, Sink, Summary, TextSink,
+        Names, Summary,
         pcap::{APPLICATION, Bounds, PacketNote, PcapSink, RunInfo},
     },
     tui,
@@ -397,7 +397,6 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         ..correlate::Config::default()
     });
     let names = Names::new(host_netns, []).with_epoch_timestamps();
-    let out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
     // The TUI stays up after the file ends, to browse its lookups, until `q`.
     let mut ui = match cfg.output {
         Output::Tui => {
@@ -409,25 +408,15 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
                 ports: cfg.ports.clone(),
                 clock_offset_ns: 0,
             };
-            if let Some(path) = &cfg.log_file {
-                crate::logging::to_file(path)
-                    .with_context(|| format!("opening the log file {}", path.display()))?;
-            }
-            let (feed, rx) = tui::channel(TUI_QUEUE);
             let opts = tui::Options {
                 linger: true,
                 handle_signals: true,
             };
-            let handle = tui::spawn(rx, header, opts).context("starting the TUI")?;
-            Some((feed, handle))
+            Some(start_tui(header, cfg.log_file.as_deref(), TUI_QUEUE, opts)?)
         }
         _ => None,
     };
-    let sink = match (&ui, cfg.output) {
-        (Some((feed, _)), _) => Sink::Tui(feed.clone()),
-        (None, Output::Json) => Sink::Json(JsonSink::new(out)),
-        (None, _) => Sink::Text(TextSink::new(out)),
-    };
+    let sink = stdout_sink(cfg.output, ui.as_ref().map(|(feed, _)| feed.clone()));
     let (_lost_tx, lost_rx) = watch::channel(0u64);
     let mut consumer = Consumer::with_sink(sink, names, correlator, cfg.packets, None, lost_rx);
     if let Some(path) = &cfg.pcap {

@@ -188,14 +188,7 @@ pub(super) struct ExpectUpstream {
 }
 
 fn point(dir: &str) -> Point {
-    match dir {
-        "ingress" => Point::TcIngress,
-        "egress" => Point::TcEgress,
-        "socket-in" => Point::SocketIn,
-        "socket-out" => Point::SocketOut,
-        "drop" => Point::Drop,
-        other => panic!("unknown dir {other:?}"),
-    }
+    Point::parse(dir).unwrap_or_else(|| panic!("unknown dir {dir:?}"))
 }
 
 fn tcp_flags(text: &str) -> TcpFlags {

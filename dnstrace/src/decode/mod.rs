@@ -40,6 +40,19 @@ impl Point {
             Self::Drop => "drop",
         }
     }
+
+    /// The point [`Point::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::TcIngress,
+            Self::TcEgress,
+            Self::SocketIn,
+            Self::SocketOut,
+            Self::Drop,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
 }
 
 /// How the captured bytes start.

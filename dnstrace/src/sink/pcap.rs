@@ -151,17 +151,7 @@ impl PacketNote {
         let mut n = Self::default();
         for (k, v) in fields(comment) {
             match k {
-                "point" => {
-                    n.point = [
-                        Point::TcIngress,
-                        Point::TcEgress,
-                        Point::SocketIn,
-                        Point::SocketOut,
-                        Point::Drop,
-                    ]
-                    .into_iter()
-                    .find(|p| p.as_str() == v)
-                }
+                "point" => n.point = Point::parse(v),
                 "iface" => n.iface = Some(v.to_owned()),
                 "netns" => n.netns = v.parse().ok(),
                 "drop_reason" => n.drop_reason = Some(v.to_owned()),
