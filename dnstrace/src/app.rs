@@ -116,14 +116,10 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
 
     let pcap = match &cfg.pcap {
         Some(path) => {
-            let w = &correlator.config().watched;
             let run = RunInfo {
                 host_netns: capture.netns(),
                 uplinks: uplinks.clone(),
-                ifaces: w.ifaces.clone(),
-                all_ifaces: w.all_ifaces,
-                socket: w.socket,
-                drops: w.drops,
+                watched: correlator.config().watched.clone(),
                 timeout_ms: cfg.timeout.as_millis() as u64,
             };
             let sink = PcapSink::create(

@@ -379,12 +379,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         .or_else(|| run.as_ref().map(|r| r.uplinks.clone()))
         .unwrap_or_default();
     let watched = match &run {
-        Some(r) => Coverage {
-            ifaces: r.ifaces.clone(),
-            all_ifaces: r.all_ifaces,
-            socket: r.socket,
-            drops: r.drops,
-        },
+        Some(r) => r.watched.clone(),
         // Any other file is taken as the whole story: what it does not show did not happen
         // where it was captured (else every unanswered query would be `unknown`).
         None => Coverage::full(),
@@ -423,10 +418,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         let info = RunInfo {
             host_netns,
             uplinks: uplinks.clone(),
-            ifaces: watched.ifaces.clone(),
-            all_ifaces: watched.all_ifaces,
-            socket: watched.socket,
-            drops: watched.drops,
+            watched: watched.clone(),
             timeout_ms: timeout.as_millis() as u64,
         };
         let sink = PcapSink::create(path, &info, &[], Bounds::for_timeout(timeout))
@@ -933,10 +925,12 @@ mod tests {
         let run = RunInfo {
             host_netns: 4026531840,
             uplinks: vec!["eth0".into()],
-            ifaces: vec!["eth0".into(), "veth1".into()],
-            all_ifaces: true,
-            socket: true,
-            drops: false,
+            watched: Coverage {
+                ifaces: vec!["eth0".into(), "veth1".into()],
+                all_ifaces: true,
+                socket: true,
+                drops: false,
+            },
             timeout_ms: 2500,
         };
         assert_eq!(RunInfo::from_comment(&run.to_comment()), Some(run));

@@ -30,7 +30,7 @@ use pcap_file::{
 };
 
 use crate::{
-    correlate::{Lookup, Placement},
+    correlate::{Coverage, Lookup, Placement},
     decode::{LinkType, Meta, Point},
 };
 
@@ -82,11 +82,8 @@ pub struct PointDesc {
 pub struct RunInfo {
     pub host_netns: u64,
     pub uplinks: Vec<String>,
-    /// Interfaces hooked with tc.
-    pub ifaces: Vec<String>,
-    pub all_ifaces: bool,
-    pub socket: bool,
-    pub drops: bool,
+    /// The capture points watched.
+    pub watched: Coverage,
     pub timeout_ms: u64,
 }
 
@@ -97,10 +94,10 @@ impl RunInfo {
             "{CONFIG_TAG} host_netns={} uplinks={} ifaces={} all_ifaces={} socket={} drops={} timeout_ms={}",
             self.host_netns,
             self.uplinks.join(","),
-            self.ifaces.join(","),
-            u8::from(self.all_ifaces),
-            u8::from(self.socket),
-            u8::from(self.drops),
+            self.watched.ifaces.join(","),
+            u8::from(self.watched.all_ifaces),
+            u8::from(self.watched.socket),
+            u8::from(self.watched.drops),
             self.timeout_ms
         )
     }
@@ -118,10 +115,10 @@ impl RunInfo {
             match k {
                 "host_netns" => info.host_netns = v.parse().ok()?,
                 "uplinks" => info.uplinks = list(v),
-                "ifaces" => info.ifaces = list(v),
-                "all_ifaces" => info.all_ifaces = v == "1",
-                "socket" => info.socket = v == "1",
-                "drops" => info.drops = v == "1",
+                "ifaces" => info.watched.ifaces = list(v),
+                "all_ifaces" => info.watched.all_ifaces = v == "1",
+                "socket" => info.watched.socket = v == "1",
+                "drops" => info.watched.drops = v == "1",
                 "timeout_ms" => info.timeout_ms = v.parse().ok()?,
                 _ => {}
             }
@@ -731,11 +728,13 @@ mod tests {
         let run = RunInfo {
             host_netns: 7,
             uplinks: vec!["eth0".into()],
-            ifaces: vec!["eth0".into()],
-            socket: true,
-            drops: true,
+            watched: Coverage {
+                ifaces: vec!["eth0".into()],
+                all_ifaces: false,
+                socket: true,
+                drops: true,
+            },
             timeout_ms: 5000,
-            ..RunInfo::default()
         };
         let mut w = PcapSink::create(
             &path,
