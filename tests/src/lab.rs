@@ -527,6 +527,33 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Waits until the log of `proc` (started with [`Lab::spawn_logged`]) contains
+    /// `needle`, e.g. tcpdump's "listening on", failing early if `proc` exits first.
+    pub fn wait_for_log(&self, proc: &Proc, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_tail(proc, 50).contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.status(proc)? {
+                bail!(
+                    "{} exited ({}) before it was ready{}",
+                    proc.name,
+                    describe_status(status),
+                    with_log(&self.log_tail(proc, 20))
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} not ready within {timeout:?}{}",
+                    proc.name,
+                    with_log(&self.log_tail(proc, 20))
+                );
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits until `path` exists (e.g. a `--ready-file`), failing early with
     /// the exit status if `proc` exits first.
     pub fn wait_for_file(&self, proc: &Proc, path: &Path, timeout: Duration) -> Result<()> {

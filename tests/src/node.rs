@@ -142,22 +142,17 @@ pub struct Node {
 impl Node {
     /// Builds a node on a fresh `Lab::new(tag)`.
     pub fn new(tag: &str) -> Result<Node> {
-        Node::build(Lab::new(tag)?)
+        Node::with_options(tag, NodeOptions::default())
     }
 
     /// Like [`Node::new`], built as `options` say.
     pub fn with_options(tag: &str, options: NodeOptions) -> Result<Node> {
-        Node::build_with(Lab::new(tag)?, options)
+        Node::build(Lab::new(tag)?, options)
     }
 
     /// Builds the topology on `lab` and returns once a query from the pod
     /// through node-local-dns is answered end to end.
-    pub fn build(lab: Lab) -> Result<Node> {
-        Node::build_with(lab, NodeOptions::default())
-    }
-
-    /// Like [`Node::build`], built as `options` say.
-    pub fn build_with(lab: Lab, options: NodeOptions) -> Result<Node> {
+    fn build(lab: Lab, options: NodeOptions) -> Result<Node> {
         let p = lab.prefix().to_owned();
         let node_ns = lab.add_netns("node")?;
         let pod_ns = lab.add_netns("pod")?;

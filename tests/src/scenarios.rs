@@ -42,7 +42,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    lab::{CmdOutput, Proc, Signal},
+    lab::{CmdOutput, Signal},
     node::{Node, NodeOptions, example_zone},
     servers::Zone,
 };
@@ -629,7 +629,8 @@ pub fn upstream_rejects_edns(node: &mut Node) -> Result<()> {
         .arg(node.resolver_ip.to_string())
         .arg(ISP_RESOLVER_IP.to_string());
     let router = lab.spawn_logged(OLD_ROUTER, cmd)?;
-    wait_log(node, &router, "old-router: DNS proxy on")?;
+    node.lab
+        .wait_for_log(&router, "old-router: DNS proxy on", READY)?;
     Ok(())
 }
 
@@ -791,31 +792,6 @@ fn python() -> &'static str {
         "/usr/bin/python3"
     } else {
         "python3"
-    }
-}
-
-/// Waits until `proc`'s log contains `needle`.
-fn wait_log(node: &Node, proc: &Proc, needle: &str) -> Result<()> {
-    let deadline = Instant::now() + READY;
-    loop {
-        if node.lab.log_tail(proc, 50).contains(needle) {
-            return Ok(());
-        }
-        if let Some(status) = node.lab.status(proc)? {
-            bail!(
-                "{} exited ({status}) before it was ready: {}",
-                proc.name,
-                node.lab.log_tail(proc, 20)
-            );
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{} not ready within {READY:?}: {}",
-                proc.name,
-                node.lab.log_tail(proc, 20)
-            );
-        }
-        thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -281,11 +281,8 @@ fn start_tcpdump(lab: &Lab, ns: &str, file: &Path, link: &str, name: &str) -> dn
     let proc = lab
         .spawn_logged(&format!("tcpdump-{name}"), cmd)
         .expect("start tcpdump");
-    let log = lab.dir().join(format!("tcpdump-{name}.log"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
-        assert!(Instant::now() < deadline, "tcpdump did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // tcpdump says "listening on …" once its socket is bound.
+    lab.wait_for_log(&proc, "listening on", Duration::from_secs(10))
+        .expect("tcpdump did not start");
     proc
 }

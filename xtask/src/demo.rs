@@ -22,9 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use dnstrace_tests::{CmdOutput, Node, Proc, Scenario, Signal};
 
-use crate::{
-    bail_if_stopped, cargo, fmt_duration, require_root, run_visible, sleep_unless_stopped, stopped,
-};
+use crate::{bail_if_stopped, fmt_duration, require_root, sleep_unless_stopped, stopped};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the stream stays open after the last round.
@@ -96,10 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
     crate::setup::run()?;
     bail_if_stopped()?;
 
-    let bin = match &args.bin {
-        Some(bin) => std::path::absolute(bin)?,
-        None => build()?,
-    };
+    let bin = crate::release_dnstrace("demo", args.bin.as_deref())?;
 
     let t = Instant::now();
     let node = match scenario {
@@ -434,21 +429,6 @@ fn reproduce(node: &Node, tracer: &Proc, scenario: Scenario) -> Result<()> {
     );
     sleep_unless_stopped(linger);
     Ok(())
-}
-
-fn build() -> Result<PathBuf> {
-    eprintln!("[demo] building dnstrace (release)");
-    let t = Instant::now();
-    run_visible(
-        "cargo build --release -p dnstrace",
-        cargo().args(["build", "--release", "-p", "dnstrace"]),
-    )?;
-    let bin = crate::target_dir().join("release/dnstrace");
-    if !bin.is_file() {
-        bail!("build succeeded but {} is missing", bin.display());
-    }
-    eprintln!("[demo] build: ok ({})", fmt_duration(t.elapsed()));
-    Ok(bin)
 }
 
 /// dnsmasq on 127.0.0.53 inside the pod, answering only `*.local.test`.

@@ -161,6 +161,33 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Builds dnstrace (`cargo build [--release] -p dnstrace`, progress visible) and returns
+/// the binary; `task` prefixes the progress lines ("demo", "test"…).
+fn build_dnstrace(task: &str, release: bool) -> Result<PathBuf> {
+    let (profile, flags): (&str, &[&str]) = if release {
+        ("release", &["build", "--release", "-p", "dnstrace"])
+    } else {
+        ("debug", &["build", "-p", "dnstrace"])
+    };
+    eprintln!("[{task}] building dnstrace ({profile})");
+    let t = Instant::now();
+    run_visible(&format!("cargo {}", flags.join(" ")), cargo().args(flags))?;
+    let bin = target_dir().join(profile).join("dnstrace");
+    if !bin.is_file() {
+        bail!("build succeeded but {} is missing", bin.display());
+    }
+    eprintln!("[{task}] build: ok ({})", fmt_duration(t.elapsed()));
+    Ok(bin)
+}
+
+/// The dnstrace to run: `--bin PATH` when given, else a fresh release build.
+fn release_dnstrace(task: &str, given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(bin) => Ok(std::path::absolute(bin)?),
+        None => build_dnstrace(task, true),
+    }
+}
+
 /// Runs `cmd` with inherited stdio (its progress stays visible); fails unless it exits 0.
 fn run_visible(what: &str, cmd: &mut Command) -> Result<()> {
     let status = cmd

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use dnstrace_tests::DNSTRACE_BIN_ENV;
 
-use crate::{bail_if_stopped, cargo, fmt_duration, require_root, run_visible};
+use crate::{bail_if_stopped, cargo, fmt_duration, require_root};
 
 const PRIVILEGED: &str = "dnstrace-tests";
 /// bpf-only; dnstrace's build script builds it.
@@ -23,16 +23,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     times.push(("setup".to_owned(), t.elapsed()));
 
     let t = Instant::now();
-    eprintln!("[test] building dnstrace (debug)");
-    run_visible(
-        "cargo build -p dnstrace",
-        cargo().args(["build", "-p", "dnstrace"]),
-    )?;
+    let bin = crate::build_dnstrace("test", false)?;
     times.push(("build".to_owned(), t.elapsed()));
-    let bin = crate::target_dir().join("debug/dnstrace");
-    if !bin.is_file() {
-        bail!("build succeeded but {} is missing", bin.display());
-    }
 
     let mut failed = Vec::new();
     for (phase, args) in phases(extra) {

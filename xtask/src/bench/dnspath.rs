@@ -3,9 +3,7 @@
 //! interfaces; loss accounting against the server's own counters; latency;
 //! peak RSS at steady load.
 
-use std::{fs::File, process::Stdio};
-
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use dnstrace_tests::{Proc, Signal};
 
 use super::{
@@ -85,25 +83,13 @@ fn start(ctx: &Ctx, d: &DnsLab, mode: Mode, n: usize) -> Result<Session> {
             let mut procs = Vec::new();
             for iface in [&d.pod_veth, &d.srv_veth] {
                 let file = d.lab.dir().join(format!("{iface}.pcap"));
-                let err = d.lab.dir().join(format!("tcpdump-{iface}.err"));
                 let mut cmd = d.lab.cmd_setns(&d.node, "tcpdump")?;
-                cmd.args(["-n", "-i", iface, "-w"])
-                    .arg(&file)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(File::create(&err)?);
-                let proc = d.lab.spawn(&format!("tcpdump-{iface}-{n}"), cmd)?;
+                cmd.args(["-n", "-i", iface, "-w"]).arg(&file);
+                let proc = d.lab.spawn_logged(&format!("tcpdump-{iface}-{n}"), cmd)?;
                 // tcpdump says "listening on …" once its socket is bound.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while !std::fs::read_to_string(&err)
-                    .unwrap_or_default()
-                    .contains("listening on")
-                {
-                    if std::time::Instant::now() > deadline {
-                        bail!("tcpdump on {iface} did not start");
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
+                d.lab
+                    .wait_for_log(&proc, "listening on", std::time::Duration::from_secs(10))
+                    .with_context(|| format!("tcpdump on {iface} did not start"))?;
                 procs.push(proc);
             }
             Session::Tcpdump(procs)

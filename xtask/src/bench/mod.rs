@@ -152,17 +152,7 @@ pub fn run(args: &Args) -> Result<()> {
     crate::setup::run()?;
     bail_if_stopped()?;
     let plan = Plan::new(args.full);
-    let bin = match &args.bin {
-        Some(bin) => std::path::absolute(bin)?,
-        None => {
-            eprintln!("[bench] building dnstrace (release)");
-            run_visible(
-                "cargo build --release -p dnstrace",
-                cargo().args(["build", "--release", "-p", "dnstrace"]),
-            )?;
-            crate::target_dir().join("release/dnstrace")
-        }
-    };
+    let bin = crate::release_dnstrace("bench", args.bin.as_deref())?;
     let sections: Vec<Section> = if args.only.is_empty() {
         vec![
             Section::Tax,
