@@ -132,15 +132,7 @@ pub fn run(args: &Args) -> Result<()> {
     // setns only (not `ip netns exec`): that would remount /sys and hide the
     // cgroup2 mount below it, which dnstrace needs for the socket hop.
     let mut cmd = node.lab.cmd_setns(&node.node_ns, &bin)?;
-    let mut watch = ["watch", "--auto", "--output", "text"]
-        .map(str::to_owned)
-        .to_vec();
-    if scenario.is_some() {
-        watch.extend([
-            "--timeout".to_owned(),
-            format!("{}s", SCENARIO_TIMEOUT.as_secs()),
-        ]);
-    }
+    let watch = watch_args("text", scenario);
     cmd.args(&watch).arg("--ready-file").arg(&ready);
     eprintln!(
         "[demo] starting: nsenter --net=/run/netns/{} {} {} --ready-file {}",
@@ -150,10 +142,12 @@ pub fn run(args: &Args) -> Result<()> {
         ready.display()
     );
     let tracer = node.lab.spawn("dnstrace", cmd)?;
-    let outcome = wait_ready(&node, &tracer, &ready).and_then(|()| match scenario {
-        Some(scenario) => reproduce(&node, &tracer, scenario),
-        None => traffic(&node, &tracer, args),
-    });
+    let outcome = wait_ready(&ready, || node.lab.status(&tracer))
+        .map(|took| eprintln!("[demo] dnstrace ready after {}", fmt_duration(took)))
+        .and_then(|()| match scenario {
+            Some(scenario) => reproduce(&node, &tracer, scenario),
+            None => traffic(&node, &tracer, args),
+        });
 
     let status = if node.lab.status(&tracer)?.is_none() {
         eprintln!("[demo] stopping dnstrace (SIGINT)");
@@ -184,14 +178,11 @@ fn tui_session(node: &Node, bin: &Path, scenario: Option<Scenario>, args: &Args)
     let _ = std::fs::remove_file(&log);
     let ready = node.lab.dir().join("ready");
     let mut cmd = node.lab.cmd_setns(&node.node_ns, bin)?;
-    cmd.args(["watch", "--auto", "--output", "tui", "--log-file"])
+    cmd.args(watch_args("tui", scenario))
+        .arg("--log-file")
         .arg(&log)
         .arg("--ready-file")
         .arg(&ready);
-    if scenario.is_some() {
-        cmd.arg("--timeout")
-            .arg(format!("{}s", SCENARIO_TIMEOUT.as_secs()));
-    }
     if let Some(secs) = args.duration {
         cmd.arg("--duration").arg(format!("{secs}s"));
     }
@@ -206,7 +197,12 @@ fn tui_session(node: &Node, bin: &Path, scenario: Option<Scenario>, args: &Args)
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let ready_or_exit = wait_child_ready(&mut child, &ready);
+    // Nothing may print now: the screen is dnstrace's.
+    let ready_or_exit = wait_ready(&ready, || Ok(child.try_wait()?)).map(drop);
+    if ready_or_exit.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let stop = AtomicBool::new(false);
     let (status, sent) = thread::scope(|s| {
         let sender = s.spawn(|| {
@@ -241,30 +237,6 @@ fn tui_session(node: &Node, bin: &Path, scenario: Option<Scenario>, args: &Args)
         bail!("{} queries did not get the expected answer", problems.len());
     }
     Ok(())
-}
-
-/// Waits for dnstrace's ready file; kills it if it hangs or on a stop signal.
-fn wait_child_ready(child: &mut Child, ready: &Path) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        if ready.exists() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("dnstrace exited ({status}) before writing its ready file; see its output above");
-        }
-        if stopped() || t.elapsed() >= READY_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail_if_stopped()?;
-            bail!(
-                "dnstrace did not write its ready file {} within {}s",
-                ready.display(),
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits for dnstrace to exit; a stop signal to the demo becomes a SIGTERM to it
@@ -446,15 +418,33 @@ fn start_pod_stub(node: &Node) -> Result<()> {
     Ok(())
 }
 
-fn wait_ready(node: &Node, tracer: &Proc, ready: &Path) -> Result<()> {
+/// `dnstrace watch --auto --output OUTPUT`, with the scenario's shorter `--timeout`.
+fn watch_args(output: &str, scenario: Option<Scenario>) -> Vec<String> {
+    let mut args = ["watch", "--auto", "--output", output]
+        .map(str::to_owned)
+        .to_vec();
+    if scenario.is_some() {
+        args.extend([
+            "--timeout".to_owned(),
+            format!("{}s", SCENARIO_TIMEOUT.as_secs()),
+        ]);
+    }
+    args
+}
+
+/// Waits for dnstrace's ready file and says how long it took; fails if `exited` says it
+/// exited first, on a stop signal, or after [`READY_TIMEOUT`].
+fn wait_ready(
+    ready: &Path,
+    mut exited: impl FnMut() -> Result<Option<ExitStatus>>,
+) -> Result<Duration> {
     let t = Instant::now();
     loop {
         bail_if_stopped()?;
         if ready.exists() {
-            eprintln!("[demo] dnstrace ready after {}", fmt_duration(t.elapsed()));
-            return Ok(());
+            return Ok(t.elapsed());
         }
-        if let Some(status) = node.lab.status(tracer)? {
+        if let Some(status) = exited()? {
             bail!("dnstrace exited ({status}) before writing its ready file; see its output above");
         }
         if t.elapsed() >= READY_TIMEOUT {
@@ -464,7 +454,7 @@ fn wait_ready(node: &Node, tracer: &Proc, ready: &Path) -> Result<()> {
                 READY_TIMEOUT.as_secs()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
