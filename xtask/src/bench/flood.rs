@@ -167,14 +167,19 @@ fn send_batch(sock: &UdpSocket, bufs: &[[u8; DNS_MAX]], lens: &[usize]) -> Resul
 
 /// Pins the calling thread (the whole generator: it has one) to `cpu`.
 pub fn pin_to(cpu: usize) -> Result<()> {
+    set_affinity(0, cpu).with_context(|| format!("pinning to CPU {cpu}"))
+}
+
+/// sched_setaffinity of thread `tid` (0: the caller) to the one CPU `cpu`.
+fn set_affinity(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -191,16 +196,8 @@ pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
         else {
             continue;
         };
-        // SAFETY: as in pin_to.
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("pinning thread {tid} of {pid} to CPU {cpu}"));
-        }
+        set_affinity(tid, cpu)
+            .with_context(|| format!("pinning thread {tid} of {pid} to CPU {cpu}"))?;
     }
     Ok(())
 }

@@ -230,7 +230,8 @@ pub struct ProgStats {
     pub run_cnt: u64,
 }
 
-pub fn prog_stats(id: u64) -> Result<ProgStats> {
+/// `bpftool prog show id ID -j`.
+fn bpftool_prog(id: u64) -> Result<serde_json::Value> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "id", &id.to_string(), "-j"])
         .output()
@@ -241,7 +242,11 @@ pub fn prog_stats(id: u64) -> Result<ProgStats> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+pub fn prog_stats(id: u64) -> Result<ProgStats> {
+    let v = bpftool_prog(id)?;
     Ok(ProgStats {
         run_time_ns: v["run_time_ns"].as_u64().unwrap_or(0),
         run_cnt: v["run_cnt"].as_u64().unwrap_or(0),
@@ -267,11 +272,8 @@ pub fn process_progs(pid: u32) -> Result<Vec<(String, u64)>> {
         if found.iter().any(|(_, i)| *i == id) {
             continue;
         }
-        let out = std::process::Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string(), "-j"])
-            .output()
-            .context("running bpftool")?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // A program that went away meanwhile is simply not listed.
+        let v = bpftool_prog(id).unwrap_or_default();
         if let Some(name) = v["name"].as_str() {
             found.push((name.to_owned(), id));
         }
