@@ -196,6 +196,13 @@ pub struct HopEdns {
     pub dnssec_ok: bool,
 }
 
+impl std::fmt::Display for HopEdns {
+    /// "udp=1232 DO=0".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "udp={} DO={}", self.udp, u8::from(self.dnssec_ok))
+    }
+}
+
 /// One sighting of a packet of the lookup.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hop {
@@ -258,6 +265,11 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// Where its timeline starts: the first sighting.
+    pub fn t0(&self) -> u64 {
+        self.hops.first().map_or(self.start_ts_ns, |h| h.ts_ns)
+    }
+
     /// This lookup and every forwarded query under it, depth first.
     pub fn descendants(&self) -> usize {
         self.children.iter().map(|c| 1 + c.descendants()).sum()

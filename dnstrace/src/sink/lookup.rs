@@ -55,12 +55,7 @@ pub fn lookup_text(l: &Lookup) -> String {
     if l.verdict == Verdict::Ok {
         return s;
     }
-    timeline(
-        &mut s,
-        l,
-        l.hops.first().map_or(l.start_ts_ns, |h| h.ts_ns),
-        1,
-    );
+    timeline(&mut s, l, l.t0(), 1);
     if !l.detail.is_empty() {
         let _ = writeln!(s, "  why: {}", l.detail);
     }
@@ -117,7 +112,7 @@ fn hop_text(h: &Hop, t0: u64) -> String {
         s.push_str(" TC");
     }
     if let Some(e) = &h.edns {
-        let _ = write!(s, " [OPT udp={} DO={}]", e.udp, u8::from(e.dnssec_ok));
+        let _ = write!(s, " [OPT {e}]");
     }
     if let Some(f) = &h.tcp_flags {
         let _ = write!(s, " tcp[{f}]");

@@ -94,7 +94,7 @@ pub fn lines(l: &Lookup, host: u64) -> Vec<Line<'static>> {
             dim(),
         ),
     ]));
-    let t0 = l.hops.first().map_or(l.start_ts_ns, |h| h.ts_ns);
+    let t0 = l.t0();
     timeline(&mut out, l, t0, 1);
     out
 }
@@ -255,7 +255,7 @@ fn edns_summary(l: &Lookup) -> String {
 
 fn opt(e: Option<crate::correlate::HopEdns>) -> String {
     match e {
-        Some(e) => format!("udp={} DO={}", e.udp, u8::from(e.dnssec_ok)),
+        Some(e) => e.to_string(),
         None => "no OPT".to_owned(),
     }
 }
