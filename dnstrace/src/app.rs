@@ -322,13 +322,9 @@ fn pcap_points(capture: &Capture) -> Vec<PointDesc> {
     let netns = capture.netns();
     let mut points = Vec::new();
     for p in capture.attached() {
-        let (kind, ifindex, link, name) = match p.mode {
-            crate::capture::AttachMode::Cgroup => {
-                (PointKind::Socket, 0, LinkType::RawIp, "socket".to_owned())
-            }
-            crate::capture::AttachMode::Tracepoint => {
-                (PointKind::Drop, 0, LinkType::RawIp, "drop".to_owned())
-            }
+        let (kind, ifindex, link) = match p.mode {
+            crate::capture::AttachMode::Cgroup => (PointKind::Socket, 0, LinkType::RawIp),
+            crate::capture::AttachMode::Tracepoint => (PointKind::Drop, 0, LinkType::RawIp),
             _ => {
                 let framing = capture
                     .links()
@@ -339,20 +335,14 @@ fn pcap_points(capture: &Capture) -> Vec<PointDesc> {
                     Some(Framing::RawIp) => LinkType::RawIp,
                     _ => LinkType::Ethernet,
                 };
-                (PointKind::Tc, p.ifindex, link, p.target.clone())
+                (PointKind::Tc, p.ifindex, link)
             }
         };
+        let name = kind.name().unwrap_or(&p.target).to_owned();
         let description = match kind {
-            PointKind::Tc => format!(
-                "{name} in netns {netns} (this node's): {}",
-                crate::sink::pcap::kind_role(kind)
-            ),
-            PointKind::Socket => format!(
-                "{}; cgroup {}",
-                crate::sink::pcap::kind_role(kind),
-                p.target
-            ),
-            PointKind::Drop => crate::sink::pcap::kind_role(kind).to_owned(),
+            PointKind::Tc => format!("{name} in netns {netns} (this node's): {}", kind.role()),
+            PointKind::Socket => format!("{}; cgroup {}", kind.role(), p.target),
+            PointKind::Drop => kind.role().to_owned(),
         };
         let desc = PointDesc {
             kind,
@@ -361,9 +351,8 @@ fn pcap_points(capture: &Capture) -> Vec<PointDesc> {
             name,
             description,
         };
-        if !points.contains(&desc) {
-            points.push(desc);
-        }
+        // Ingress and egress of one interface are one block: PcapSink keeps the first.
+        points.push(desc);
     }
     points
 }

@@ -61,6 +61,28 @@ impl PointKind {
             Point::Drop => Self::Drop,
         }
     }
+
+    /// The interface block's name for the points that are not an interface.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Self::Tc => None,
+            Self::Socket => Some("socket"),
+            Self::Drop => Some("drop"),
+        }
+    }
+
+    /// What the capture point is, for the interface block's description.
+    pub fn role(self) -> &'static str {
+        match self {
+            Self::Tc => "tc hook, ingress and egress",
+            Self::Socket => {
+                "socket hop (cgroup_skb): packets as local sockets send and receive them, in every netns; each packet's netns is in its comment"
+            }
+            Self::Drop => {
+                "kernel drops (tp_btf/kfree_skb): DNS packets the kernel freed as dropped; the reason is in each packet's comment"
+            }
+        }
+    }
 }
 
 /// One capture point, declared up front so that its interface block exists even when it
@@ -339,12 +361,8 @@ impl PcapSink {
                 kind,
                 ifindex: key_index,
                 link: r.link,
-                name: match kind {
-                    PointKind::Tc => r.iface.to_owned(),
-                    PointKind::Socket => "socket".to_owned(),
-                    PointKind::Drop => "drop".to_owned(),
-                },
-                description: format!("{} (seen first during the capture)", kind_role(kind)),
+                name: kind.name().unwrap_or(r.iface).to_owned(),
+                description: format!("{} (seen first during the capture)", kind.role()),
             })?,
         };
         let c = &mut self.counts[interface as usize];
@@ -559,18 +577,6 @@ impl PcapSink {
 }
 
 /// What each kind of point is, for if_description.
-pub fn kind_role(kind: PointKind) -> &'static str {
-    match kind {
-        PointKind::Tc => "tc hook, ingress and egress",
-        PointKind::Socket => {
-            "socket hop (cgroup_skb): packets as local sockets send and receive them, in every netns; each packet's netns is in its comment"
-        }
-        PointKind::Drop => {
-            "kernel drops (tp_btf/kfree_skb): DNS packets the kernel freed as dropped; the reason is in each packet's comment"
-        }
-    }
-}
-
 pub fn data_link(link: LinkType) -> DataLink {
     match link {
         LinkType::Ethernet => DataLink::ETHERNET,
@@ -710,14 +716,14 @@ mod tests {
                 ifindex: 0,
                 link: LinkType::RawIp,
                 name: "socket".into(),
-                description: kind_role(PointKind::Socket).into(),
+                description: PointKind::Socket.role().into(),
             },
             PointDesc {
                 kind: PointKind::Drop,
                 ifindex: 0,
                 link: LinkType::RawIp,
                 name: "drop".into(),
-                description: kind_role(PointKind::Drop).into(),
+                description: PointKind::Drop.role().into(),
             },
         ]
     }
