@@ -437,6 +437,13 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     let mut next_tick = 0u64;
     let mut last_ts = 0u64;
     let mut broken_pipe = false;
+    // Frames naming an interface the file never described.
+    let unknown_iface = IfInfo {
+        name: None,
+        link: DataLink::Unknown(u32::MAX),
+        units: 1_000_000_000,
+        offset_s: 0,
+    };
     while let Some(next) = input.next() {
         let f = match next {
             Ok(f) => f,
@@ -457,13 +464,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             next_tick = ts.saturating_add(TICK_NS);
             defrag.expire(ts);
         }
-        let info = input.ifaces.get(f.iface).cloned().unwrap_or(IfInfo {
-            name: None,
-            link: DataLink::Unknown(u32::MAX),
-            units: 1_000_000_000,
-            offset_s: 0,
-        });
-        let Some(framed) = frame_of(&f, &info) else {
+        let info = input.ifaces.get(f.iface).unwrap_or(&unknown_iface);
+        let Some(framed) = frame_of(&f, info) else {
             *stats
                 .skipped_link
                 .entry(format!("{:?}", info.link))
@@ -476,22 +478,27 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             .filter(|_| run.is_some())
             .map(PacketNote::parse)
             .filter(|n| n.point.is_some());
-        let (iface, netns, point, drop_reason) = match &note {
+        let ours = note.is_some();
+        let (iface, netns, point, drop_reason) = match note {
             Some(n) => (
-                n.iface.clone().unwrap_or_else(|| "?".to_owned()),
+                n.iface.unwrap_or_else(|| "?".to_owned()),
                 n.netns.unwrap_or(host_netns),
                 n.point,
-                n.drop_reason.clone(),
+                n.drop_reason,
             ),
             None => (framed.iface, host_netns, None, None),
         };
+        let index = match ifindex.get(&iface) {
+            Some(&i) => i,
+            None => {
+                let i = ifindex.len() as u32 + 1;
+                consumer.names.add_iface(i, iface.clone());
+                ifindex.insert(iface.clone(), i);
+                i
+            }
+        };
         // Our own file names each point as the live run did; keep that name whatever netns.
-        let named = note.as_ref().map(|_| iface.clone());
-        let next_index = ifindex.len() as u32 + 1;
-        let index = *ifindex.entry(iface.clone()).or_insert_with(|| {
-            consumer.names.add_iface(next_index, iface.clone());
-            next_index
-        });
+        let named = ours.then_some(iface);
         let mut data = &f.data[framed.offset..];
         let mut link = framed.link;
         let mut orig_len = f.orig_len.saturating_sub(framed.offset as u32);
