@@ -7,7 +7,7 @@
 //! let node = Node::new("doc")?;
 //! let tracer = Tracer::start(&node.lab, &node.node_ns, "trace", &["--auto"])?;
 //! // … send queries …
-//! let lookup = tracer.wait_lookup(|l| l["qname"] == "www.example.test.", std::time::Duration::from_secs(10))?;
+//! let lookups = tracer.wait_lookups(|l| l["qname"] == "www.example.test.", 1, std::time::Duration::from_secs(10))?;
 //! let trace = tracer.stop(Signal::Int)?;
 //! # Ok(()) }
 //! ```
@@ -109,25 +109,32 @@ impl<'a> Tracer<'a> {
             .collect()
     }
 
-    /// Waits up to `timeout` for a finished lookup that `want` accepts and
-    /// returns the first one. A lookup ends when it is answered, or when the
-    /// tracer's `--timeout` (default 5 s) has passed after the client's last
-    /// try; before that, a stopped tracer reports it as `unknown`.
-    pub fn wait_lookup(&self, want: impl Fn(&Value) -> bool, timeout: Duration) -> Result<Value> {
-        self.wait_record("lookup", want, timeout)
+    /// Waits up to `timeout` until at least `n` finished lookups satisfy `want`, and
+    /// returns those. A lookup ends when it is answered, or when the tracer's
+    /// `--timeout` (default 5 s) has passed after the client's last try; before
+    /// that, a stopped tracer reports it as `unknown`.
+    pub fn wait_lookups(
+        &self,
+        want: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
+        self.wait_records("lookup", want, n, timeout)
     }
 
     /// Waits up to [`READY_TIMEOUT`] for a packet record that `want` accepts.
     pub fn wait_packet(&self, want: impl Fn(&Value) -> bool) -> Result<Value> {
-        self.wait_record("packet", want, READY_TIMEOUT)
+        let mut found = self.wait_records("packet", want, 1, READY_TIMEOUT)?;
+        Ok(found.swap_remove(0))
     }
 
-    fn wait_record(
+    fn wait_records(
         &self,
         kind: &str,
         want: impl Fn(&Value) -> bool,
+        n: usize,
         timeout: Duration,
-    ) -> Result<Value> {
+    ) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         let of_kind = || {
             self.records()
@@ -136,7 +143,8 @@ impl<'a> Tracer<'a> {
                 .collect::<Vec<_>>()
         };
         loop {
-            if let Some(found) = of_kind().into_iter().find(|r| want(r)) {
+            let found: Vec<Value> = of_kind().into_iter().filter(|r| want(r)).collect();
+            if found.len() >= n.max(1) {
                 return Ok(found);
             }
             if let Some(status) = self.lab.status(&self.proc)? {
@@ -154,7 +162,8 @@ impl<'a> Tracer<'a> {
                     })
                     .collect();
                 bail!(
-                    "no matching {kind} within {timeout:?}; {kind}s so far:\n{}",
+                    "{} of {n} matching {kind}s within {timeout:?}; {kind}s so far:\n{}",
+                    found.len(),
                     seen.join("\n")
                 );
             }

@@ -73,12 +73,8 @@ fn run(scenario: Scenario, tag: &str) -> Option<Run> {
                 })
                 .count()
                 .max(1);
-            let deadline = Instant::now() + WAIT_LOOKUPS;
-            while tracer.lookups().iter().filter(|l| e.is_for(l)).count() < want
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // Not all in time: the checks below say what is missing.
+            let _ = tracer.wait_lookups(|l| e.is_for(l), want, WAIT_LOOKUPS);
         }
         let trace = tracer.stop(Signal::Int).expect("stop dnstrace");
         for l in &trace.lookups {
