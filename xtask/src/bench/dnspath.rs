@@ -56,28 +56,22 @@ impl Session {
     }
 }
 
-fn watch_args(d: &DnsLab, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "watch",
-        "-i",
-        &d.pod_veth,
-        "-i",
-        &d.srv_veth,
-        "--upstream-every",
-        "0",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    v.extend(extra.iter().map(|s| (*s).to_owned()));
-    v
+fn dns_watch_args(d: &DnsLab, extra: &[&str]) -> Vec<String> {
+    super::watch_args(&[&d.pod_veth, &d.srv_veth], extra)
 }
 
 fn start(ctx: &Ctx, d: &DnsLab, mode: Mode, n: usize) -> Result<Session> {
     Ok(match mode {
         Mode::Bare => Session::Bare,
         Mode::Dnstrace => Session::Dnstrace(
-            start_dnstrace(ctx, &d.lab, &d.node, &format!("dp{n}"), &watch_args(d, &[]))?.0,
+            start_dnstrace(
+                ctx,
+                &d.lab,
+                &d.node,
+                &format!("dp{n}"),
+                &dns_watch_args(d, &[]),
+            )?
+            .0,
         ),
         Mode::Tcpdump => {
             let mut procs = Vec::new();
@@ -298,7 +292,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &d.lab,
         &d.node,
         &format!("dp{n}"),
-        &watch_args(&d, &["--ring-size", "4096"]),
+        &dns_watch_args(&d, &["--ring-size", "4096"]),
     )?;
     let srv0 = Udp::read(&d.lab, &d.srv)?;
     let max = dnsperf(&d, plan.dnsperf_secs, None)?;

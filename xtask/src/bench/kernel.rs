@@ -1,31 +1,23 @@
 //! Flood topology sections: throughput tax, kernel cost per packet, and
 //! memory under a flood of unanswered queries.
 
-use std::{fs::File, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use dnstrace_tests::Signal;
 
 use super::{
-    Ctx, READY_TIMEOUT, STOP_GRACE, enable_bpf_stats, flood, flood_command,
+    Ctx, STOP_GRACE, enable_bpf_stats, flood, flood_command,
     measure::{ProgStats, Samples, Udp, peak_rss_kib, process_progs, prog_stats},
     report::Report,
     start_dnstrace, stop_dnstrace,
     topo::{FloodLab, flood_lab},
+    watch_args,
 };
 use crate::sleep_unless_stopped;
 
 /// Where dnstrace's reader runs in the kernel cost runs (the sender is on CPU 0).
 const SECOND_CPU: usize = 1;
-
-fn watch_args(veth: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["watch", "-i", veth, "--upstream-every", "0"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    v.extend(extra.iter().map(|s| (*s).to_owned()));
-    v
-}
 
 fn flood_args(f: &FloodLab, secs: f64, dns: bool, pps: u64, count: u64) -> flood::FloodArgs {
     flood::FloodArgs {
@@ -54,7 +46,7 @@ pub fn tax(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let mut pair = [0.0; 2];
         for attached in order {
             let tracer = if attached {
-                Some(start_dnstrace(ctx, &f.lab, &f.sender, "tax", &watch_args(&f.veth, &[]))?.0)
+                Some(start_dnstrace(ctx, &f.lab, &f.sender, "tax", &watch_args(&[&f.veth], &[]))?.0)
             } else {
                 None
             };
@@ -113,17 +105,10 @@ pub fn tax(ctx: &Ctx, report: &mut Report) -> Result<()> {
 
 /// Starts the hidden `dnstrace bench-noop` on the flood veth's egress.
 fn start_noop(ctx: &Ctx, f: &FloodLab) -> Result<dnstrace_tests::Proc> {
-    let ready = f.lab.dir().join("noop.ready");
-    let err = f.lab.dir().join("noop.err");
-    let mut cmd = f.lab.cmd_setns(&f.sender, &ctx.bin)?;
-    cmd.args(["bench-noop", "--egress-only", "-i", &f.veth, "--ready-file"])
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&err)?);
-    let proc = f.lab.spawn("noop", cmd)?;
-    f.lab.wait_for_file(&proc, &ready, READY_TIMEOUT)?;
-    Ok(proc)
+    let args = ["bench-noop", "--egress-only", "-i", &f.veth].map(str::to_owned);
+    Ok(start_dnstrace(ctx, &f.lab, &f.sender, "noop", &args)?
+        .0
+        .proc)
 }
 
 /// ns per run of dnstrace's egress program and of the no-op on the same hook, over one flood.
@@ -146,7 +131,7 @@ fn cost_over(
 pub fn cost(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let f = flood_lab()?;
     let _stats = enable_bpf_stats()?;
-    let (tracer, _) = start_dnstrace(ctx, &f.lab, &f.sender, "cost", &watch_args(&f.veth, &[]))?;
+    let (tracer, _) = start_dnstrace(ctx, &f.lab, &f.sender, "cost", &watch_args(&[&f.veth], &[]))?;
     let noop = start_noop(ctx, &f)?;
     let find = |pid: u32, name: &str| -> Result<u64> {
         let progs = process_progs(pid)?;
@@ -251,7 +236,13 @@ pub fn cost(ctx: &Ctx, report: &mut Report) -> Result<()> {
 /// Peak RSS and evictions under a flood of unanswered queries.
 pub fn memory_flood(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let f = flood_lab()?;
-    let (tracer, _) = start_dnstrace(ctx, &f.lab, &f.sender, "mflood", &watch_args(&f.veth, &[]))?;
+    let (tracer, _) = start_dnstrace(
+        ctx,
+        &f.lab,
+        &f.sender,
+        "mflood",
+        &watch_args(&[&f.veth], &[]),
+    )?;
     let rss_idle = peak_rss_kib(tracer.proc.pid).unwrap_or(0);
     let n = ctx.plan.flood_queries;
     let secs = n as f64 / ctx.plan.flood_queries_pps as f64 + 30.0;

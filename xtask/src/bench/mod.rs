@@ -242,6 +242,17 @@ fn stable_copy_of_self(scratch: &Path) -> Result<PathBuf> {
 }
 
 /// A dnstrace (or other tool) process started by the bench.
+/// `dnstrace watch -i IF… --upstream-every 0 EXTRA…`: the tracer as every section runs it.
+fn watch_args(ifaces: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut v = vec!["watch".to_owned()];
+    for i in ifaces {
+        v.extend(["-i".to_owned(), (*i).to_owned()]);
+    }
+    v.extend(["--upstream-every".to_owned(), "0".to_owned()]);
+    v.extend(extra.iter().map(|s| (*s).to_owned()));
+    v
+}
+
 struct Traced {
     proc: Proc,
     err: PathBuf,
