@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use etherparse::defrag::IpDefragBuf;
-use etherparse::{IpNumber, Ipv6ExtensionSlice, LaxNetSlice};
+use etherparse::{IpFragOffset, IpNumber, LaxNetSlice};
 
-use super::{LinkType, slice_link};
+use super::{LinkType, ipv6, slice_link};
 
 /// Sets followed at once; past this the oldest is given up.
 const MAX_SETS: usize = 4096;
@@ -90,14 +90,15 @@ impl Defrag {
                 )
             }
             Some(LaxNetSlice::Ipv6(ip)) => {
-                let frag = ip.extensions().clone().into_iter().find_map(|e| match e {
-                    Ipv6ExtensionSlice::Fragment(f) => Some(f),
-                    _ => None,
-                });
-                let Some(frag) = frag.filter(|f| f.is_fragmenting_payload()) else {
+                let Some(frag) = ipv6::fragment(ip).filter(ipv6::Fragment::fragments) else {
                     return Outcome::Whole;
                 };
-                if ip.payload().incomplete {
+                // The offset has 13 bits, so this always holds.
+                let Ok(offset) = IpFragOffset::try_new(frag.offset) else {
+                    return Outcome::Whole;
+                };
+                // A chain etherparse stopped inside has no payload to reassemble.
+                if ip.payload().incomplete || sliced.stop_err.is_some() {
                     return Outcome::Whole;
                 }
                 let h = ip.header();
@@ -107,9 +108,9 @@ impl Defrag {
                 );
                 let proto = ip.payload().ip_number;
                 (
-                    (src, dst, frag.identification(), proto.0),
-                    frag.fragment_offset(),
-                    frag.more_fragments(),
+                    (src, dst, frag.id, proto.0),
+                    offset,
+                    frag.more,
                     ip.payload().payload,
                     src,
                     dst,

@@ -2,6 +2,7 @@
 
 pub mod dns;
 pub mod frag;
+pub mod ipv6;
 pub mod tcp;
 pub mod text;
 
@@ -10,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::err::{Layer, LenError, packet::SliceError};
 use etherparse::{
-    EtherType, Ipv6ExtensionSlice, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, TcpSlice,
-    TransportSlice, UdpSlice, ip_number,
+    EtherType, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, TcpSlice, TransportSlice, UdpSlice,
+    ip_number,
 };
 
 /// Where a packet was captured.
@@ -258,7 +259,13 @@ fn decode_into(
         None => match slice_transport(payload) {
             Some(transport) => transport,
             None => {
-                let ports = raw_ports(payload);
+                let ports = raw_ports(payload).or_else(|| match net {
+                    // A chain etherparse refused: look behind it as the kernel programs do.
+                    LaxNetSlice::Ipv6(_) => {
+                        ipv6::ports_behind(payload.ip_number.0, payload.payload)
+                    }
+                    _ => None,
+                });
                 if let Some((sport, dport)) = ports {
                     packet.src = Some(SocketAddr::new(src_ip, sport));
                     packet.dst = Some(SocketAddr::new(dst_ip, dport));
@@ -498,9 +505,7 @@ fn not_ip(sliced: &LaxSlicedPacket<'_>) -> Issue {
 fn is_later_fragment(net: &LaxNetSlice<'_>) -> bool {
     match net {
         LaxNetSlice::Ipv4(ip) => ip.header().fragments_offset().value() != 0,
-        LaxNetSlice::Ipv6(ip) => ip.extensions().clone().into_iter().any(|ext| {
-            matches!(ext, Ipv6ExtensionSlice::Fragment(frag) if frag.fragment_offset().value() != 0)
-        }),
+        LaxNetSlice::Ipv6(ip) => ipv6::fragment(ip).is_some_and(|frag| frag.offset != 0),
         LaxNetSlice::Arp(_) => false,
     }
 }
@@ -688,6 +693,32 @@ mod tests {
         assert_eq!(packet.src, Some("[2001:db8::10]:40000".parse().unwrap()));
         assert_eq!(packet.dst, Some("[2001:db8::53]:53".parse().unwrap()));
         assert_eq!(packet.dns.unwrap().answers[0].data, "192.0.2.1");
+    }
+
+    /// Issue 8's crash: hop-by-hop → fragment (offset 0, more) → hop-by-hop → UDP, whole
+    /// and cut at every length the capture could stop at, through decode and defrag.
+    #[test]
+    fn hostile_ipv6_extension_chain_never_reads_past_the_bytes() {
+        for units in [0, 1, 31, 127, 200, 255] {
+            let frame = ethernet(0x86dd, &ipv6(0, &ipv6::tests::hostile_chain(units)));
+            for end in (14..=frame.len()).rev() {
+                let bytes = &frame[..end];
+                let mut m = meta(bytes.len());
+                m.wire_len = u32::try_from(frame.len()).unwrap();
+                let packet = decode(m, LinkType::Ethernet, bytes);
+                if end == frame.len() {
+                    // Refused (a hop-by-hop header out of place), with the ports behind it.
+                    assert_eq!(issue_kind(&packet), Some(IssueKind::BadL3), "{units}");
+                    assert_eq!(packet.dst, Some("[2001:db8::53]:53".parse().unwrap()));
+                }
+                let mut defrag = frag::Defrag::new();
+                assert_eq!(
+                    defrag.push(LinkType::Ethernet, bytes, 1),
+                    frag::Outcome::Whole,
+                    "{units} cut at {end}"
+                );
+            }
+        }
     }
 
     #[test]
