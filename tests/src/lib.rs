@@ -14,6 +14,7 @@
 //! This crate must not depend on `dnstrace`: xtask uses it before the eBPF
 //! toolchain exists. Tests find the tracer binary through [`dnstrace_bin`].
 
+pub mod hostile;
 mod lab;
 mod node;
 mod scenarios;

@@ -1070,3 +1070,193 @@ fn kernel_drop_reported_with_reason() {
     );
     assert_eq!(summary["kernel"]["drops"], 1);
 }
+
+/// Writes `frames` as hex lines to the lab file `name` and sends each one from `ns`:
+/// through an AF_PACKET socket on `dev`, or (dev None) as an IPv6 packet with its own
+/// header (IPPROTO_RAW) to ::1, which only the socket hop sees.
+fn send_raw_frames(lab: &Lab, ns: &str, dev: Option<&str>, name: &str, frames: &[Vec<u8>]) {
+    let lines: Vec<String> = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let path = lab
+        .write_file(name, &(lines.join("\n") + "\n"))
+        .expect("frames file");
+    let open = match dev {
+        Some(dev) => {
+            format!("s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('{dev}', 0))")
+        }
+        None => "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)".into(),
+    };
+    let send = match dev {
+        Some(_) => "s.send(frame)",
+        None => "s.sendto(frame, ('::1', 0))",
+    };
+    let script = format!(
+        "import socket\n{open}\nfor line in open('{}'):\n    frame = bytes.fromhex(line.strip())\n    {send}\n",
+        path.display()
+    );
+    lab.run(ns, &["python3", "-c", &script])
+        .expect("send crafted frames");
+}
+
+/// Issue 8, finding 1: an IPv6 extension chain (hop-by-hop of up to 2 KB → fragment
+/// offset 0 with more fragments → hop-by-hop → UDP to 53) that runs past the captured
+/// bytes. It killed the tracer with SIGSEGV: over tc when the MTU exceeds the snap
+/// length, and through the socket hop from anyone who can open a raw socket. Both
+/// tracers must flag the frames, keep tracing, and exit 0.
+#[test]
+fn hostile_ipv6_extension_chain_live_over_tc_and_socket_hop() {
+    use dnstrace_tests::hostile;
+    if !ready() {
+        return;
+    }
+    let (lab, ns, dev, server) = pair("ext6");
+    let peer_ns = format!("{}-b", lab.prefix());
+    let peer = format!("{}b0", lab.prefix());
+    for (n, d) in [(&ns, &dev), (&peer_ns, &peer)] {
+        lab.ip(n, &["link", "set", "dev", d, "mtu", "9001"])
+            .expect("mtu 9001");
+    }
+    let mac = |n: &str, d: &str| -> [u8; 6] {
+        let line = lab
+            .run(n, &["ip", "-br", "link", "show", "dev", d])
+            .expect("ip link");
+        let text = line
+            .split_whitespace()
+            .nth(2)
+            .expect("MAC column")
+            .to_owned();
+        let octets: Vec<u8> = text
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+            .collect();
+        octets.try_into().expect("6 octets")
+    };
+    let (dst_mac, src_mac) = (mac(&ns, &dev), mac(&peer_ns, &peer));
+    let _dns = lab
+        .start_dnsmasq(
+            &peer_ns,
+            "dnsmasq",
+            &[server],
+            &["--address=/ok.test/10.0.0.1"],
+        )
+        .expect("dnsmasq");
+    let full = start(&lab, &ns, "ext6", &["-i", &dev, "--socket-hop"]);
+    let short = start(&lab, &ns, "ext6s", &["-i", &dev, "--snaplen", "256"]);
+
+    let (src, dst) = (
+        "2001:db8::10".parse().unwrap(),
+        "2001:db8::53".parse().unwrap(),
+    );
+    let frames: Vec<Vec<u8>> = hostile::ext_chain_sizes()
+        .map(|units| {
+            hostile::ethernet_ipv6(dst_mac, src_mac, &hostile::ipv6_ext_chain(units, src, dst))
+        })
+        .collect();
+    send_raw_frames(&lab, &peer_ns, Some(&peer), "ext6.hex", &frames);
+    let local = std::net::Ipv6Addr::LOCALHOST;
+    let packets: Vec<Vec<u8>> = hostile::ext_chain_sizes()
+        .map(|units| hostile::ipv6_ext_chain(units, local, local))
+        .collect();
+    send_raw_frames(&lab, &ns, None, "ext6-lo.hex", &packets);
+
+    // Both still trace: a real query after the crafted ones is decoded.
+    let out = lab
+        .run(
+            &ns,
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                &format!("@{server}"),
+                "www.ok.test",
+            ],
+        )
+        .expect("dig");
+    assert_eq!(out.trim(), "10.0.0.1");
+    for t in [&full, &short] {
+        t.wait_packet(|p| p["qname"] == "www.ok.test." && p["qr"] == true)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", t.stderr()));
+    }
+    let (short_packets, short_summary) = stop(short, Signal::Int);
+    let (packets, summary) = stop(full, Signal::Int);
+
+    let flagged = |packets: &[Value], point: &str, dst: &str| {
+        packets
+            .iter()
+            .filter(|p| p["dir"] == point && p["dst"] == dst && !p["issue"].is_null())
+            .count()
+    };
+    let tc = flagged(&packets, "ingress", "[2001:db8::53]:53");
+    let lo =
+        flagged(&packets, "socket-out", "[::1]:53") + flagged(&packets, "socket-in", "[::1]:53");
+    eprintln!(
+        "flagged: tc {tc} of {}, socket hop {lo}; snaplen 256: {} packets, issues {}",
+        frames.len(),
+        short_packets.len(),
+        short_summary["issues"]
+    );
+    // Every frame whose UDP header lies inside the 2,048 captured bytes shows its port.
+    let within = hostile::ext_chain_sizes()
+        .filter(|u| 8 * (usize::from(*u) + 1) + 14 + 40 + 16 + 4 <= 2048)
+        .count();
+    assert!(tc >= within, "{tc} < {within} flagged at tc: {packets:#?}");
+    assert!(
+        lo >= 1,
+        "the socket hop saw the raw packets to ::1: {summary}"
+    );
+    assert!(
+        short_summary["issues"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "the snaplen-256 tracer counted the cut frames: {short_summary}"
+    );
+}
+
+/// Issue 8, finding 1, offline: `dnstrace replay` of the same chains, whole (Ethernet and
+/// raw IP) and cut to 200 bytes. Replay died with signal 11 on the cut file.
+#[test]
+fn hostile_ipv6_extension_chain_in_replay() {
+    use dnstrace_tests::hostile;
+    if dnstrace_bin().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (
+        "2001:db8::10".parse().unwrap(),
+        "2001:db8::53".parse().unwrap(),
+    );
+    let ips: Vec<Vec<u8>> = hostile::ext_chain_sizes()
+        .map(|u| hostile::ipv6_ext_chain(u, src, dst))
+        .collect();
+    let eth: Vec<Vec<u8>> = ips
+        .iter()
+        .map(|ip| hostile::ethernet_ipv6([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], ip))
+        .collect();
+    for (name, linktype, snaplen, frames, whole) in [
+        ("eth", hostile::LINKTYPE_ETHERNET, 65_535, &eth, true),
+        ("raw", hostile::LINKTYPE_RAW, 65_535, &ips, true),
+        ("cut", hostile::LINKTYPE_ETHERNET, 200, &eth, false),
+    ] {
+        let file = dir.path().join(format!("ext6-{name}.pcap"));
+        hostile::write_pcap(&file, linktype, snaplen, frames).expect("pcap");
+        let trace = dnstrace_tests::replay(&file, &["--packets"])
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(
+            trace.summary["replay"]["frames"].as_u64(),
+            Some(frames.len() as u64),
+            "{name}: {}",
+            trace.summary
+        );
+        if whole {
+            let flagged = trace
+                .packets
+                .iter()
+                .filter(|p| p["dst"] == "[2001:db8::53]:53" && !p["issue"].is_null())
+                .count();
+            assert_eq!(flagged, frames.len(), "{name}: {:#?}", trace.packets);
+        }
+    }
+}
