@@ -84,7 +84,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let mut capture = Capture::open(&capture_cfg).await?;
     announce(&capture, &cfg, &uplinks);
     if let Some(path) = &cfg.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
+        crate::outfile::write_ready(path)
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
 

@@ -157,7 +157,7 @@ pub struct WatchArgs {
     #[arg(short, long, value_enum, env = "DNSTRACE_OUTPUT")]
     pub output: Option<Output>,
 
-    /// Write logs to this file instead of stderr [default with --output tui: $XDG_STATE_HOME/dnstrace/dnstrace.log, else /tmp/dnstrace-UID.log].
+    /// Write logs to this file instead of stderr [default with --output tui: /var/log/dnstrace/dnstrace.log as root, else $XDG_STATE_HOME/dnstrace/dnstrace.log, ~/.local/state/dnstrace/dnstrace.log or /tmp/dnstrace-UID/dnstrace.log].
     #[arg(long, value_name = "PATH", env = "DNSTRACE_LOG_FILE")]
     pub log_file: Option<PathBuf>,
 
@@ -292,7 +292,8 @@ pub struct ReplayArgs {
     pub pcap: Option<PathBuf>,
 
     /// Write logs to this file instead of stderr [default with --output tui:
-    /// $XDG_STATE_HOME/dnstrace/dnstrace.log, else /tmp/dnstrace-UID.log].
+    /// /var/log/dnstrace/dnstrace.log as root, else $XDG_STATE_HOME/dnstrace/dnstrace.log,
+    /// ~/.local/state/dnstrace/dnstrace.log or /tmp/dnstrace-UID/dnstrace.log].
     #[arg(long, value_name = "PATH", env = "DNSTRACE_LOG_FILE")]
     pub log_file: Option<PathBuf>,
 }
@@ -429,23 +430,13 @@ impl TryFrom<WatchArgs> for WatchConfig {
     }
 }
 
-/// Where logs go while the TUI owns the terminal: `$XDG_STATE_HOME/dnstrace/dnstrace.log`,
-/// else `/tmp/dnstrace-UID.log`.
 /// Where logs go: the file given, else under the TUI (which owns the terminal) the
 /// default file, else stderr (None).
 pub fn log_file_for(output: Output, given: Option<PathBuf>) -> Option<PathBuf> {
     match (given, output) {
         (Some(p), _) => Some(p),
-        (None, Output::Tui) => Some(default_log_file()),
+        (None, Output::Tui) => Some(crate::outfile::default_log_path()),
         (None, _) => None,
-    }
-}
-
-pub fn default_log_file() -> PathBuf {
-    match std::env::var_os("XDG_STATE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("dnstrace/dnstrace.log"),
-        // SAFETY: getuid cannot fail.
-        _ => PathBuf::from(format!("/tmp/dnstrace-{}.log", unsafe { libc::getuid() })),
     }
 }
 
@@ -600,11 +591,6 @@ mod tests {
             let c = watch(&["-a", "-o", "json", "--log-file", "/tmp/x.log"]).unwrap();
             assert_eq!(c.log_file, Some(PathBuf::from("/tmp/x.log")));
         }
-        let log = default_log_file().to_string_lossy().into_owned();
-        assert!(
-            log.ends_with("/dnstrace/dnstrace.log") || log.starts_with("/tmp/dnstrace-"),
-            "{log}"
-        );
     }
 
     #[test]

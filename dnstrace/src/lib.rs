@@ -7,6 +7,7 @@ pub mod cli;
 pub mod correlate;
 pub mod decode;
 pub mod logging;
+pub mod outfile;
 pub mod replay;
 pub mod sink;
 pub mod tui;

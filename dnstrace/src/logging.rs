@@ -1,9 +1,8 @@
 //! Logs go to stderr, or to a file once [`to_file`] is called: the TUI owns the
 //! terminal, and a log line there would tear its screen.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::{Mutex, PoisonError},
 };
@@ -36,20 +35,10 @@ pub fn init() {
         .init();
 }
 
-/// From now on, logs are appended to `path` (created 0600, parent folders too; a
-/// symlink is refused, since the default lives in /tmp).
-pub fn to_file(path: &Path) -> io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+/// From now on, logs are appended to `path` (created 0600, parent folders 0700), opened
+/// under the rules of [`crate::outfile`].
+pub fn to_file(path: &Path) -> Result<(), crate::outfile::OutFileError> {
+    let file = crate::outfile::open_log(path)?;
     *FILE.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
     Ok(())
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
                 let _noop =
                     dnstrace::capture::NoopClassifier::attach(&args.ifaces, args.egress_only)?;
                 if let Some(path) = &args.ready_file {
-                    std::fs::write(path, format!("{}\n", std::process::id()))?;
+                    dnstrace::outfile::write_ready(path)?;
                 }
                 tokio::signal::ctrl_c().await?;
                 Ok(())

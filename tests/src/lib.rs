@@ -18,6 +18,7 @@ pub mod hostile;
 mod lab;
 mod node;
 mod scenarios;
+pub mod scratch;
 mod servers;
 mod tracer;
 

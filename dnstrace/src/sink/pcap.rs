@@ -286,7 +286,7 @@ impl PcapSink {
         points: &[PointDesc],
         bounds: Bounds,
     ) -> std::io::Result<Self> {
-        let file = File::create(path)?;
+        let file = crate::outfile::create(path)?;
         let section = SectionHeaderBlock {
             endianness: Endianness::native(),
             major_version: 1,
