@@ -65,6 +65,8 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SAFETY: no other thread exists yet (the stop handler starts one below).
+    unsafe { std::env::set_var("PATH", setup::path_with_install_root()) };
     install_stop_handler();
     let result = match cli.task {
         Task::Setup => setup::run().map(drop),

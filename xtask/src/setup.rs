@@ -16,23 +16,60 @@ use crate::{fmt_duration, require_root, run_visible};
 
 /// The eBPF toolchain, from bookworm-security.
 const TOOLCHAIN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"];
-/// Real servers, clients and capture tools for the lab, tests and demo.
-const TOOL_PACKAGES: &[&str] = &[
-    "dnsmasq-base",
-    "unbound",
-    "bind9",
-    "bind9-dnsutils",
-    "knot-dnsutils",
-    "tshark",
-    "tcpdump",
-    "iptables",
-    "conntrack",
-    "bpftool",
-    "python3-dnspython",
-    "dnsperf",
-    "iproute2",
-    "tmux",
+/// Every program that xtask, the tests, the demo and the bench run, with the
+/// Debian package that provides it. Setup installs these packages, then checks
+/// that each program is on PATH. When code starts to run a new program (grep
+/// for `Command::new`, `Lab::cmd`, `Lab::run`, `Lab::exec`), add it here.
+/// Essential packages are listed too: a minimal root has them, but the check
+/// then covers every program.
+pub const COMMANDS: &[(&str, &str)] = &[
+    // namespaces, links, qdiscs, sockets, sysctls, firewall
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("ss", "iproute2"),
+    ("sysctl", "procps"),
+    ("iptables", "iptables"),
+    ("ip6tables", "iptables"),
+    ("conntrack", "conntrack"),
+    ("bpftool", "bpftool"),
+    // DNS servers and clients
+    ("dnsmasq", "dnsmasq-base"),
+    ("unbound", "unbound"),
+    ("named", "bind9"),
+    ("dig", "bind9-dnsutils"),
+    ("kdig", "knot-dnsutils"),
+    ("dnsperf", "dnsperf"),
+    ("python3", "python3"),
+    // capture
+    ("tcpdump", "tcpdump"),
+    ("tshark", "tshark"),
+    ("capinfos", "wireshark-common"),
+    // the TUI test, the privilege-drop test, the bench report
+    ("tmux", "tmux"),
+    ("setpriv", "util-linux"),
+    ("git", "git"),
+    ("sh", "dash"),
+    ("cat", "coreutils"),
+    ("date", "coreutils"),
+    ("nproc", "coreutils"),
+    ("uname", "coreutils"),
+    ("head", "coreutils"),
+    ("sleep", "coreutils"),
+    ("mkfifo", "coreutils"),
+    ("env", "coreutils"),
+    ("grep", "grep"),
+    // setup itself
+    ("dpkg-query", "dpkg"),
+    ("apt-get", "apt"),
 ];
+/// Packages that provide something other than a program on PATH.
+const LIBRARY_PACKAGES: &[&str] = &[
+    // the `dns` module of the tests' Python DNS servers and clients
+    "python3-dnspython",
+];
+/// Run by Debian's python3 after install: the tests import this module.
+const PYTHON_CHECK: &str = "import dns.message, dns.rcode";
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
 const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
@@ -69,7 +106,21 @@ fn step(what: &str, result: &str) {
 
 // ---- Debian packages ----
 
+/// The Debian packages setup installs: the toolchain, each program's package
+/// (once), and the library packages.
+fn wanted_packages() -> Vec<&'static str> {
+    let mut wanted: Vec<&str> = TOOLCHAIN_PACKAGES.to_vec();
+    for &(_, package) in COMMANDS {
+        if !wanted.contains(&package) {
+            wanted.push(package);
+        }
+    }
+    wanted.extend(LIBRARY_PACKAGES);
+    wanted
+}
+
 fn apt_packages() -> Result<bool> {
+    let wanted = wanted_packages();
     if Command::new("dpkg-query")
         .arg("--version")
         .output()
@@ -77,16 +128,10 @@ fn apt_packages() -> Result<bool> {
     {
         bail!(
             "[setup] apt packages: dpkg-query not found; setup supports Debian 12 (bookworm) only. \
-             Install by hand: {} {} and bpf-linker {BPF_LINKER_VERSION}",
-            TOOLCHAIN_PACKAGES.join(" "),
-            TOOL_PACKAGES.join(" ")
+             Install by hand: {} and bpf-linker {BPF_LINKER_VERSION}",
+            wanted.join(" ")
         );
     }
-    let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
-        .iter()
-        .chain(TOOL_PACKAGES)
-        .copied()
-        .collect();
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\\n"])
         .args(&wanted)
@@ -95,9 +140,14 @@ fn apt_packages() -> Result<bool> {
     // Exit status 1 just means some package is unknown to dpkg; stdout lists the rest.
     let missing = missing_packages(&wanted, &String::from_utf8_lossy(&out.stdout));
     if missing.is_empty() {
+        check_installed()?;
         step(
             "apt packages",
-            &format!("ok (already installed: {})", wanted.len()),
+            &format!(
+                "ok (already installed: {}; all {} programs on PATH)",
+                wanted.len(),
+                COMMANDS.len()
+            ),
         );
         return Ok(false);
     }
@@ -121,8 +171,53 @@ fn apt_packages() -> Result<bool> {
         };
         return Err(e).context(format!("[setup] apt packages{hint}"));
     }
-    step("apt packages", &format!("ok (installed {})", missing.len()));
+    check_installed()?;
+    step(
+        "apt packages",
+        &format!(
+            "ok (installed {}; all {} programs on PATH)",
+            missing.len(),
+            COMMANDS.len()
+        ),
+    );
     Ok(true)
+}
+
+/// Fails, naming each program and its package, unless every program of
+/// [`COMMANDS`] is on PATH and Debian's python3 imports the tests' module.
+fn check_installed() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let mut problems: Vec<String> = COMMANDS
+        .iter()
+        .filter(|(program, _)| find_program(program, &dirs).is_none())
+        .map(|(program, package)| format!("`{program}` (package {package})"))
+        .collect();
+    let imports = Command::new(DEBIAN_PYTHON)
+        .args(["-c", PYTHON_CHECK])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !imports {
+        problems.push(format!(
+            "the Python module `dns` for {DEBIAN_PYTHON} (package python3-dnspython)"
+        ));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "[setup] missing after install: {}; PATH is {}",
+            problems.join(", "),
+            path.to_string_lossy()
+        );
+    }
+    Ok(())
+}
+
+/// The first executable file named `program` in `dirs`, as a shell finds it.
+fn find_program(program: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dirs.iter().map(|dir| dir.join(program)).find(|candidate| {
+        fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// Packages of `wanted` that `dpkg-query -W -f='${Package} ${Status}\n'` does
@@ -270,14 +365,24 @@ fn parse_bpf_linker_version(text: &str) -> Option<String> {
     (words.next()? == "bpf-linker").then(|| words.next().map(str::to_owned))?
 }
 
-/// PATH with `<cargo install root>/bin` appended if missing, so the builds
-/// xtask starts find a bpf-linker that setup installed off PATH.
+/// Folders a root shell normally has on PATH; a minimal root's PATH (a
+/// `chroot`, `su` without `-`) may lack them, and most of [`COMMANDS`] live there.
+const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// PATH with the sbin folders and `<cargo install root>/bin` appended if
+/// missing, so xtask and every program it starts find the lab's tools and a
+/// bpf-linker that setup installed off PATH. `main` sets it for the process.
 pub fn path_with_install_root() -> std::ffi::OsString {
-    let bin = install_root().join("bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if !dirs.contains(&bin) {
-        dirs.push(bin);
+    let extra = SBIN_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .chain([install_root().join("bin")]);
+    for dir in extra {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
     }
     std::env::join_paths(dirs).unwrap_or(path)
 }
@@ -445,5 +550,189 @@ mod tests {
         assert!(!is_versioned_libllvm("libLLVM-22.so"));
         assert!(!is_versioned_libllvm("libLLVM.so.21.1"));
         assert!(!is_versioned_libllvm("libLLVM.so.22."));
+    }
+}
+
+/// Checks [`COMMANDS`] against the sources: a program that the code starts to
+/// run must not be left to chance on a minimal root.
+#[cfg(test)]
+mod commands_table {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// Strings in the sources that name a program on a Debian machine but are
+    /// not run as one: link kinds, JSON fields, subcommands, flags, messages.
+    /// `cargo` is the one running xtask.
+    const NOT_RUN: &[&str] = &[
+        "bridge", "cargo", "comm", "cut", "dir", "echo", "host", "id", "install", "kill", "link",
+        "nl", "node", "route", "setcap", "sort", "tail", "test", "w", "watch", "yes",
+    ];
+    /// Where Debian's packages put programs (not /usr/local: whatever else
+    /// this machine holds there is none of setup's business).
+    const BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    const MEMBERS: &[&str] = &[
+        "dnstrace",
+        "dnstrace-common",
+        "dnstrace-ebpf",
+        "tests",
+        "xtask",
+    ];
+
+    /// Every string literal in the workspace's Rust sources that names a
+    /// program in this machine's bin folders is in COMMANDS or in NOT_RUN.
+    /// This table itself (this file) is not scanned.
+    #[test]
+    fn every_program_named_in_the_sources_is_in_commands() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask sits in the workspace");
+        let this = root.join(file!());
+        let mut files = Vec::new();
+        for member in MEMBERS {
+            rust_files(&root.join(member), &mut files);
+        }
+        assert!(files.len() > 20, "found only {} .rs files", files.len());
+        let mut unlisted: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut texts = Vec::new();
+        for file in files.iter().filter(|f| **f != this) {
+            texts.push((file, fs::read_to_string(file).expect("reading a source")));
+        }
+        for (file, text) in &texts {
+            for literal in string_literals(text) {
+                let named = is_program_name(literal)
+                    && !COMMANDS.iter().any(|(program, _)| *program == literal)
+                    && !NOT_RUN.contains(&literal)
+                    && BIN_DIRS
+                        .iter()
+                        .any(|d| Path::new(d).join(literal).is_file());
+                if named {
+                    let rel = file.strip_prefix(root).unwrap_or(file);
+                    unlisted
+                        .entry(literal)
+                        .or_default()
+                        .insert(rel.display().to_string());
+                }
+            }
+        }
+        assert!(
+            unlisted.is_empty(),
+            "these strings name programs on this machine: if the code runs one, add it with \
+             its Debian package to COMMANDS in xtask/src/setup.rs, else to NOT_RUN there: \
+             {unlisted:?}"
+        );
+    }
+
+    #[test]
+    fn finds_literals_past_chars_lifetimes_comments_and_raw_strings() {
+        let src = r###"fn f<'a>(x: &'a str) { let q = '"'; let e = '\''; // "nope"
+            /* "no" */ run(&["sysctl", "-w"]); let s = r#"say "hi""#; g("a\"b", b"c") }"###;
+        assert_eq!(
+            string_literals(src),
+            ["sysctl", "-w", r#"say "hi""#, r#"a\"b"#, "c"]
+        );
+    }
+
+    #[test]
+    fn path_gets_the_sbin_folders() {
+        let path = path_with_install_root();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        for dir in SBIN_DIRS {
+            assert!(dirs.contains(&PathBuf::from(dir)), "{dir} not in {path:?}");
+        }
+    }
+
+    #[test]
+    fn finds_programs_like_a_shell() {
+        let dirs = [PathBuf::from("/nonexistent"), PathBuf::from("/bin")];
+        assert_eq!(find_program("sh", &dirs), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(find_program("no-such-program-here", &dirs), None);
+        // A folder and a file without execute permission do not count.
+        assert_eq!(find_program("etc", &[PathBuf::from("/")]), None);
+        assert_eq!(find_program("passwd", &[PathBuf::from("/etc")]), None);
+    }
+
+    #[test]
+    fn each_package_is_installed_once() {
+        let wanted = wanted_packages();
+        let unique: BTreeSet<&str> = wanted.iter().copied().collect();
+        assert_eq!(unique.len(), wanted.len(), "{wanted:?}");
+        assert!(wanted.contains(&"procps") && wanted.contains(&"python3-dnspython"));
+    }
+
+    fn is_program_name(s: &str) -> bool {
+        s.len() <= 32
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.+-".contains(&b))
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The contents of the string literals in Rust source `src` (escapes left
+    /// as written), skipping comments and char literals.
+    fn string_literals(src: &str) -> Vec<&str> {
+        let b = src.as_bytes();
+        let ident = |i: usize| b[i].is_ascii_alphanumeric() || b[i] == b'_';
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'/' if b.get(i + 1) == Some(&b'/') => {
+                    i = src[i..].find('\n').map_or(b.len(), |n| i + n);
+                }
+                b'/' if b.get(i + 1) == Some(&b'*') => {
+                    i = src[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+                }
+                b'\'' if b.get(i + 1) == Some(&b'\\') => {
+                    // '\n', '\'', '\u{..}': the closing quote after the escaped char.
+                    i = src[i + 3..].find('\'').map_or(b.len(), |n| i + 3 + n + 1);
+                }
+                b'\'' => {
+                    let len = src[i + 1..].chars().next().map_or(1, char::len_utf8);
+                    // 'x' is a char; 'a without a closing quote is a lifetime.
+                    i += if b.get(i + 1 + len) == Some(&b'\'') {
+                        len + 2
+                    } else {
+                        1
+                    };
+                }
+                b'r' if (i == 0
+                    || !ident(i - 1)
+                    || (b[i - 1] == b'b' && (i < 2 || !ident(i - 2))))
+                    && src[i + 1..].trim_start_matches('#').starts_with('"') =>
+                {
+                    let hashes = src[i + 1..].len() - src[i + 1..].trim_start_matches('#').len();
+                    let start = i + 1 + hashes + 1;
+                    let close = format!("\"{}", "#".repeat(hashes));
+                    let end = src[start..].find(&close).map_or(b.len(), |n| start + n);
+                    out.push(&src[start..end]);
+                    i = end + close.len();
+                }
+                b'"' => {
+                    let start = i + 1;
+                    i = start;
+                    while i < b.len() && b[i] != b'"' {
+                        i += if b[i] == b'\\' { 2 } else { 1 };
+                    }
+                    out.push(&src[start..i.min(b.len())]);
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        out
     }
 }
