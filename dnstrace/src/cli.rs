@@ -296,6 +296,12 @@ pub struct ReplayArgs {
     /// ~/.local/state/dnstrace/dnstrace.log or /tmp/dnstrace-UID/dnstrace.log].
     #[arg(long, value_name = "PATH", env = "DNSTRACE_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Fail (exit status 1) when the file is cut short or damaged. Without it such a file is
+    /// replayed as far as it can be read, with a warning, `complete: false` in the summary,
+    /// and exit status 0.
+    #[arg(long, env = "DNSTRACE_STRICT")]
+    pub strict: bool,
 }
 
 /// Arguments of the hidden `bench-noop` (used by `cargo xtask bench` only).

@@ -33,6 +33,7 @@ use crate::{
         self, IssueKind, LinkType, Meta, Packet, Point,
         frag::{Defrag, FragStats, Outcome},
         tcp::TcpStats,
+        text::{printable, printable_string},
     },
     sink::{
         Names, Summary,
@@ -63,6 +64,8 @@ pub struct ReplayConfig {
     pub pcap: Option<PathBuf>,
     /// Where logs go; the TUI defaults to a file so that nothing writes over it.
     pub log_file: Option<PathBuf>,
+    /// A cut or damaged file is an error, not a warning.
+    pub strict: bool,
 }
 
 impl From<ReplayArgs> for ReplayConfig {
@@ -79,6 +82,7 @@ impl From<ReplayArgs> for ReplayConfig {
             uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
             pcap: a.pcap,
             log_file: crate::cli::log_file_for(a.output, a.log_file),
+            strict: a.strict,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct ReplayStats {
     /// Frames whose headers could not be parsed far enough to find ports, by problem kind.
     pub unparsed: BTreeMap<&'static str, u64>,
     pub tcp: TcpStats,
+    /// False when the file is cut short or damaged: only its first `frames` packets were read.
+    pub complete: bool,
     /// Why reading stopped early (a damaged or cut file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -133,7 +139,9 @@ impl IfInfo {
         };
         for o in &idb.options {
             match o {
-                InterfaceDescriptionOption::IfName(n) => info.name = Some(n.to_string()),
+                InterfaceDescriptionOption::IfName(n) => {
+                    info.name = Some(printable(n).into_owned())
+                }
                 InterfaceDescriptionOption::IfTsResol(r) => {
                     info.units = if r & 0x80 == 0 {
                         10u128.checked_pow(u32::from(*r)).unwrap_or(1_000_000)
@@ -197,13 +205,12 @@ struct Input {
 
 impl Input {
     fn open(path: &std::path::Path) -> anyhow::Result<(Self, &'static str)> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("opening {}", shown(path)))?;
         let mut buf = BufReader::with_capacity(1 << 16, file);
         let magic: Vec<u8> = buf.fill_buf()?.iter().take(4).copied().collect();
         if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-            let r = PcapNgReader::new(buf).map_err(|e| {
-                anyhow::anyhow!("{}: not a readable pcapng file: {e}", path.display())
-            })?;
+            let r = PcapNgReader::new(buf)
+                .map_err(|e| anyhow::anyhow!("{}: not a readable pcapng file: {e}", shown(path)))?;
             let run = section_run(r.section().options.iter());
             Ok((
                 Self {
@@ -215,9 +222,8 @@ impl Input {
                 "pcapng",
             ))
         } else {
-            let r = PcapReader::new(buf).map_err(|e| {
-                anyhow::anyhow!("{}: not a pcap or pcapng file: {e}", path.display())
-            })?;
+            let r = PcapReader::new(buf)
+                .map_err(|e| anyhow::anyhow!("{}: not a pcap or pcapng file: {e}", shown(path)))?;
             let h = r.header();
             Ok((
                 Self {
@@ -245,7 +251,7 @@ impl Input {
             Reader::Pcap { r, res } => {
                 let p = match r.next_raw_packet()? {
                     Ok(p) => p,
-                    Err(e) => return Some(Err(e.to_string())),
+                    Err(e) => return Some(Err(read_error(&e))),
                 };
                 let frac = u64::from(p.ts_frac);
                 let frac_ns = match res {
@@ -264,7 +270,7 @@ impl Input {
             Reader::PcapNg(r) => loop {
                 let block = match r.next_block()? {
                     Ok(b) => b,
-                    Err(e) => return Some(Err(e.to_string())),
+                    Err(e) => return Some(Err(read_error(&e))),
                 };
                 match block {
                     Block::SectionHeader(shb) => {
@@ -284,7 +290,7 @@ impl Input {
                             match o {
                                 EnhancedPacketOption::Flags(f) => flags = Some(*f),
                                 EnhancedPacketOption::Comment(c) if comment.is_none() => {
-                                    comment = Some(c.to_string())
+                                    comment = Some(printable(c).into_owned())
                                 }
                                 _ => {}
                             }
@@ -350,11 +356,18 @@ fn section_run<'a, 'b: 'a>(
             SectionHeaderOption::UserApplication(a) => {
                 ours |= a.split_whitespace().next() == Some(APPLICATION)
             }
-            SectionHeaderOption::Comment(c) => run = run.or_else(|| RunInfo::from_comment(c)),
+            SectionHeaderOption::Comment(c) => {
+                run = run.or_else(|| RunInfo::from_comment(&printable(c)))
+            }
             _ => {}
         }
     }
     run.filter(|_| ours)
+}
+
+/// A path for the terminal: a file name can hold escape sequences too (`replay *`).
+fn shown(path: &std::path::Path) -> String {
+    printable_string(path.display().to_string())
 }
 
 /// Lookups queued for the TUI: a replay produces them faster than any screen shows them.
@@ -396,7 +409,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     let mut ui = match cfg.output {
         Output::Tui => {
             let header = tui::HeaderInfo {
-                source: format!("replay {}", cfg.file.display()),
+                source: format!("replay {}", shown(&cfg.file)),
                 coverage: watched.clone(),
                 netns: host_netns,
                 uplinks: uplinks.clone(),
@@ -427,9 +440,10 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     }
 
     let mut stats = ReplayStats {
-        file: cfg.file.display().to_string(),
+        file: shown(&cfg.file),
         format,
         dnstrace_file: run.is_some(),
+        complete: true,
         ..ReplayStats::default()
     };
     let mut ifindex: HashMap<String, u32> = HashMap::new();
@@ -448,6 +462,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         let f = match next {
             Ok(f) => f,
             Err(e) => {
+                stats.complete = false;
                 stats.error = Some(format!("stopped after {} packets: {e}", stats.frames));
                 break;
             }
@@ -618,7 +633,31 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     {
         eprintln!("dnstrace: log in {}", path.display());
     }
+    if let Some(r) = summary.replay.as_ref().filter(|r| !r.complete) {
+        let what = format!(
+            "{} is incomplete: {}; the lookups cover only the packets before that",
+            r.file,
+            r.error.as_deref().unwrap_or("unreadable")
+        );
+        if cfg.strict {
+            anyhow::bail!("{what} (--strict)");
+        }
+        eprintln!("dnstrace: warning: {what} (with --strict this is an error)");
+    }
     Ok(summary)
+}
+
+/// Why the reader stopped, for people: the file's own bytes never reach the terminal raw.
+fn read_error(e: &pcap_file::PcapError) -> String {
+    use pcap_file::PcapError;
+    match e {
+        PcapError::IncompleteBuffer => "the file ends inside a record (cut short?)".to_owned(),
+        PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends inside a record (cut short?)".to_owned()
+        }
+        PcapError::IoError(io) => format!("read error: {io}"),
+        other => printable_string(format!("damaged record: {other}")),
+    }
 }
 
 /// Where a frame's packet starts, how to parse it, and what the file says of its interface.

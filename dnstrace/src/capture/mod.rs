@@ -97,6 +97,27 @@ pub enum CaptureError {
          in Kubernetes use a privileged pod or add those capabilities)"
     )]
     Permission { action: String },
+    /// The verifier refused a program for want of a capability it checks itself.
+    #[error(
+        "{action}: the kernel refused it because this process lacks {missing} \
+         ({why}); grant it (run as root, or `setcap cap_bpf,cap_net_admin,cap_perfmon,cap_sys_resource+ep $(command -v dnstrace)`; \
+         in Kubernetes add {k8s} to the container's capabilities); DNSTRACE_LOG=debug shows the verifier's log"
+    )]
+    MissingCapability {
+        action: String,
+        missing: &'static str,
+        why: &'static str,
+        k8s: &'static str,
+    },
+    /// The verifier refused a program: its last words, the whole log in the debug log.
+    #[error(
+        "{action}: the kernel's verifier refused it ({errno}): {last}; DNSTRACE_LOG=debug shows the verifier's log"
+    )]
+    Verifier {
+        action: String,
+        errno: std::io::Error,
+        last: String,
+    },
     #[error(
         "kernel {version} is too old: the BPF ring buffer needs Linux 5.8 or later (tcx needs 6.6; older kernels use netlink tc)"
     )]
@@ -119,8 +140,19 @@ pub enum CaptureError {
 
 impl CaptureError {
     /// Turns an aya error into a message that names the fix where one is known.
-    fn from_aya(action: impl Into<String>, err: &dyn std::error::Error) -> Self {
+    fn from_aya(action: impl Into<String>, err: &(dyn std::error::Error + 'static)) -> Self {
         let action = action.into();
+        let mut chain = Some(err);
+        while let Some(e) = chain {
+            if let Some(aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) = e.downcast_ref()
+            {
+                return Self::verifier(action, io_error, &verifier_log.to_string());
+            }
+            chain = e.source();
+        }
         let mut detail = err.to_string();
         let mut src = err.source();
         let mut eperm = false;
@@ -137,6 +169,79 @@ impl CaptureError {
         } else {
             Self::Bpf { action, detail }
         }
+    }
+}
+
+impl CaptureError {
+    /// A program the verifier refused. Its log (tens of lines) goes to the debug log only:
+    /// the error names the missing capability when that is why, else the log's last words.
+    fn verifier(action: String, errno: &std::io::Error, log: &str) -> Self {
+        log::debug!("{action}: the verifier's log:\n{log}");
+        let refused = matches!(errno.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+        let caps = Caps::effective();
+        if refused && !caps.has(Caps::PERFMON) && !caps.has(Caps::SYS_ADMIN) {
+            return Self::MissingCapability {
+                action,
+                missing: "CAP_PERFMON",
+                why: "the verifier allows direct packet access and kernel reads only with \
+                      CAP_PERFMON or CAP_SYS_ADMIN",
+                k8s: "PERFMON",
+            };
+        }
+        if refused && !caps.has(Caps::BPF) && !caps.has(Caps::SYS_ADMIN) {
+            return Self::MissingCapability {
+                action,
+                missing: "CAP_BPF",
+                why: "loading BPF programs needs CAP_BPF or CAP_SYS_ADMIN",
+                k8s: "BPF",
+            };
+        }
+        let last = log
+            .lines()
+            .map(str::trim)
+            .rfind(|l| {
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+                    && !l.starts_with("processed ")
+            })
+            .unwrap_or("no verifier log")
+            .to_owned();
+        Self::Verifier {
+            action,
+            errno: std::io::Error::from_raw_os_error(errno.raw_os_error().unwrap_or(0)),
+            last,
+        }
+    }
+}
+
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+#[derive(Clone, Copy, Debug)]
+struct Caps(u64);
+
+impl Caps {
+    const SYS_ADMIN: u32 = 21;
+    const PERFMON: u32 = 38;
+    const BPF: u32 = 39;
+
+    fn effective() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        Self::from_status(&status)
+    }
+
+    /// All set when unknown: then nothing is blamed on a capability.
+    fn from_status(status: &str) -> Self {
+        Self(
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(u64::MAX),
+        )
+    }
+
+    fn has(self, cap: u32) -> bool {
+        self.0 & (1 << cap) != 0
     }
 }
 
@@ -328,7 +433,12 @@ pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[
         LinkType::RawIp
     };
     let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
-    let comm = (comm_len > 0).then(|| String::from_utf8_lossy(&h.comm[..comm_len]).into_owned());
+    // Any process can name itself with escape sequences (prctl PR_SET_NAME).
+    let comm = (comm_len > 0).then(|| {
+        crate::decode::text::printable_string(
+            String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+        )
+    });
     let captured = Captured {
         meta: Meta {
             ts_ns: h.ts_ns,
@@ -510,6 +620,34 @@ mod tests {
         h.point = 9;
         assert!(from_bytes(&record(h, &[]), 1).is_none());
         assert!(from_bytes(&[0u8; HEADER_LEN - 1], 1).is_none());
+    }
+
+    #[test]
+    fn capabilities_from_proc_status() {
+        let full = Caps::from_status("Name:\tx\nCapEff:\t000001ffffffffff\n");
+        assert!(full.has(Caps::PERFMON) && full.has(Caps::BPF) && full.has(Caps::SYS_ADMIN));
+        let no_perfmon = Caps::from_status("CapEff:\t000000bfffdfffff\n");
+        assert!(!no_perfmon.has(Caps::PERFMON) && !no_perfmon.has(Caps::SYS_ADMIN));
+        assert!(no_perfmon.has(Caps::BPF));
+        assert!(Caps::from_status("").has(Caps::PERFMON));
+    }
+
+    #[test]
+    fn verifier_log_stays_out_of_the_message() {
+        let log = "0: R1=ctx() R10=fp0\n1: (bf) r6 = r1\n\
+                   R3 has pointer with unsupported alu operation, pointer arithmetic with it prohibited for !root\n\
+                   verification time 3356 usec\nstack depth 24\nprocessed 914 insns (limit 1000000)\n";
+        let err = CaptureError::verifier(
+            "loading dt_tc_eth_in".into(),
+            &std::io::Error::from_raw_os_error(libc::EINVAL),
+            log,
+        );
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("prohibited for !root") && !msg.contains("R1=ctx"),
+            "{msg}"
+        );
     }
 
     #[test]

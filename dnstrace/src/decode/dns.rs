@@ -9,6 +9,8 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use super::text::printable_string;
+
 /// Bytes in the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
 /// At most this many answer records are kept per message.
@@ -207,7 +209,7 @@ impl Header {
 }
 
 fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
-    let parsed = op::Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    let parsed = op::Message::from_vec(bytes).map_err(|e| printable_string(e.to_string()))?;
     let edns = parsed.edns.as_ref();
     let rcode = u16::from(header.rcode) | edns.map_or(0, |e| u16::from(e.rcode_high()) << 4);
     Ok(Message {
@@ -381,7 +383,7 @@ fn first_question(bytes: &[u8]) -> Option<Question> {
 
 fn question(query: &Query) -> Question {
     Question {
-        name: query.name().to_ascii(),
+        name: printable_string(query.name().to_ascii()),
         qtype: type_name(query.query_type()),
         qclass: class_name(query.query_class()),
     }
@@ -389,7 +391,7 @@ fn question(query: &Query) -> Question {
 
 fn answer(record: &Record) -> Answer {
     Answer {
-        name: record.name.to_ascii(),
+        name: printable_string(record.name.to_ascii()),
         rtype: type_name(record.record_type()),
         ttl: record.ttl,
         data: rdata_text(&record.data),
@@ -418,7 +420,9 @@ impl fmt::Display for Rfc3597<'_> {
     }
 }
 
-/// Formats `value`, stopping after [`MAX_DATA_CHARS`] characters (the last one becomes "…").
+/// Formats `value` with what a terminal acts on escaped (TXT and other record data
+/// hold any bytes), stopping after [`MAX_DATA_CHARS`] characters (the last one
+/// becomes "…").
 fn capped(value: &dyn fmt::Display) -> String {
     let mut out = Capped::default();
     // An error means the cap was reached or the Display impl refused; keep what was written.
@@ -439,13 +443,18 @@ struct Capped {
 
 impl fmt::Write for Capped {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut one = String::new();
         for c in s.chars() {
-            if self.chars == MAX_DATA_CHARS {
-                self.overflowed = true;
-                return Err(fmt::Error);
+            one.clear();
+            super::text::push_printable(&mut one, c);
+            for c in one.chars() {
+                if self.chars == MAX_DATA_CHARS {
+                    self.overflowed = true;
+                    return Err(fmt::Error);
+                }
+                self.text.push(c);
+                self.chars += 1;
             }
-            self.text.push(c);
-            self.chars += 1;
         }
         Ok(())
     }

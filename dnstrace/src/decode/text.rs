@@ -1,7 +1,61 @@
-//! Text forms of IPv4 addresses written by hand: the hot path writes one per
-//! answer record and two per lookup, and `Display` for addresses costs
-//! several times as much (it formats through `fmt` and pads).
-use std::net::{Ipv4Addr, SocketAddr};
+//! Text for people: IPv4 addresses written by hand (the hot path writes one per
+//! answer record and two per lookup, and `Display` for addresses costs several
+//! times as much: it formats through `fmt` and pads), and [`printable`], which
+//! every string read from a packet or a file goes through before a terminal can
+//! see it.
+use std::{
+    borrow::Cow,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+/// Characters a terminal acts on or that reorder or hide text: C0 and C1 controls
+/// (ESC, CSI), DEL, and the Unicode bidi, zero-width and line-separator characters.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
+}
+
+/// Appends `c`, written as `\x1b` or `\u{202e}` when [`hidden`].
+pub fn push_printable(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    if !hidden(c) {
+        out.push(c);
+    } else if u32::from(c) < 0x100 {
+        let _ = write!(out, "\\x{:02x}", u32::from(c));
+    } else {
+        let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+    }
+}
+
+/// `s` with every character a terminal would act on written as an escape (see
+/// [`push_printable`]); borrowed when there is none, which is almost always.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(hidden) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        push_printable(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// [`printable`], owned.
+pub fn printable_string(s: String) -> String {
+    match printable(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(o) => o,
+    }
+}
 
 fn push_decimal(out: &mut String, n: u32) {
     out.push_str(itoa::Buffer::new().format(n));
@@ -40,6 +94,25 @@ pub fn socket_addr_string(addr: &SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_acts_on() {
+        assert!(matches!(printable("www.example.com."), Cow::Borrowed(_)));
+        assert!(matches!(printable("ünïcode ok ✓"), Cow::Borrowed(_)));
+        assert_eq!(printable("\x1b[2Jx"), "\\x1b[2Jx");
+        assert_eq!(
+            printable("a\u{9b}31mb\x7f\r\n\t"),
+            "a\\x9b31mb\\x7f\\x0d\\x0a\\x09"
+        );
+        assert_eq!(
+            printable("abc\u{202e}fed\u{2066}"),
+            "abc\\u{202e}fed\\u{2066}"
+        );
+        assert_eq!(printable("zero\u{200b}width"), "zero\\u{200b}width");
+        for s in ["\x1b]0;title\x07", "\u{202e}", "\u{feff}"] {
+            assert!(!printable(s).chars().any(hidden), "{s:?}");
+        }
+    }
 
     #[test]
     fn same_text_as_display() {

@@ -15,7 +15,7 @@ pub(crate) use text::clock;
 use crate::{
     capture::{DrainStats, KernelCounters},
     correlate::{CorrelateStats, Lookup, UpstreamStats},
-    decode::{IssueKind, Meta, Packet, Point},
+    decode::{IssueKind, Meta, Packet, Point, text::printable_string},
 };
 
 /// Turns capture metadata into names a human reads.
@@ -32,7 +32,10 @@ impl Names {
     pub fn new(own_netns: u64, ifaces: impl IntoIterator<Item = (u32, String)>) -> Self {
         Self {
             own_netns,
-            by_index: ifaces.into_iter().collect(),
+            by_index: ifaces
+                .into_iter()
+                .map(|(i, name)| (i, printable_string(name)))
+                .collect(),
             mono_to_epoch_ns: mono_to_epoch_ns(),
             drop_reasons: HashMap::new(),
         }
@@ -51,7 +54,7 @@ impl Names {
 
     /// Names an interface index learnt after the start (replay learns them from the file).
     pub fn add_iface(&mut self, index: u32, name: String) {
-        self.by_index.insert(index, name);
+        self.by_index.insert(index, printable_string(name));
     }
 
     /// Name of a kernel drop reason value, e.g. "NETFILTER_DROP".
