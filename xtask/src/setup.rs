@@ -57,6 +57,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("sleep", "coreutils"),
     ("mkfifo", "coreutils"),
     ("env", "coreutils"),
+    // the default-log test gives the TUI a terminal
+    ("script", "bsdutils"),
     ("grep", "grep"),
     // setup itself
     ("dpkg-query", "dpkg"),
