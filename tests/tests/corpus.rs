@@ -1,6 +1,9 @@
-//! `dnstrace replay` of every capture in the shared corpus (../shared/corpus, outside the
-//! repo; its README says what each file exercises). Needs no privileges, only the binary
-//! named by DNSTRACE_BIN (`cargo xtask test` sets it). Skips when either is absent.
+//! `dnstrace replay` of every capture in the shared corpus (outside the repo; its README
+//! says what each file exercises). Needs no privileges, only the binary named by
+//! DNSTRACE_BIN (`cargo xtask test` sets it) and the corpus: `$DNSTRACE_CORPUS`, else the
+//! first `shared/corpus` beside the workspace or a folder above it (../shared/corpus from a
+//! checkout, ../../shared/corpus from a worktree). Without the corpus every test says
+//! loudly that it skipped, and fails instead when DNSTRACE_REQUIRE_CORPUS or CI is set.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -10,8 +13,60 @@ use std::{
 use dnstrace_tests::Trace;
 use serde_json::Value;
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+/// Names the corpus folder.
+const CORPUS_ENV: &str = "DNSTRACE_CORPUS";
+
+/// Where the corpus is, or every place looked at.
+fn corpus_dir() -> Result<PathBuf, Vec<PathBuf>> {
+    if let Some(dir) = std::env::var_os(CORPUS_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(vec![dir])
+        };
+    }
+    // The workspace is the tests crate's parent.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let looked: Vec<PathBuf> = workspace
+        .ancestors()
+        .skip(1)
+        .map(|d| d.join("shared/corpus"))
+        .collect();
+    looked.iter().find(|d| d.is_dir()).cloned().ok_or(looked)
+}
+
+/// Set (and not "0" or "false"): a missing corpus fails the tests instead of skipping them.
+fn corpus_required() -> Option<&'static str> {
+    let set =
+        |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    ["DNSTRACE_REQUIRE_CORPUS", "CI"]
+        .into_iter()
+        .find(|v| set(v))
+}
+
+/// Says loudly that `what` is missing, or panics when the corpus is required.
+fn missing(what: &str) {
+    let msg = format!(
+        "corpus: {what}; set {CORPUS_ENV}=DIR to the shared corpus (DNSTRACE_REQUIRE_CORPUS=1 \
+         or CI=1 turns this skip into a failure)"
+    );
+    if let Some(var) = corpus_required() {
+        panic!("{msg} [{var} is set]");
+    }
+    // Straight to stderr, past the test harness's capture; each message once per run.
+    static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut told = TOLD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !told.contains(&msg) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** corpus tests SKIPPED, NOTHING CHECKED: {msg} ***\n"
+        );
+        told.push(msg);
+    }
 }
 
 /// What `dnstrace replay --output json --packets FILE` printed.
@@ -51,12 +106,14 @@ impl Replay {
 
 fn setup() -> Option<(PathBuf, PathBuf)> {
     let bin = dnstrace_tests::dnstrace_bin()?;
-    let dir = corpus_dir();
-    if !dir.is_dir() {
-        eprintln!("skipped: {} is absent", dir.display());
-        return None;
+    match corpus_dir() {
+        Ok(dir) => Some((bin, dir)),
+        Err(looked) => {
+            let looked: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
+            missing(&format!("not found (looked in {})", looked.join(", ")));
+            None
+        }
     }
-    Some((bin, dir))
 }
 
 fn run(file: &Path) -> Replay {
@@ -70,7 +127,7 @@ fn replay(name: &str) -> Option<Replay> {
     let (_, dir) = setup()?;
     let path = dir.join(name);
     if !path.is_file() {
-        eprintln!("skipped: {} is absent", path.display());
+        missing(&format!("{} is absent", path.display()));
         return None;
     }
     Some(run(&path))
