@@ -15,7 +15,8 @@
 //! - truncates an existing file only after all of that.
 //!
 //! The default log file is held to more: a plain file of ours, in a folder of ours
-//! that only we can write to ([`default_log_path`]).
+//! that not everyone can write to ([`default_log_path`]). (Group-writable is fine: with
+//! a umask of 002 a user's folders are writable by their own private group.)
 use std::{
     ffi::OsStr,
     fs::File,
@@ -35,7 +36,7 @@ pub enum Purpose {
     Named,
     /// Named on the command line and appended to (`--log-file`).
     NamedLog,
-    /// The default log file: only a plain file of ours, in a folder only we can write to.
+    /// The default log file: only a plain file of ours, in a folder of ours not open to all.
     DefaultLog,
 }
 
@@ -191,11 +192,11 @@ pub fn open(path: &Path, purpose: Purpose) -> Result<File, OutFileError> {
     };
     let (dirfd, dir_info) = open_dir(dir)?;
     let me = euid();
-    if purpose == Purpose::DefaultLog && (dir_info.uid != me || dir_info.mode & 0o022 != 0) {
+    if purpose == Purpose::DefaultLog && (dir_info.uid != me || dir_info.shared()) {
         return Err(refused(
             format!(
                 "the default log folder {} belongs to uid {} with mode {:o}, and dnstrace (uid {me}) \
-                 writes its default log only to a folder of its own that no one else can write to",
+                 writes its default log only to a folder of its own that not everyone can write to",
                 dir.display(),
                 dir_info.uid,
                 dir_info.mode & 0o7777

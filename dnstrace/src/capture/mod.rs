@@ -608,6 +608,15 @@ mod tests {
     }
 
     #[test]
+    fn process_name_is_escaped() {
+        // prctl(PR_SET_NAME) lets any process call itself this.
+        let mut h = header();
+        h.comm[..6].copy_from_slice(b"\x1b[2Jsh");
+        let c = from_bytes(&record(h, &[]), 1).unwrap();
+        assert_eq!(c.meta.comm.as_deref(), Some("\\x1b[2Jsh"));
+    }
+
+    #[test]
     fn abi_fills_own_netns_and_rejects_garbage() {
         let c = from_bytes(&record(header(), &[9; 3]), 77).unwrap();
         assert_eq!(c.meta.netns, 77);
