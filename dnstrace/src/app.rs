@@ -216,6 +216,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let Done {
         decoded,
         issues,
+        tcp,
         lookups,
         upstreams,
         mut sink,
@@ -236,6 +237,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         userspace: drain.stats(),
         decoded,
         issues,
+        tcp,
         lookups,
         upstreams,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -361,6 +363,7 @@ fn pcap_points(capture: &Capture) -> Vec<PointDesc> {
 pub(crate) struct Done {
     pub decoded: u64,
     pub issues: IssueCounts,
+    pub tcp: decode::tcp::TcpStats,
     pub lookups: correlate::CorrelateStats,
     pub upstreams: Vec<correlate::UpstreamStats>,
     pub sink: Sink<BufWriter<std::io::Stdout>>,
@@ -632,6 +635,7 @@ impl Consumer {
         }
         let expired = self.correlator.expire(now);
         self.finished.extend(expired);
+        self.tcp.expire(now);
         let r = self.emit_finished(now);
         // Time moved on: held pcapng packets may have reached their bound.
         self.drain_pcap(now);
@@ -673,6 +677,7 @@ impl Consumer {
         Done {
             decoded: self.decoded,
             issues: self.issues,
+            tcp: self.tcp.stats,
             lookups: self.correlator.stats(),
             upstreams: self.correlator.upstreams(),
             sink: self.sink,

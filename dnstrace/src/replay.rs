@@ -32,7 +32,6 @@ use crate::{
     decode::{
         self, IssueKind, LinkType, Meta, Packet, Point,
         frag::{Defrag, FragStats, Outcome},
-        tcp::TcpStats,
         text::{printable, printable_string},
     },
     sink::{
@@ -111,7 +110,6 @@ pub struct ReplayStats {
     pub ip: FragStats,
     /// Frames whose headers could not be parsed far enough to find ports, by problem kind.
     pub unparsed: BTreeMap<&'static str, u64>,
-    pub tcp: TcpStats,
     /// False when the file is cut short or damaged: only its first `frames` packets were read.
     pub complete: bool,
     /// Why reading stopped early (a damaged or cut file).
@@ -577,7 +575,6 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     }
     defrag.finish();
     stats.ip = defrag.stats;
-    stats.tcp = consumer.tcp.stats;
     let done = consumer.done();
     let pcap = match done.pcap {
         Some(p) => Some(
@@ -613,6 +610,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         netns: host_netns,
         decoded: done.decoded,
         issues: done.issues,
+        tcp: done.tcp,
         lookups: done.lookups,
         upstreams: done.upstreams,
         duration_ms: started.elapsed().as_millis() as u64,

@@ -96,7 +96,7 @@ impl Replay {
     }
 
     fn tcp(&self, key: &str) -> u64 {
-        self.replay()["tcp"][key].as_u64().unwrap()
+        self.summary["tcp"][key].as_u64().unwrap()
     }
 
     fn n(&self, key: &str) -> u64 {

@@ -3,10 +3,17 @@
 //! messages, or part of one. Retransmitted bytes are skipped; after a gap (a segment
 //! missing from the capture) framing is recovered at the next segment that starts with a
 //! whole, parseable message.
-use std::collections::HashMap;
+//!
+//! Memory is bounded whatever the peers send: a stream holds at most the one message it
+//! is waiting for (2 + 65,535 bytes), all streams together at most [`Limits::max_bytes`],
+//! and at most [`Limits::max_streams`] streams are followed; a stream silent for
+//! [`Limits::idle_ns`] is forgotten, and one closed by FIN or RST is freed at once. Each of
+//! these losses is counted in [`TcpStats`].
 use std::net::SocketAddr;
 
-use super::{LinkType, Packet, Point, dns, set_message, tcp_segment};
+use lru::LruCache;
+
+use super::{Issue, IssueKind, LinkType, Packet, Point, dns, set_message, tcp_segment};
 
 /// One direction of a connection at one capture point: the same segment seen at several
 /// points (pod veth, socket hop, uplink) is reassembled at each.
@@ -19,17 +26,91 @@ pub struct StreamKey {
     pub dst: SocketAddr,
 }
 
-/// Streams followed at once; past this the least recently used is forgotten.
-const MAX_STREAMS: usize = 4096;
+impl StreamKey {
+    /// The other direction of the same connection, at the same point.
+    pub fn reverse(self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            ..self
+        }
+    }
+}
+
+/// How much reassembly may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Streams followed at once; past this the least recently used is forgotten.
+    pub max_streams: usize,
+    /// Bytes held for incomplete messages, over all streams; past this the least recently
+    /// used streams give up the message they were waiting for.
+    pub max_bytes: usize,
+    /// A stream without a segment for this long is forgotten.
+    pub idle_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams: 16_384,
+            max_bytes: 16 << 20,
+            idle_ns: 30_000_000_000,
+        }
+    }
+}
+
+/// The largest buffer one stream needs: a length prefix and the longest message it can announce.
+pub const MAX_MESSAGE: usize = 2 + u16::MAX as usize;
+/// Idle streams are looked for at most this often (in capture time).
+const SWEEP_NS: u64 = 1_000_000_000;
 
 #[derive(Default)]
 struct Stream {
     /// Sequence number of the next byte expected; None until one segment was seen.
     next: Option<u32>,
+    /// The start of the one message not yet whole (its prefix included); empty, with no
+    /// capacity, when the stream is at a message boundary.
     buf: Vec<u8>,
     /// After a gap: the buffer does not start at a message boundary for sure.
     resync: bool,
-    used: u64,
+    /// Capture time of its last segment.
+    seen_ns: u64,
+}
+
+impl Stream {
+    /// Bytes the message being held will have, prefix included (None before its prefix).
+    fn announced(&self) -> Option<usize> {
+        match self.buf[..] {
+            [hi, lo, ..] => Some(2 + usize::from(u16::from_be_bytes([hi, lo]))),
+            _ => None,
+        }
+    }
+
+    /// Appends to the held message, growing the buffer at most to the message's size.
+    fn hold(&mut self, bytes: &[u8]) {
+        let need = self.buf.len() + bytes.len();
+        if need > self.buf.capacity() {
+            let total = match (self.announced(), &self.buf[..], bytes) {
+                (Some(t), _, _) => t,
+                (None, [hi], [lo, ..]) | (None, [], [hi, lo, ..]) => {
+                    2 + usize::from(u16::from_be_bytes([*hi, *lo]))
+                }
+                _ => 2,
+            };
+            // Doubling keeps the copies few; the announced size caps it, so a peer that
+            // announces 65,535 bytes and sends 3 costs 3.
+            let want = need.max(self.buf.capacity() * 2).min(total).max(need);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Forgets the held bytes and their memory; returns how many there were.
+    fn release(&mut self) -> usize {
+        let n = self.buf.len();
+        self.buf = Vec::new();
+        n
+    }
 }
 
 /// Counts of what reassembly did.
@@ -47,19 +128,103 @@ pub struct TcpStats {
     pub gaps: u64,
     /// Bytes thrown away while looking for a message boundary after a gap.
     pub resync_dropped_bytes: u64,
+    /// Messages of length 0 (nothing to decode): skipped, and counted here only.
+    pub empty_messages: u64,
+    /// Connections closed (FIN or RST) while part of a message was held.
+    pub incomplete_at_close: u64,
+    /// Streams forgotten after [`Limits::idle_ns`] without a segment.
+    pub evicted_idle: u64,
+    /// Streams forgotten because [`Limits::max_streams`] were followed.
+    pub evicted_streams: u64,
+    /// Incomplete messages given up because [`Limits::max_bytes`] were held.
+    pub evicted_messages: u64,
+    /// Bytes of incomplete messages given up at a close or an eviction.
+    pub dropped_bytes: u64,
+    /// Most streams followed at once.
+    pub peak_streams: u64,
+    /// Most bytes held at once for incomplete messages (buffer capacity).
+    pub peak_bytes: u64,
+}
+
+/// One TCP segment of a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    /// Capture time, in ns (any clock, as long as it only moves forward).
+    pub ts_ns: u64,
+    pub seq: u32,
+    pub payload: &'a [u8],
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// What one segment gave.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// The whole messages it completed, in order, without their length prefixes.
+    pub messages: Vec<Vec<u8>>,
+    /// Zero-length messages it held (skipped; see [`TcpStats::empty_messages`]).
+    pub empty: u64,
+    /// It closed the stream while part of a message was held: (bytes held, bytes announced),
+    /// both counting the 2-byte prefix; announced is 0 when the prefix itself was cut.
+    pub cut: Option<(usize, usize)>,
 }
 
 /// Reassembles every TCP stream of a capture.
-#[derive(Default)]
 pub struct Streams {
-    streams: HashMap<StreamKey, Stream>,
-    clock: u64,
+    /// Least recently used first.
+    streams: LruCache<StreamKey, Stream>,
+    /// The streams holding part of a message, least recently used first: who gives up
+    /// their bytes when [`Limits::max_bytes`] are held.
+    holding: LruCache<StreamKey, ()>,
+    limits: Limits,
+    /// Bytes held over all streams (buffer capacity).
+    held: usize,
+    /// Latest capture time seen.
+    now_ns: u64,
+    swept_ns: u64,
     pub stats: TcpStats,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Streams {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        Self {
+            streams: LruCache::unbounded(),
+            holding: LruCache::unbounded(),
+            limits,
+            held: 0,
+            now_ns: 0,
+            swept_ns: 0,
+            stats: TcpStats::default(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Streams followed now.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Bytes held now for incomplete messages (buffer capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.held
     }
 
     /// Turns one decoded TCP segment into the packets to correlate: one per whole message it
@@ -83,20 +248,44 @@ impl Streams {
             src,
             dst,
         };
-        let messages = self.push(key, seq, payload, flags.syn, flags.fin || flags.rst);
-        if messages.is_empty() {
+        let pushed = self.push(
+            key,
+            Segment {
+                ts_ns: packet.meta.ts_ns,
+                seq,
+                payload,
+                syn: flags.syn,
+                fin: flags.fin,
+                rst: flags.rst,
+            },
+        );
+        if pushed.messages.is_empty() {
             let mut p = packet;
             p.dns = None;
-            if p.issue
-                .as_ref()
-                .is_some_and(|i| i.kind == super::IssueKind::TcpPartial)
-            {
+            p.issue = match (pushed.cut, pushed.empty) {
+                (Some((held, announced)), _) => Some(Issue::new(
+                    IssueKind::TcpPartial,
+                    cut_detail(flags.rst, held, announced),
+                )),
+                // One record for the segment, however many there were.
+                (None, n) if n > 0 => Some(Issue::new(
+                    IssueKind::Malformed,
+                    format!("{n} zero-length DNS message(s)"),
+                )),
                 // Part of a message: held for reassembly, not a problem.
-                p.issue = None;
-            }
+                _ if p
+                    .issue
+                    .as_ref()
+                    .is_some_and(|i| i.kind == IssueKind::TcpPartial) =>
+                {
+                    None
+                }
+                _ => p.issue,
+            };
             return vec![p];
         }
-        messages
+        pushed
+            .messages
             .iter()
             .map(|m| {
                 let mut p = packet.clone();
@@ -106,112 +295,218 @@ impl Streams {
             .collect()
     }
 
-    /// Adds one segment's payload; returns the whole messages it completes.
-    pub fn push(
-        &mut self,
-        key: StreamKey,
-        seq: u32,
-        payload: &[u8],
-        syn: bool,
-        end: bool,
-    ) -> Vec<Vec<u8>> {
-        self.clock += 1;
-        if syn {
-            self.streams.insert(
+    /// Adds one segment; returns the whole messages it completes.
+    pub fn push(&mut self, key: StreamKey, seg: Segment<'_>) -> Pushed {
+        let mut out = Pushed::default();
+        self.now_ns = self.now_ns.max(seg.ts_ns);
+        if self.now_ns >= self.swept_ns.saturating_add(SWEEP_NS) {
+            self.expire(self.now_ns);
+        }
+        if seg.syn {
+            // A new connection: anything held under this key was an old one's.
+            self.close(&key);
+            self.insert(
                 key,
                 Stream {
-                    next: Some(seq.wrapping_add(1)),
-                    used: self.clock,
+                    next: Some(seg.seq.wrapping_add(1)),
+                    seen_ns: seg.ts_ns,
                     ..Stream::default()
                 },
             );
-            return Vec::new();
+            return out;
         }
-        if payload.is_empty() {
-            if end {
-                self.streams.remove(&key);
+        if !seg.payload.is_empty() {
+            if !self.streams.contains(&key) {
+                self.insert(key, Stream::default());
             }
-            return Vec::new();
-        }
-        if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
-            self.forget_oldest();
-        }
-        let s = self.streams.entry(key).or_default();
-        s.used = self.clock;
-        let mut data = payload;
-        if let Some(next) = s.next {
-            let ahead = seq.wrapping_sub(next) as i32;
-            if ahead < 0 {
-                let seen = ahead.unsigned_abs() as usize;
-                self.stats.retransmitted += 1;
-                if seen >= data.len() {
-                    return Vec::new();
+            if let Some(s) = self.streams.get_mut(&key) {
+                s.seen_ns = seg.ts_ns;
+                let before = s.buf.capacity();
+                feed(s, seg.seq, seg.payload, &mut self.stats, &mut out);
+                self.held = self.held - before + s.buf.capacity();
+                if s.buf.is_empty() {
+                    self.holding.pop(&key);
+                } else {
+                    self.holding.put(key, ());
                 }
-                data = &data[seen..];
-            } else if ahead > 0 {
-                self.stats.gaps += 1;
-                self.stats.resync_dropped_bytes += s.buf.len() as u64;
-                s.buf.clear();
-                s.resync = true;
+            }
+        } else if let Some(s) = self.streams.get_mut(&key) {
+            s.seen_ns = seg.ts_ns;
+        }
+        if seg.fin || seg.rst {
+            out.cut = self.close(&key);
+            if seg.rst {
+                // A reset ends both directions.
+                self.close(&key.reverse());
             }
         }
-        s.next = Some(seq.wrapping_add(payload.len() as u32));
-        let carried = !s.buf.is_empty();
-        s.buf.extend_from_slice(data);
-        let mut out = Vec::new();
-        let mut at = 0;
-        while let [hi, lo, ..] = s.buf[at..] {
-            let len = usize::from(u16::from_be_bytes([hi, lo]));
-            if s.buf.len() - at - 2 < len {
-                break;
-            }
-            let message = &s.buf[at + 2..at + 2 + len];
-            if s.resync {
-                if dns::parse(message).is_err() {
-                    // Not a boundary: give up this segment, try again at the next one.
-                    self.stats.resync_dropped_bytes += (s.buf.len() - at) as u64;
-                    at = s.buf.len();
-                    break;
-                }
-                s.resync = false;
-            }
-            out.push(message.to_vec());
-            at += 2 + len;
-        }
-        s.buf.drain(..at);
-        if s.resync && !s.buf.is_empty() && out.is_empty() {
-            // A partial message after a gap cannot be trusted to start at a boundary.
-            self.stats.resync_dropped_bytes += s.buf.len() as u64;
-            s.buf.clear();
-        }
-        if out.len() > 1 {
+        self.give_up_bytes();
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.held as u64);
+        let n = out.messages.len() as u64;
+        self.stats.messages += n;
+        if n > 1 {
             self.stats.multi_message_segments += 1;
-        }
-        if carried && !out.is_empty() {
-            self.stats.joined_messages += 1;
-        }
-        self.stats.messages += out.len() as u64;
-        if end {
-            self.streams.remove(&key);
         }
         out
     }
 
-    fn forget_oldest(&mut self) {
-        if let Some(key) = self
-            .streams
-            .iter()
-            .min_by_key(|(_, s)| s.used)
-            .map(|(k, _)| *k)
+    /// Forgets the streams silent for [`Limits::idle_ns`] by `now_ns` (capture time).
+    pub fn expire(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        self.swept_ns = self.now_ns;
+        while let Some((&key, s)) = self.streams.peek_lru()
+            && s.seen_ns.saturating_add(self.limits.idle_ns) <= self.now_ns
         {
-            self.streams.remove(&key);
+            self.remove(&key);
+            self.stats.evicted_idle += 1;
         }
     }
+
+    /// Starts following `key`, making room under [`Limits::max_streams`].
+    fn insert(&mut self, key: StreamKey, s: Stream) {
+        while self.streams.len() >= self.limits.max_streams.max(1) {
+            let Some((&oldest, _)) = self.streams.peek_lru() else {
+                break;
+            };
+            self.remove(&oldest);
+            self.stats.evicted_streams += 1;
+        }
+        self.streams.put(key, s);
+        self.stats.peak_streams = self.stats.peak_streams.max(self.streams.len() as u64);
+    }
+
+    /// Stops following `key`; the bytes it held count as dropped.
+    fn remove(&mut self, key: &StreamKey) -> Option<Stream> {
+        let s = self.streams.pop(key)?;
+        self.held -= s.buf.capacity();
+        if !s.buf.is_empty() {
+            self.holding.pop(key);
+            self.stats.dropped_bytes += s.buf.len() as u64;
+        }
+        Some(s)
+    }
+
+    /// The end of a stream (FIN, RST, or a new SYN): (bytes held, bytes announced) when it
+    /// ended inside a message.
+    fn close(&mut self, key: &StreamKey) -> Option<(usize, usize)> {
+        let s = self.remove(key)?;
+        if s.buf.is_empty() {
+            return None;
+        }
+        self.stats.incomplete_at_close += 1;
+        Some((s.buf.len(), s.announced().unwrap_or(0)))
+    }
+
+    /// Above [`Limits::max_bytes`]: the least recently used streams give up their
+    /// incomplete message and look for the next message boundary.
+    fn give_up_bytes(&mut self) {
+        while self.held > self.limits.max_bytes {
+            let Some((key, ())) = self.holding.pop_lru() else {
+                break;
+            };
+            if let Some(s) = self.streams.peek_mut(&key) {
+                self.held -= s.buf.capacity();
+                self.stats.dropped_bytes += s.release() as u64;
+                s.resync = true;
+                self.stats.evicted_messages += 1;
+            }
+        }
+    }
+}
+
+fn cut_detail(rst: bool, held: usize, announced: usize) -> String {
+    let how = if rst { "reset" } else { "closed" };
+    if announced == 0 {
+        format!("connection {how} after 1 byte of a length prefix")
+    } else {
+        format!("connection {how} with {held} of {announced} bytes of a message")
+    }
+}
+
+/// Takes one segment's payload into its stream.
+fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mut Pushed) {
+    let mut data = payload;
+    if let Some(next) = s.next {
+        let ahead = seq.wrapping_sub(next) as i32;
+        if ahead < 0 {
+            let seen = ahead.unsigned_abs() as usize;
+            stats.retransmitted += 1;
+            if seen >= data.len() {
+                return;
+            }
+            data = &data[seen..];
+        } else if ahead > 0 {
+            stats.gaps += 1;
+            stats.resync_dropped_bytes += s.release() as u64;
+            s.resync = true;
+        }
+    }
+    s.next = Some(seq.wrapping_add(payload.len() as u32));
+    // First the message held from earlier segments (never after a gap: see below).
+    while !s.buf.is_empty() && !data.is_empty() {
+        let need = match s.announced() {
+            Some(total) => total - s.buf.len(),
+            None => 2 - s.buf.len(),
+        };
+        let (now, rest) = data.split_at(need.min(data.len()));
+        s.hold(now);
+        data = rest;
+        if s.announced() == Some(s.buf.len()) {
+            let whole = std::mem::take(&mut s.buf);
+            if whole.len() > 2 {
+                stats.joined_messages += 1;
+            }
+            take(s, &whole[2..], stats, out);
+        }
+    }
+    // Then the messages that start in this segment, straight from it.
+    let mut at = 0;
+    while let [hi, lo, ..] = data[at..] {
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if data.len() - at - 2 < len {
+            break;
+        }
+        if !take(s, &data[at + 2..at + 2 + len], stats, out) {
+            // Not a boundary: give up this segment, try again at the next one.
+            stats.resync_dropped_bytes += (data.len() - at) as u64;
+            at = data.len();
+            break;
+        }
+        at += 2 + len;
+    }
+    let rest = &data[at..];
+    if rest.is_empty() {
+        return;
+    }
+    if s.resync {
+        // A partial message after a gap cannot be trusted to start at a boundary.
+        stats.resync_dropped_bytes += rest.len() as u64;
+    } else {
+        s.hold(rest);
+    }
+}
+
+/// One whole message; false when it shows that the stream is not at a message boundary.
+fn take(s: &mut Stream, message: &[u8], stats: &mut TcpStats, out: &mut Pushed) -> bool {
+    if s.resync {
+        if dns::parse(message).is_err() {
+            return false;
+        }
+        s.resync = false;
+    }
+    if message.is_empty() {
+        out.empty += 1;
+        stats.empty_messages += 1;
+    } else {
+        out.messages.push(message.to_vec());
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::dns::fixtures;
+    use super::super::{Meta, decode};
     use super::*;
 
     fn key() -> StreamKey {
@@ -219,8 +514,15 @@ mod tests {
             point: Point::TcEgress,
             ifindex: 2,
             netns: 1,
-            src: "192.0.2.10:40000".parse().unwrap(),
+            src: "198.51.100.10:40000".parse().unwrap(),
             dst: "198.51.100.53:53".parse().unwrap(),
+        }
+    }
+
+    fn key_n(n: u16) -> StreamKey {
+        StreamKey {
+            src: SocketAddr::new(key().src.ip(), 30000 + n),
+            ..key()
         }
     }
 
@@ -230,18 +532,49 @@ mod tests {
         v
     }
 
+    fn seg(seq: u32, payload: &[u8]) -> Segment<'_> {
+        Segment {
+            ts_ns: 0,
+            seq,
+            payload,
+            syn: false,
+            fin: false,
+            rst: false,
+        }
+    }
+
+    fn syn(seq: u32) -> Segment<'static> {
+        Segment {
+            syn: true,
+            ..seg(seq, &[])
+        }
+    }
+
+    fn at(ts_s: u64, s: Segment<'_>) -> Segment<'_> {
+        Segment {
+            ts_ns: ts_s * 1_000_000_000,
+            ..s
+        }
+    }
+
+    fn msgs(s: &mut Streams, k: StreamKey, sg: Segment<'_>) -> Vec<Vec<u8>> {
+        s.push(k, sg).messages
+    }
+
     #[test]
     fn several_messages_in_one_segment() {
         let mut s = Streams::new();
-        assert!(s.push(key(), 100, &[], true, false).is_empty());
-        let mut seg = framed(&fixtures::query());
-        seg.extend(framed(&fixtures::response_a()));
-        seg.extend(framed(&fixtures::nxdomain()));
-        let out = s.push(key(), 101, &seg, false, false);
+        assert!(msgs(&mut s, key(), syn(100)).is_empty());
+        let mut data = framed(&fixtures::query());
+        data.extend(framed(&fixtures::response_a()));
+        data.extend(framed(&fixtures::nxdomain()));
+        let out = msgs(&mut s, key(), seg(101, &data));
         assert_eq!(out.len(), 3);
         assert_eq!(out[0], fixtures::query());
         assert_eq!(out[2], fixtures::nxdomain());
         assert_eq!(s.stats.multi_message_segments, 1);
+        // Nothing held between messages.
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]
@@ -250,40 +583,39 @@ mod tests {
         let whole = framed(&fixtures::response_a());
         let (a, rest) = whole.split_at(1);
         let (b, c) = rest.split_at(10);
-        assert!(s.push(key(), 1, a, false, false).is_empty());
-        assert!(s.push(key(), 2, b, false, false).is_empty());
+        assert!(msgs(&mut s, key(), seg(1, a)).is_empty());
+        assert!(msgs(&mut s, key(), seg(2, b)).is_empty());
         // The second segment again: skipped.
-        assert!(s.push(key(), 2, b, false, false).is_empty());
-        let out = s.push(key(), 12, c, false, false);
+        assert!(msgs(&mut s, key(), seg(2, b)).is_empty());
+        assert!(s.held_bytes() >= 11);
+        let out = msgs(&mut s, key(), seg(12, c));
         assert_eq!(out, [fixtures::response_a()]);
         assert_eq!((s.stats.retransmitted, s.stats.joined_messages), (1, 1));
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]
     fn a_gap_drops_the_partial_message_and_resyncs_on_a_boundary() {
         let mut s = Streams::new();
         let first = framed(&fixtures::query());
-        assert_eq!(s.push(key(), 1, &first[..5], false, false).len(), 0);
+        assert_eq!(msgs(&mut s, key(), seg(1, &first[..5])).len(), 0);
         // The rest of the first message is missing; the next segment starts mid-message.
         let second = framed(&fixtures::response_a());
         let gap_at = 1 + first.len() as u32 + 7;
-        assert!(s.push(key(), gap_at, &second[9..], false, false).is_empty());
+        assert!(msgs(&mut s, key(), seg(gap_at, &second[9..])).is_empty());
         // The one after starts a message: framing is back.
         let next = gap_at + (second.len() - 9) as u32;
-        let out = s.push(key(), next, &framed(&fixtures::nxdomain()), false, false);
+        let out = msgs(&mut s, key(), seg(next, &framed(&fixtures::nxdomain())));
         assert_eq!(out, [fixtures::nxdomain()]);
         assert_eq!(s.stats.gaps, 1);
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]
     fn directions_and_connections_are_separate() {
         let mut s = Streams::new();
         let ab = key();
-        let ba = StreamKey {
-            src: ab.dst,
-            dst: ab.src,
-            ..ab
-        };
+        let ba = ab.reverse();
         // The same segment seen at another capture point is that point's stream.
         let elsewhere = StreamKey {
             point: Point::SocketOut,
@@ -291,12 +623,209 @@ mod tests {
         };
         let q = framed(&fixtures::query());
         let r = framed(&fixtures::response_a());
-        assert!(s.push(ab, 1, &q[..4], false, false).is_empty());
-        assert!(s.push(elsewhere, 1, &q[..4], false, false).is_empty());
-        assert_eq!(s.push(ba, 7, &r, false, false).len(), 1);
-        assert_eq!(s.push(ab, 5, &q[4..], false, true).len(), 1);
-        assert_eq!(s.push(elsewhere, 5, &q[4..], false, false).len(), 1);
+        assert!(msgs(&mut s, ab, seg(1, &q[..4])).is_empty());
+        assert!(msgs(&mut s, elsewhere, seg(1, &q[..4])).is_empty());
+        assert_eq!(msgs(&mut s, ba, seg(7, &r)).len(), 1);
+        let fin = Segment {
+            fin: true,
+            ..seg(5, &q[4..])
+        };
+        assert_eq!(msgs(&mut s, ab, fin).len(), 1);
+        assert_eq!(msgs(&mut s, elsewhere, seg(5, &q[4..])).len(), 1);
         assert_eq!(s.stats.retransmitted, 0);
-        assert!(!s.streams.contains_key(&ab));
+        assert!(!s.streams.contains(&ab));
+        assert_eq!(s.stats.incomplete_at_close, 0);
+    }
+
+    /// A peer announcing the largest message and sending little of it costs what it sent.
+    #[test]
+    fn a_stream_holds_what_arrived_never_what_was_announced() {
+        let mut s = Streams::new();
+        let mut data = u16::MAX.to_be_bytes().to_vec();
+        data.push(0x12);
+        assert!(msgs(&mut s, key(), seg(1, &data)).is_empty());
+        assert!(s.held_bytes() <= 8, "{} bytes held", s.held_bytes());
+        // The whole message, in pieces: the buffer never outgrows it.
+        let body = vec![0u8; MAX_MESSAGE - 3];
+        for (i, piece) in body.chunks(1400).enumerate() {
+            let seq = 4 + (i * 1400) as u32;
+            let _ = msgs(&mut s, key(), seg(seq, piece));
+            assert!(s.held_bytes() <= MAX_MESSAGE, "{}", s.held_bytes());
+        }
+        // Whole now (not DNS, but framing is all reassembly judges).
+        assert_eq!(s.stats.messages, 1);
+        assert_eq!(s.held_bytes(), 0);
+        assert!(s.stats.peak_bytes <= MAX_MESSAGE as u64);
+    }
+
+    /// Many streams each announcing 65,535 bytes and sending most of them: the total stays
+    /// under the cap, the least recently used give up their message, and every loss is
+    /// counted.
+    #[test]
+    fn the_total_held_is_capped_and_the_oldest_give_up() {
+        let limits = Limits {
+            max_bytes: 4 * MAX_MESSAGE,
+            ..Limits::default()
+        };
+        let mut s = Streams::with_limits(limits);
+        let mut data = u16::MAX.to_be_bytes().to_vec();
+        data.extend(vec![0u8; 60_000]);
+        for n in 0..40 {
+            let _ = s.push(key_n(n), syn(0));
+            for (i, piece) in data.chunks(1448).enumerate() {
+                let _ = s.push(key_n(n), seg(1 + (i * 1448) as u32, piece));
+                assert!(s.held_bytes() <= limits.max_bytes);
+            }
+        }
+        assert_eq!(s.len(), 40);
+        assert!(s.stats.evicted_messages >= 30, "{:?}", s.stats);
+        assert!(s.stats.peak_bytes <= limits.max_bytes as u64);
+        assert!(s.stats.dropped_bytes >= 30 * 50_000, "{:?}", s.stats);
+        // A stream that gave up its message takes the rest of it as a gap: no garbage
+        // messages from the middle of a body.
+        let rest = vec![0u8; 5_000];
+        assert!(msgs(&mut s, key_n(0), seg(60_003, &rest)).is_empty());
+        assert_eq!(s.stats.messages, 0);
+        // Closing frees everything.
+        for n in 0..40 {
+            let rst = Segment {
+                rst: true,
+                ..seg(70_000, &[])
+            };
+            let _ = s.push(key_n(n), rst);
+        }
+        assert_eq!((s.len(), s.held_bytes()), (0, 0));
+        assert!(s.holding.is_empty());
+    }
+
+    #[test]
+    fn past_the_stream_cap_the_least_recently_used_is_forgotten() {
+        let mut s = Streams::with_limits(Limits {
+            max_streams: 4,
+            ..Limits::default()
+        });
+        let q = framed(&fixtures::query());
+        for n in 0..6 {
+            let _ = s.push(key_n(n), seg(1, &q[..5]));
+        }
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.stats.evicted_streams, 2);
+        assert_eq!(s.stats.dropped_bytes, 10);
+        assert!(!s.streams.contains(&key_n(0)) && s.streams.contains(&key_n(5)));
+        assert_eq!(s.stats.peak_streams, 4);
+    }
+
+    #[test]
+    fn idle_streams_are_forgotten_and_counted() {
+        let mut s = Streams::new();
+        let q = framed(&fixtures::query());
+        let _ = s.push(key_n(1), at(0, seg(1, &q[..5])));
+        let _ = s.push(key_n(2), at(10, seg(1, &q[..5])));
+        // A segment 31 s on: stream 1 has been silent for 30 s, stream 2 not yet.
+        let _ = s.push(key_n(3), at(31, seg(1, &q[..5])));
+        assert_eq!(s.stats.evicted_idle, 1);
+        assert!(!s.streams.contains(&key_n(1)) && s.streams.contains(&key_n(2)));
+        // With no traffic at all, the clock alone forgets them.
+        s.expire(62_000_000_000);
+        assert_eq!((s.stats.evicted_idle, s.len(), s.held_bytes()), (3, 0, 0));
+        assert_eq!(s.stats.dropped_bytes, 15);
+        assert!(s.holding.is_empty());
+    }
+
+    #[test]
+    fn a_close_inside_a_message_is_counted_and_frees_both_directions() {
+        let mut s = Streams::new();
+        let q = framed(&fixtures::query());
+        let _ = s.push(key(), seg(1, &q[..20]));
+        let _ = s.push(key().reverse(), seg(1, &q[..1]));
+        let fin = Segment {
+            fin: true,
+            ..seg(21, &[])
+        };
+        let out = s.push(key(), fin);
+        assert_eq!(out.cut, Some((20, q.len())));
+        assert_eq!(s.stats.incomplete_at_close, 1);
+        // A reset from the other side: its 1 byte of a length prefix ends there too.
+        let rst = Segment {
+            rst: true,
+            ..seg(2, &[])
+        };
+        let out = s.push(key().reverse(), rst);
+        assert_eq!(out.cut, Some((1, 0)));
+        assert_eq!(s.stats.incomplete_at_close, 2);
+        assert_eq!((s.len(), s.held_bytes()), (0, 0));
+        // A FIN at a message boundary is no loss.
+        let _ = s.push(key(), seg(1, &q));
+        let fin = Segment {
+            fin: true,
+            ..seg(1 + q.len() as u32, &[])
+        };
+        assert_eq!(s.push(key(), fin).cut, None);
+        assert_eq!(s.stats.incomplete_at_close, 2);
+    }
+
+    #[test]
+    fn zero_length_messages_are_counted_not_decoded() {
+        let mut s = Streams::new();
+        let zeros = vec![0u8; 1000];
+        let out = s.push(key(), seg(1, &zeros));
+        assert_eq!((out.messages.len(), out.empty), (0, 500));
+        assert_eq!((s.stats.empty_messages, s.stats.messages), (500, 0));
+        // Between real messages they are skipped.
+        let mut data = framed(&fixtures::query());
+        data.extend([0, 0, 0, 0]);
+        data.extend(framed(&fixtures::nxdomain()));
+        let out = s.push(key(), seg(1001, &data));
+        assert_eq!(out.messages, [fixtures::query(), fixtures::nxdomain()]);
+        assert_eq!(out.empty, 2);
+    }
+
+    /// The whole path from a captured frame: a segment of zero-length messages is one
+    /// malformed record, and a FIN inside a message is a partial one.
+    #[test]
+    fn packets_from_frames() {
+        fn frame(seq: u32, fin: bool, payload: &[u8]) -> (Packet, Vec<u8>) {
+            let b = etherparse::PacketBuilder::ipv4([198, 51, 100, 10], [198, 51, 100, 53], 64)
+                .tcp(40000, 53, seq, 65535)
+                .ack(1);
+            let b = if fin { b.fin() } else { b.psh() };
+            let mut bytes = Vec::new();
+            b.write(&mut bytes, payload).unwrap();
+            let meta = Meta {
+                ts_ns: 1,
+                ifindex: 2,
+                netns: 1,
+                point: Point::TcEgress,
+                wire_len: bytes.len() as u32,
+                cap_len: bytes.len() as u32,
+                pid: 0,
+                comm: None,
+            };
+            (decode(meta, LinkType::RawIp, &bytes), bytes)
+        }
+        let mut s = Streams::new();
+        let (p, bytes) = frame(1, false, &[0u8; 600]);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        assert_eq!(out.len(), 1);
+        let issue = out[0].issue.as_ref().unwrap();
+        assert_eq!(issue.kind, IssueKind::Malformed);
+        assert_eq!(issue.detail, "300 zero-length DNS message(s)");
+
+        let q = framed(&fixtures::query());
+        let (p, bytes) = frame(601, false, &q[..30]);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        assert_eq!((out.len(), &out[0].issue), (1, &None));
+        let (p, bytes) = frame(631, true, &[]);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        let issue = out[0].issue.as_ref().unwrap();
+        assert_eq!(issue.kind, IssueKind::TcpPartial);
+        assert_eq!(
+            issue.detail,
+            format!(
+                "connection closed with 30 of {} bytes of a message",
+                q.len()
+            )
+        );
+        assert_eq!(s.stats.incomplete_at_close, 1);
     }
 }

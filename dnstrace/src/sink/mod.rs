@@ -15,7 +15,7 @@ pub(crate) use text::clock;
 use crate::{
     capture::{DrainStats, KernelCounters},
     correlate::{CorrelateStats, Lookup, UpstreamStats},
-    decode::{IssueKind, Meta, Packet, Point, text::printable_string},
+    decode::{IssueKind, Meta, Packet, Point, tcp::TcpStats, text::printable_string},
 };
 
 /// Turns capture metadata into names a human reads.
@@ -129,6 +129,8 @@ pub struct Summary {
     pub userspace: DrainStats,
     pub decoded: u64,
     pub issues: IssueCounts,
+    /// DNS over TCP reassembly, with what its bounds gave up.
+    pub tcp: TcpStats,
     /// Lookups stitched from the packets, and how they ended.
     pub lookups: CorrelateStats,
     pub upstreams: Vec<UpstreamStats>,
@@ -173,18 +175,15 @@ impl Summary {
                     r.ip.fragments_bad
                 ),
                 format!(
-                    "dnstrace: decoded {}, {} malformed, {} partial; DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps",
-                    self.decoded,
-                    self.issues.malformed,
-                    self.issues.partial,
-                    r.tcp.messages,
-                    r.tcp.multi_message_segments,
-                    r.tcp.joined_messages,
-                    r.tcp.gaps
+                    "dnstrace: decoded {}, {} malformed, {} partial",
+                    self.decoded, self.issues.malformed, self.issues.partial,
                 ),
             ],
             None => self.live_lines(),
         };
+        if let Some(line) = self.tcp_line() {
+            v.push(line);
+        }
         if let Some(p) = &self.pcap {
             v.push(format!(
                 "dnstrace: pcapng {}: {} packets on {} interfaces; {} with their lookup's verdict, {} written before it (buffer bound), {} in no lookup",
@@ -221,6 +220,29 @@ impl Summary {
             v.push("dnstrace: events were lost; try a larger --ring-size, a faster output (json to a file), or fewer interfaces".into());
         }
         v
+    }
+
+    /// What DNS over TCP reassembly did and gave up, when there was any TCP.
+    fn tcp_line(&self) -> Option<String> {
+        let t = &self.tcp;
+        if t.peak_streams == 0 {
+            return None;
+        }
+        Some(format!(
+            "dnstrace: DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps, {} zero-length; at most {} streams and {} KiB held; {} cut by a close, {} streams idle 30 s, {} over the stream cap, {} messages over the byte cap ({} bytes given up)",
+            t.messages,
+            t.multi_message_segments,
+            t.joined_messages,
+            t.gaps,
+            t.empty_messages,
+            t.peak_streams,
+            t.peak_bytes.div_ceil(1024),
+            t.incomplete_at_close,
+            t.evicted_idle,
+            t.evicted_streams,
+            t.evicted_messages,
+            t.dropped_bytes
+        ))
     }
 
     /// A live run's capture lines.
