@@ -193,7 +193,7 @@ impl Correlator {
             .iter()
             .enumerate()
             .filter(|(_, l)| l.depth == 1)
-            .map(|(i, _)| self.leg_out(&lk, i, end))
+            .map(|(i, _)| self.leg_out(&lk, i, end, how))
             .collect();
         Lookup {
             id: 0,
@@ -248,6 +248,26 @@ impl Correlator {
             .max_by_key(|(_, l)| l.first_ts)
             .map_or(0, |(i, _)| i);
         let qdesc = format!("{} {}", lk.qname, lk.qtype);
+
+        // evicted: cut short at the cap, whatever it had shown so far
+        if how == End::Evicted {
+            let last = lk
+                .legs
+                .iter()
+                .flat_map(|l| l.hops.iter())
+                .chain(lk.tcp_hops.iter())
+                .max_by_key(|h| h.ts)
+                .unwrap_or(&root.hops[0]);
+            let cap = self.cfg.max_lookups;
+            return Judgement::new(Verdict::Unknown, None, Some(self.at(last)))
+                .hint(format!(
+                    "more than {cap} lookups were open at once (a flood of unanswered queries?); a shorter --timeout ends them sooner"
+                ))
+                .detail(format!(
+                    "evicted: {cap} live lookups at the cap; {qdesc} was last seen at {}",
+                    self.at(last)
+                ));
+        }
 
         // dropped
         let drops = lk
@@ -697,11 +717,11 @@ impl Correlator {
     }
 
     /// A forwarded query as a child record.
-    fn leg_out(&self, lk: &LookupState, i: usize, end: u64) -> Lookup {
+    fn leg_out(&self, lk: &LookupState, i: usize, end: u64, how: End) -> Lookup {
         let leg = &lk.legs[i];
         let resp = leg.hop(leg.resp);
         let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
-        let (verdict, culprit, last_hop, detail) = self.leg_verdict(lk, i, end);
+        let (verdict, culprit, last_hop, detail) = self.leg_verdict(lk, i, end, how);
         Lookup {
             id: 0,
             client: socket_addr_string(&leg.client),
@@ -721,7 +741,7 @@ impl Correlator {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.parent == Some(i as u8))
-                .map(|(j, _)| self.leg_out(lk, j, end))
+                .map(|(j, _)| self.leg_out(lk, j, end, how))
                 .collect(),
             retries: 0,
             start_ts_ns: leg.first_ts,
@@ -737,6 +757,7 @@ impl Correlator {
         lk: &LookupState,
         i: usize,
         end: u64,
+        how: End,
     ) -> (Verdict, Option<String>, Option<String>, String) {
         let leg = &lk.legs[i];
         if let Some(h) = leg.hop(leg.drop) {
@@ -768,7 +789,8 @@ impl Correlator {
             );
         }
         let Some(h) = leg.hop(leg.resp) else {
-            let verdict = if self.lost_during(leg.first_ts, end) > 0 {
+            // Cut short at the cap: its reply may still have been on the way.
+            let verdict = if how == End::Evicted || self.lost_during(leg.first_ts, end) > 0 {
                 Verdict::Unknown
             } else {
                 Verdict::Unanswered

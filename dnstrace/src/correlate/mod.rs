@@ -85,7 +85,7 @@ pub struct Config {
     pub forward_window_ns: u64,
     /// Upstream answers for one question are compared over this window.
     pub disagreement_window_ns: u64,
-    /// Live lookups; beyond it the oldest is evicted and counted.
+    /// Live lookups; beyond it the oldest is finished early as `unknown` and counted.
     pub max_lookups: usize,
     /// Interfaces that lead off the node.
     pub uplinks: Vec<String>,
@@ -299,7 +299,8 @@ pub struct CorrelateStats {
     pub live_lookups: usize,
     pub started: u64,
     pub finished: u64,
-    /// Lookups dropped unfinished because `max_lookups` were live.
+    /// Lookups finished early, as `unknown`, because `max_lookups` were live (they are
+    /// also in `finished`).
     pub evicted: u64,
     pub hops_omitted: u64,
     pub legs_omitted: u64,
@@ -319,6 +320,8 @@ enum End {
     Deadline,
     /// Capture stopped.
     Stopped,
+    /// Evicted at the cap on live lookups, to make room for a new one.
+    Evicted,
 }
 
 enum Place {
@@ -375,6 +378,8 @@ pub struct Correlator {
     stats: CorrelateStats,
     /// Where the last ingested event went.
     placed: Option<Placement>,
+    /// Lookups evicted while ingesting the current event, to hand back with it.
+    evicted: Vec<Lookup>,
 }
 
 impl Correlator {
@@ -401,6 +406,7 @@ impl Correlator {
             upstreams,
             stats: CorrelateStats::default(),
             placed: None,
+            evicted: Vec::new(),
         }
     }
 
@@ -408,8 +414,8 @@ impl Correlator {
         &self.cfg
     }
 
-    /// Feeds one event. Returns the lookups that finished because of it (the reply reached
-    /// the client).
+    /// Feeds one event. Returns the lookups that finished because of it: the reply reached
+    /// the client, or it was evicted at the cap to make room for the lookup it starts.
     pub fn ingest(&mut self, ev: Event, now_ns: u64) -> Vec<Lookup> {
         self.stats.events += 1;
         self.placed = None;
@@ -493,6 +499,11 @@ impl Correlator {
             }
         } else {
             self.on_query(hop, qhash, q);
+        }
+        // Evicted lookups started before anything this event finished.
+        if !self.evicted.is_empty() {
+            self.evicted.append(&mut out);
+            std::mem::swap(&mut self.evicted, &mut out);
         }
         out
     }
@@ -848,7 +859,7 @@ impl Correlator {
 
     fn new_lookup(&mut self, hop: HopRec, qhash: u64, q: dns::Question) {
         while self.lookups.len() >= self.cfg.max_lookups.max(1) {
-            if !self.evict_oldest() {
+            if !self.evict_oldest(hop.ts) {
                 break;
             }
         }
@@ -1066,20 +1077,25 @@ impl Correlator {
         Some(lk)
     }
 
-    fn evict_oldest(&mut self) -> bool {
+    /// Finishes the oldest live lookup as `unknown`; it goes out with the current event.
+    fn evict_oldest(&mut self, now_ns: u64) -> bool {
         while self.oldest < self.next_id && !self.lookups.contains_key(&self.oldest) {
             self.oldest += 1;
         }
-        if self.remove(self.oldest).is_none() {
+        let Some(lookup) = self.finish_one(self.oldest, now_ns, End::Evicted) else {
             return false;
-        }
+        };
         self.stats.evicted += 1;
+        self.evicted.push(lookup);
         true
     }
 
     fn finish_one(&mut self, lid: u64, end: u64, how: End) -> Option<Lookup> {
         let lk = self.remove(lid)?;
-        self.record_upstreams(&lk, end);
+        // An evicted lookup says nothing about its upstreams: it was cut short.
+        if how != End::Evicted {
+            self.record_upstreams(&lk, end);
+        }
         let mut lookup = self.judge(lk, end, how);
         set_id(&mut lookup, lid);
         self.stats.finished += 1;

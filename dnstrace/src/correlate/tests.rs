@@ -33,6 +33,7 @@ scenarios!(
     nxdomain_ok,
     loss_unknown,
     flood,
+    evicted_unknown,
     transparent_forwarder,
 );
 
