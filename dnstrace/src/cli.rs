@@ -40,6 +40,9 @@ pub enum Command {
     /// Read a pcap or pcapng file and print its lookups and verdicts (no privileges needed).
     #[command(long_about = REPLAY_ABOUT, after_long_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
+    /// Remove the netlink tc filters that a killed dnstrace left behind (watch does it at start too).
+    #[command(long_about = CLEANUP_ABOUT)]
+    Cleanup(CleanupArgs),
     /// Attach a no-op tc classifier until SIGINT: the baseline of `cargo xtask bench`.
     #[command(hide = true)]
     BenchNoop(BenchNoopArgs),
@@ -304,6 +307,41 @@ pub struct ReplayArgs {
     pub strict: bool,
 }
 
+const CLEANUP_ABOUT: &str = "\
+Remove the netlink tc filters that a killed dnstrace left behind, in this
+network namespace, and say what was removed.
+
+On exit dnstrace removes its own filters. A tcx link goes with the process
+even on SIGKILL, but a netlink clsact filter stays, and with it the program and
+its 8 MiB ring buffer. `--tc-mode auto` uses netlink filters on nodes with
+more than 32 interfaces (and on kernels before 6.6), so on a real node a
+SIGKILLed or OOM-killed dnstrace leaves them. `dnstrace watch` removes them
+when it starts; this command does the same without tracing.
+
+A filter is removed only when it is beyond doubt a dnstrace filter that no
+process uses: a bpf filter with dnstrace's own handle (0xd7530001 ingress,
+0xd7530002 egress), a program named like dnstrace's classifiers with the same
+tag (hash of the instructions) as this build's, and no running dnstrace or
+other process holding that program. Other tools' filters and a running
+dnstrace's are never touched; a filter of another dnstrace build is reported
+with the `tc` command that removes it.
+
+Prints one line per filter: `removed`, `would remove` (--dry-run), `kept
+(running)` or `kept (another build)`. An empty clsact qdisc may stay: nothing
+tells who created it.";
+
+/// Arguments of `dnstrace cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Only look at this interface (repeatable, or comma-separated) [default: every interface of this netns].
+    #[arg(short, long = "iface", value_name = "IF", value_delimiter = ',')]
+    pub ifaces: Vec<String>,
+}
+
 /// Arguments of the hidden `bench-noop` (used by `cargo xtask bench` only).
 #[derive(Debug, Args)]
 pub struct BenchNoopArgs {
@@ -526,6 +564,35 @@ mod tests {
             .render_long_help()
             .to_string();
         insta::assert_snapshot!("replay_help", replay);
+    }
+
+    #[test]
+    fn cleanup_help_snapshot() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let cleanup = cmd
+            .find_subcommand_mut("cleanup")
+            .expect("cleanup")
+            .render_long_help()
+            .to_string();
+        insta::assert_snapshot!("cleanup_help", cleanup);
+    }
+
+    #[test]
+    fn cleanup_args() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["dnstrace", "cleanup"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Command::Cleanup(c) => (c.dry_run, c.ifaces),
+                _ => panic!("not a cleanup command"),
+            }
+        };
+        assert_eq!(parse(&[]), (false, vec![]));
+        assert_eq!(
+            parse(&["--dry-run", "-i", "eth0,eth1"]),
+            (true, vec!["eth0".to_owned(), "eth1".to_owned()])
+        );
     }
 
     #[test]

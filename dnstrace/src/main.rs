@@ -28,6 +28,11 @@ fn main() -> ExitCode {
                     .await
                     .map(|_| ())
             }
+            Command::Cleanup(args) => {
+                let found = dnstrace::capture::stale::cleanup(&args.ifaces, args.dry_run).await?;
+                print!("{}", dnstrace::capture::stale::report(&found, args.dry_run));
+                Ok(())
+            }
             Command::BenchNoop(args) => {
                 let _noop =
                     dnstrace::capture::NoopClassifier::attach(&args.ifaces, args.egress_only)?;

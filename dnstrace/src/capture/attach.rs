@@ -6,7 +6,7 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder,
         SchedClassifier, TcAttachType,
-        tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
+        tc::{NlOptions, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
     util::KernelVersion,
 };
@@ -19,6 +19,7 @@ use futures::TryStreamExt as _;
 use super::{
     CaptureError,
     links::{Framing, Link},
+    stale::{self, TcDir},
 };
 use crate::decode::Point;
 
@@ -68,8 +69,9 @@ pub struct AttachPoint {
 /// 250 interfaces took 7 s with tcx and 0.09 s with netlink (`cargo xtask bench`).
 pub const TCX_AUTO_MAX_IFACES: usize = 32;
 
-/// Netlink priorities tried after the requested one when it is taken.
-const PRIORITY_TRIES: u16 = 16;
+/// Free netlink priorities tried before giving up, when attaching fails at one
+/// that was free when listed (another tool took it meanwhile).
+const PRIORITY_TRIES: usize = 16;
 
 pub(super) struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
@@ -77,6 +79,12 @@ pub(super) struct Attacher<'a> {
     explicit_tcx: bool,
     priority: u16,
     created_clsact: Vec<String>,
+    /// Netlink priorities taken on each hook, by anyone (see [`Self::set_used`]).
+    used: std::collections::HashMap<(u32, TcDir), std::collections::BTreeSet<u16>>,
+    /// Liveness markers of the classifiers this process loaded.
+    markers: Vec<stale::Marker>,
+    /// Names of the classifiers whose marker is taken care of.
+    marked: Vec<String>,
 }
 
 impl<'a> Attacher<'a> {
@@ -104,11 +112,59 @@ impl<'a> Attacher<'a> {
             explicit_tcx: mode == TcMode::Tcx,
             priority: priority.max(2),
             created_clsact: Vec::new(),
+            used: Default::default(),
+            markers: Vec::new(),
+            marked: Vec::new(),
         })
     }
 
-    pub(super) fn into_created_clsact(self) -> Vec<String> {
-        self.created_clsact
+    /// The clsact qdiscs this process added, and the markers to hold while its
+    /// programs are attached.
+    pub(super) fn finish(self) -> (Vec<String>, Vec<stale::Marker>) {
+        (self.created_clsact, self.markers)
+    }
+
+    /// The filters now on the hooks: netlink filters go only at a priority
+    /// that none of them uses.
+    pub(super) fn set_used(&mut self, filters: &[stale::TcFilter]) {
+        self.used = stale::used_priorities(filters);
+    }
+
+    /// Loads (once) the tc classifier `name` and holds its liveness marker.
+    fn classifier(&mut self, name: &str, action: &str) -> Result<(), CaptureError> {
+        let prog: &mut SchedClassifier = program(self.ebpf, name, action)?;
+        if self.marked.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        let id = prog
+            .info()
+            .map_err(|e| CaptureError::from_aya(format!("reading the id of {name}"), &e))?
+            .id();
+        match stale::hold(id) {
+            Ok(m) => self.markers.push(m),
+            // Without it, `dnstrace cleanup` still finds the program through /proc.
+            Err(e) => log::warn!("could not mark program {name} (id {id}) as in use: {e}"),
+        }
+        self.marked.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Tags (the kernel's hash of the instructions) of this build's tc
+    /// classifiers, by name; loads them.
+    pub(super) fn tc_tags(&mut self) -> Result<Vec<(&'static str, u64)>, CaptureError> {
+        let mut tags = Vec::new();
+        for dir in TcDir::BOTH {
+            for name in dir.programs() {
+                let action = format!("loading {name}");
+                self.classifier(name, &action)?;
+                let prog: &mut SchedClassifier = program(self.ebpf, name, &action)?;
+                let info = prog.info().map_err(|e| {
+                    CaptureError::from_aya(format!("reading the tag of {name}"), &e)
+                })?;
+                tags.push((name, info.tag()));
+            }
+        }
+        Ok(tags)
     }
 
     /// Attaches on ingress and egress of `link`.
@@ -134,6 +190,7 @@ impl<'a> Attacher<'a> {
             }
         };
         let action = format!("attaching {name} to {} {}", link.name, point.as_str());
+        self.classifier(name, &action)?;
         let prog: &mut SchedClassifier = program(self.ebpf, name, &action)?;
         if self.tcx {
             let opts = TcAttachOptions::TcxOrder(LinkOrder::first());
@@ -172,14 +229,28 @@ impl<'a> Attacher<'a> {
                 ));
             }
         }
+        let dir = if tc_type == TcAttachType::Ingress {
+            TcDir::Ingress
+        } else {
+            TcDir::Egress
+        };
+        // Our own handle, at a priority nobody uses: never into another tool's
+        // priority, and never at 1.
+        let used = self.used.entry((link.index, dir)).or_default();
+        let free: Vec<u16> = (self.priority.max(2)..=u16::MAX)
+            .filter(|p| !used.contains(p))
+            .take(PRIORITY_TRIES)
+            .collect();
         let mut last = None;
-        for priority in self.priority..self.priority.saturating_add(PRIORITY_TRIES) {
+        for priority in free {
             let opts = TcAttachOptions::Netlink(NlOptions {
                 priority,
+                handle: TcHandle::from(dir.handle()),
                 ..Default::default()
             });
             match prog.attach_with_options(&link.name, tc_type, opts) {
                 Ok(_) => {
+                    used.insert(priority);
                     return Ok(AttachPoint {
                         target: link.name.clone(),
                         ifindex: link.index,
@@ -190,7 +261,13 @@ impl<'a> Attacher<'a> {
                 Err(e) => last = Some(CaptureError::from_aya(action.clone(), &e)),
             }
         }
-        Err(last.expect("at least one priority tried"))
+        Err(last.unwrap_or_else(|| CaptureError::Bpf {
+            action,
+            detail: format!(
+                "no free tc priority from {} up (--tc-priority)",
+                self.priority
+            ),
+        }))
     }
 
     /// Attaches the socket hop programs to the cgroup v2 root.

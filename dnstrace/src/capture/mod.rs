@@ -6,6 +6,7 @@ mod btf;
 pub mod links;
 mod noop;
 mod ring;
+pub mod stale;
 
 use std::{
     os::fd::AsFd as _,
@@ -255,6 +256,8 @@ pub struct Capture {
     own_netns: u64,
     names: Vec<links::Link>,
     created_clsact: Vec<String>,
+    /// Say that our classifiers are in use while they are attached (see `stale`).
+    _markers: Vec<stale::Marker>,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -285,11 +288,7 @@ impl Capture {
             }
         }
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_CONFIG, &config, true)
-            .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
-            .load(OBJECT)
-            .map_err(|e| CaptureError::from_aya("loading the eBPF object", &e))?;
+        let mut ebpf = load_object(&config, cfg.ring_bytes)?;
         let ring = ebpf
             .take_map(MAP_EVENTS)
             .expect("EVENTS map is in the object");
@@ -309,10 +308,30 @@ impl Capture {
             own_netns: own_netns_cookie(),
             names,
             created_clsact: Vec::new(),
+            _markers: Vec::new(),
             drop_reasons,
         };
         let mut attacher =
             attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority, cfg.ifaces.len())?;
+        // A killed run's netlink filters go first, whatever this run attaches.
+        let (conn, nl, _) = rtnetlink::new_connection().map_err(|source| CaptureError::Io {
+            action: "opening rtnetlink".into(),
+            source,
+        })?;
+        let task = tokio::spawn(conn);
+        let filters = async {
+            let filters =
+                stale::dump(&nl, &capture.names)
+                    .await
+                    .map_err(|source| CaptureError::Io {
+                        action: "listing tc filters".into(),
+                        source,
+                    })?;
+            stale::remove_at_start(&nl, &mut attacher, filters).await
+        }
+        .await;
+        task.abort();
+        attacher.set_used(&filters?);
         for name in &cfg.ifaces {
             let link = capture
                 .names
@@ -331,7 +350,7 @@ impl Capture {
             let points = attacher.attach_drops()?;
             capture.attached.extend(points);
         }
-        capture.created_clsact = attacher.into_created_clsact();
+        (capture.created_clsact, capture._markers) = attacher.finish();
         capture.ebpf = Some(ebpf);
         Ok(capture)
     }
@@ -459,6 +478,15 @@ pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[
         drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
     };
     Some((captured, &data[..cap]))
+}
+
+/// Loads the eBPF object (maps created, programs not yet loaded).
+fn load_object(config: &RawConfig, ring_bytes: u32) -> Result<Ebpf, CaptureError> {
+    EbpfLoader::new()
+        .override_global(GLOBAL_CONFIG, config, true)
+        .map_max_entries(MAP_EVENTS, ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| CaptureError::from_aya("loading the eBPF object", &e))
 }
 
 fn check_kernel() -> Result<(), CaptureError> {
