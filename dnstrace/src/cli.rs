@@ -40,7 +40,7 @@ pub enum Command {
     /// Read a pcap or pcapng file and print its lookups and verdicts (no privileges needed).
     #[command(long_about = REPLAY_ABOUT, after_long_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
-    /// Remove the netlink tc filters that a killed dnstrace left behind (watch does it at start too).
+    /// Remove netlink tc filters left by a killed dnstrace (watch also does this when it starts).
     #[command(long_about = CLEANUP_ABOUT)]
     Cleanup(CleanupArgs),
     /// Attach a no-op tc classifier until SIGINT: the baseline of `cargo xtask bench`.
@@ -313,7 +313,7 @@ network namespace, and say what was removed.
 
 On exit dnstrace removes its own filters. A tcx link goes with the process
 even on SIGKILL, but a netlink clsact filter stays, and with it the program and
-its 8 MiB ring buffer. `--tc-mode auto` uses netlink filters on nodes with
+its ring buffer (8 MiB by default). `--tc-mode auto` uses netlink filters on nodes with
 more than 32 interfaces (and on kernels before 6.6), so on a real node a
 SIGKILLed or OOM-killed dnstrace leaves them. `dnstrace watch` removes them
 when it starts; this command does the same without tracing.
@@ -326,9 +326,10 @@ other process holding that program. Other tools' filters and a running
 dnstrace's are never touched; a filter of another dnstrace build is reported
 with the `tc` command that removes it.
 
-Prints one line per filter: `removed`, `would remove` (--dry-run), `kept
-(running)` or `kept (another build)`. An empty clsact qdisc may stay: nothing
-tells who created it.";
+Prints one line per filter: `removed`, `would remove` (--dry-run), `kept (a
+running dnstrace holds it)` or `kept (another dnstrace build's program…)`, each
+with its `tc filter del` command. An empty clsact qdisc may stay: nothing tells
+who created it.";
 
 /// Arguments of `dnstrace cleanup`.
 #[derive(Debug, Args)]

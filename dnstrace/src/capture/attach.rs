@@ -30,7 +30,7 @@ pub enum TcMode {
     Auto,
     /// tcx links only (Linux ≥ 6.6); they vanish with the process, even after SIGKILL.
     Tcx,
-    /// netlink clsact filters (any kernel); removed on exit, but they survive SIGKILL.
+    /// netlink clsact filters (any kernel); removed on exit; after a SIGKILL, by the next start or `dnstrace cleanup`.
     Netlink,
 }
 
