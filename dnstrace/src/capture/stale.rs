@@ -19,7 +19,7 @@
 //! filters, and filters of another dnstrace build (they are reported, with the
 //! `tc` command that removes them).
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     io,
     os::{linux::net::SocketAddrExt as _, unix::net},
 };
@@ -260,8 +260,10 @@ pub(super) async fn sweep(
     dry_run: bool,
 ) -> io::Result<Vec<Found>> {
     let mut found = Vec::new();
+    // One /proc scan per sweep, and only when a marker is free.
+    let by_fd = std::cell::OnceCell::new();
     for f in filters.iter().filter(|f| looks_ours(f)) {
-        let finding = classify(f, &tag_of, is_held);
+        let finding = classify(f, &tag_of, |id| is_held(id, &by_fd));
         if finding == Finding::Stale && !dry_run {
             delete(handle, f)
                 .await
@@ -426,19 +428,24 @@ pub(super) fn hold(prog_id: u32) -> io::Result<Marker> {
 }
 
 /// True when a process may hold program `prog_id`: its marker is bound, or a
-/// file descriptor of a visible process refers to it. When in doubt, true.
-fn is_held(prog_id: u32) -> bool {
+/// file descriptor of a visible process refers to it (`by_fd` caches the ids
+/// held in /proc). When in doubt, true.
+fn is_held(prog_id: u32, by_fd: &std::cell::OnceCell<Option<HashSet<u32>>>) -> bool {
     let marker = net::SocketAddr::from_abstract_name(marker_name(prog_id))
         .and_then(|addr| net::UnixDatagram::bind_addr(&addr));
     match marker {
-        Ok(_probe) => held_by_fd(prog_id).unwrap_or(true),
+        Ok(_probe) => by_fd
+            .get_or_init(|| programs_held_by_fd().ok())
+            .as_ref()
+            .is_none_or(|held| held.contains(&prog_id)),
         Err(_) => true,
     }
 }
 
-/// Whether any process in /proc has a file descriptor (program or link) on `prog_id`.
-fn held_by_fd(prog_id: u32) -> io::Result<bool> {
-    let needle = format!("prog_id:\t{prog_id}\n");
+/// Ids of the programs that processes in /proc hold a file descriptor on
+/// (a program, or a link to one).
+fn programs_held_by_fd() -> io::Result<HashSet<u32>> {
+    let mut held = HashSet::new();
     for proc in std::fs::read_dir("/proc")? {
         let Ok(proc) = proc else { continue };
         if !proc
@@ -453,12 +460,17 @@ fn held_by_fd(prog_id: u32) -> io::Result<bool> {
             continue;
         };
         for fd in fds.flatten() {
-            if std::fs::read_to_string(fd.path()).is_ok_and(|info| info.contains(&needle)) {
-                return Ok(true);
-            }
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            held.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u32>().ok()),
+            );
         }
     }
-    Ok(false)
+    Ok(held)
 }
 
 #[cfg(test)]
@@ -540,9 +552,15 @@ mod tests {
         // Program ids are 32-bit; this one is far above any the kernel hands out here.
         let id = u32::MAX - std::process::id();
         let marker = hold(id).expect("bind an abstract unix socket");
-        assert!(is_held(id));
+        assert!(is_held(id, &Default::default()));
         drop(marker);
-        assert!(!is_held(id), "no process has program {id}");
+        assert!(
+            !is_held(id, &Default::default()),
+            "no process has program {id}"
+        );
+        // A program that a process holds an fd on is held, marker or not.
+        let by_fd = std::cell::OnceCell::from(Some(HashSet::from([id])));
+        assert!(is_held(id, &by_fd));
     }
 
     #[test]
