@@ -305,12 +305,14 @@ pub(super) async fn remove_at_start(
         return Ok(filters);
     }
     let tags = attacher.tc_tags()?;
-    let found = sweep(handle, &filters, tag_lookup(&tags), false)
-        .await
-        .map_err(|source| CaptureError::Io {
-            action: "removing stale dnstrace tc filters".into(),
-            source,
-        })?;
+    let found = match sweep(handle, &filters, tag_lookup(&tags), false).await {
+        Ok(found) => found,
+        // Not fatal: the leftovers keep their priorities, and `dnstrace cleanup` can retry.
+        Err(e) => {
+            log::warn!("{e}");
+            return Ok(filters);
+        }
+    };
     for Found { filter, finding } in &found {
         match finding {
             Finding::Stale => log::warn!(
@@ -403,7 +405,9 @@ pub fn report(found: &[Found], dry_run: bool) -> String {
             Finding::Stale if dry_run => "would remove",
             Finding::Stale => "removed",
             Finding::Running => "kept (a running dnstrace holds it)",
-            Finding::OtherBuild => "kept (another dnstrace build's program; remove by hand)",
+            Finding::OtherBuild => {
+                "kept (another dnstrace build's program: if that dnstrace is not running, remove it by hand)"
+            }
         };
         out.push_str(&format!("{what}: {filter}\n"));
     }
@@ -561,6 +565,26 @@ mod tests {
         // A program that a process holds an fd on is held, marker or not.
         let by_fd = std::cell::OnceCell::from(Some(HashSet::from([id])));
         assert!(is_held(id, &by_fd));
+    }
+
+    #[test]
+    fn report_says_what_happened_to_each() {
+        assert_eq!(report(&[], false), "no dnstrace tc filters found\n");
+        let f = filter(TcDir::Egress, 0xd753_0002, PROG_TC_ETH_OUT, 1);
+        let found = |finding| Found {
+            filter: f.clone(),
+            finding,
+        };
+        let all = [
+            found(Finding::Stale),
+            found(Finding::Running),
+            found(Finding::OtherBuild),
+        ];
+        let lines: Vec<String> = report(&all, true).lines().map(str::to_owned).collect();
+        assert!(lines[0].starts_with("would remove: tc filter del dev eth0 egress prio 53"));
+        assert!(lines[1].starts_with("kept (a running dnstrace holds it): "));
+        assert!(lines[2].starts_with("kept (another dnstrace build's program"));
+        assert!(report(&all[..1], false).starts_with("removed: "));
     }
 
     #[test]
