@@ -17,9 +17,11 @@ use crate::{
     cli::{Output, WatchConfig},
     correlate::{self, Correlator, Coverage, Lookup, Placement},
     decode::{self, LinkType, Meta, Packet},
+    say,
     sink::{
         IssueCounts, JsonSink, Names, Sink, Summary, TextSink,
-        pcap::{Bounds, PcapSink, PointDesc, PointKind, Record, RunInfo},
+        pcap::{Bounds, PcapSink, PcapStats, PointDesc, PointKind, Record, RunInfo},
+        stdout_error,
     },
     tui,
 };
@@ -49,8 +51,8 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         crate::logging::to_file(path)
             .with_context(|| format!("opening the log file {}", path.display()))?;
     }
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
     let mut ifaces = cfg.ifaces.clone();
     if cfg.auto {
@@ -82,11 +84,32 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         drops: cfg.drops,
     };
     let mut capture = Capture::open(&capture_cfg).await?;
-    announce(&capture, &cfg, &uplinks);
-    if let Some(path) = &cfg.ready_file {
-        crate::outfile::write_ready(path)
-            .with_context(|| format!("writing the ready file {}", path.display()))?;
-    }
+    let signals = Signals { sigint, sigterm };
+    let result = run(&cfg, &mut capture, ifaces, uplinks, started, signals).await;
+    // Whatever failed after attaching, nothing stays attached (a no-op once `run` detached).
+    capture.detach().await;
+    result
+}
+
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+/// Everything after the attach: the caller detaches whatever this returns.
+async fn run(
+    cfg: &WatchConfig,
+    capture: &mut Capture,
+    ifaces: Vec<String>,
+    uplinks: Vec<String>,
+    started: Instant,
+    signals: Signals,
+) -> anyhow::Result<Summary> {
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
+    announce(capture, cfg, &uplinks);
 
     let names = Names::new(
         capture.netns(),
@@ -125,7 +148,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
             let sink = PcapSink::create(
                 path,
                 &run,
-                &pcap_points(&capture),
+                &pcap_points(capture),
                 Bounds::for_timeout(cfg.timeout),
             )
             .with_context(|| format!("creating the pcapng file {}", path.display()))?;
@@ -133,6 +156,10 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         }
         None => None,
     };
+
+    let mut drain = capture
+        .take_drain()
+        .context("opening the ring buffer for polling")?;
 
     // The TUI owns the terminal from here until the summary is due.
     let mut ui = match cfg.output {
@@ -155,14 +182,24 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         _ => None,
     };
 
+    // Only now has everything started: tell the script or test that waits.
+    if let Some(path) = &cfg.ready_file
+        && let Err(e) = crate::outfile::write_ready(path)
+    {
+        if let Some((feed, handle)) = ui.take() {
+            feed.close();
+            let _ = handle.finish().await;
+        }
+        return Err(
+            anyhow::Error::new(e).context(format!("writing the ready file {}", path.display()))
+        );
+    }
+
     let (tx, rx) = mpsc::channel::<Batch>(cfg.queue);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (lost_tx, lost_rx) = watch::channel(0u64);
-    let mut drain = capture
-        .take_drain()
-        .context("opening the ring buffer for polling")?;
     let feed = ui.as_ref().map(|(feed, _)| feed.clone());
-    let mut consumer = Consumer::new(&cfg, names, correlator, lost_rx, feed);
+    let mut consumer = Consumer::new(cfg, names, correlator, lost_rx, feed);
     consumer.pcap = pcap;
     let consumer = tokio::spawn(consumer.run(rx));
     let drain_task = tokio::spawn(async move {
@@ -170,6 +207,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         (drain, tx)
     });
 
+    let watch_stdout = cfg.output != Output::Tui;
     let stop = {
         let deadline = async {
             match cfg.duration {
@@ -186,8 +224,9 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
                 () = &mut deadline => break Stop::Duration,
                 () = ui_ended(&mut ui) => break Stop::Quit,
                 _ = tick.tick() => {
-                    // The consumer only ends early when stdout is gone (e.g. `| head`).
-                    if consumer.is_finished() {
+                    // The consumer only ends early when writing to stdout failed; a
+                    // reader that went away (`| head`) is noticed even with nothing to write.
+                    if consumer.is_finished() || (watch_stdout && stdout_reader_gone()) {
                         break Stop::OutputClosed;
                     }
                     let _ = lost_tx.send(capture.counters().lost());
@@ -212,7 +251,9 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     drain.drain_rest(&tx).await;
     let _ = lost_tx.send(capture.counters().lost());
     drop(tx);
-    let done = consumer.await.context("the output task failed")?;
+    let mut done = consumer.await.context("the output task failed")?;
+    let kernel = capture.counters();
+    let pcap = done.close_pcap(done.end_epoch_ns.max(1), kernel.lost());
     let Done {
         decoded,
         issues,
@@ -220,18 +261,18 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         lookups,
         upstreams,
         mut sink,
-        pcap,
-        end_epoch_ns,
+        error,
+        ..
     } = done;
-    let kernel = capture.counters();
-    let pcap = match pcap {
-        Some(p) => Some(
-            p.close(end_epoch_ns.max(1), kernel.lost())
-                .context("writing the end of the pcapng file")?,
-        ),
-        None => None,
+    // The reader went away: nothing more to say, and no one to say it to.
+    let mut error = match error {
+        None if stop == Stop::OutputClosed => {
+            return Err(stdout_error(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Err(stdout_error(e)),
+        e => e,
     };
-    let summary = Summary {
+    let mut summary = Summary {
         netns: capture.netns(),
         kernel,
         userspace: drain.stats(),
@@ -243,27 +284,65 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         duration_ms: started.elapsed().as_millis() as u64,
         pcap,
         replay: None,
+        output_failed: error.is_some(),
     };
-    if stop != Stop::OutputClosed {
-        let _ = sink.upstreams(&summary.upstreams);
-        let _ = sink.summary(&summary);
+    if error.is_none() {
+        error = sink
+            .upstreams(&summary.upstreams)
+            .and_then(|()| sink.summary(&summary))
+            .and_then(|()| sink.flush())
+            .err();
+        summary.output_failed = error.is_some();
     }
     if let Stop::Signal(sig) = stop {
-        eprintln!("dnstrace: {sig} received, detached");
+        say!("dnstrace: {sig} received, detached");
     }
     if stop == Stop::Quit {
-        eprintln!("dnstrace: quit, detached");
+        say!("dnstrace: quit, detached");
     }
     for line in summary.lines() {
-        eprintln!("{line}");
+        say!("{line}");
     }
     if let Some(path) = &cfg.log_file {
-        eprintln!("dnstrace: log in {}", path.display());
+        say!("dnstrace: log in {}", path.display());
     }
     if let Some(Err(e)) = ui_exit {
         return Err(anyhow::Error::new(e).context("the TUI failed"));
     }
+    if let Some(e) = error {
+        return Err(stdout_error(e));
+    }
+    if let Some(p) = &summary.pcap
+        && let Some(e) = &p.error
+    {
+        anyhow::bail!("writing the pcapng file {} failed: {e}", p.path);
+    }
     Ok(summary)
+}
+
+/// True once stdout is a pipe or socket whose reader has gone: poll(2) reports
+/// POLLERR or POLLHUP on the write end. So `| head -1` ends the run at once, not at
+/// the next write, which may be long in coming on a quiet node.
+fn stdout_reader_gone() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and no waiting.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the process as a closed pipe ends other Unix tools: by SIGPIPE (status 141 in
+/// a shell). Call it only once everything is detached.
+pub fn die_of_sigpipe() -> ! {
+    // SAFETY: restoring a signal's default action and raising it have no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }
 
 /// Resolves when the user quits the TUI (never without one).
@@ -316,7 +395,7 @@ fn announce(capture: &Capture, cfg: &WatchConfig, uplinks: &[String]) {
     if !uplinks.is_empty() {
         msg.push_str(&format!("; uplink(s): {}", uplinks.join(" ")));
     }
-    eprintln!("{msg}; netns cookie {}; Ctrl-C to stop", capture.netns());
+    say!("{msg}; netns cookie {}; Ctrl-C to stop", capture.netns());
 }
 
 /// One interface block per capture point: each tc-hooked interface, the socket hop, drops.
@@ -368,7 +447,21 @@ pub(crate) struct Done {
     pub upstreams: Vec<correlate::UpstreamStats>,
     pub sink: Sink<BufWriter<std::io::Stdout>>,
     pub pcap: Option<PcapSink>,
+    /// The `--pcap` file after writing it failed.
+    pub pcap_failed: Option<PcapStats>,
     pub end_epoch_ns: u64,
+    /// The first error writing to stdout; nothing more was written after it.
+    pub error: Option<std::io::Error>,
+}
+
+impl Done {
+    /// Ends the `--pcap` file, if there is one: what was written, and any error.
+    pub fn close_pcap(&mut self, end_epoch_ns: u64, lost: u64) -> Option<PcapStats> {
+        match self.pcap.take() {
+            Some(p) => Some(p.close(end_epoch_ns, lost)),
+            None => self.pcap_failed.take(),
+        }
+    }
 }
 
 /// Opens the full-screen view; logs go to `log_file` from now on, since the screen owns
@@ -426,6 +519,8 @@ pub(crate) struct Consumer {
     issues: IssueCounts,
     /// `--pcap`: every packet, commented with its lookup and verdict.
     pub pcap: Option<PcapSink>,
+    /// What `--pcap` wrote before writing failed.
+    pcap_failed: Option<PcapStats>,
     /// Reassembles DNS over TCP: several messages per segment, split messages.
     pub tcp: decode::tcp::Streams,
     finished: Vec<Lookup>,
@@ -472,6 +567,7 @@ impl Consumer {
             decoded: 0,
             issues: IssueCounts::default(),
             pcap: None,
+            pcap_failed: None,
             tcp: decode::tcp::Streams::new(),
             finished: Vec::new(),
             placed: Vec::new(),
@@ -500,15 +596,14 @@ impl Consumer {
                     r.and_then(|()| self.sink.flush())
                 }
             };
-            if result.is_err() {
-                // stdout is gone: stop, so that the main task notices.
-                return self.done();
+            if let Err(e) = result {
+                // stdout failed: stop, so that the main task notices.
+                return self.done_with(Some(e));
             }
         }
         let now = mono_now_ns();
-        let _ = self.tick(now);
-        let _ = self.finish(now);
-        self.done()
+        let end = self.tick(now).and_then(|()| self.finish(now));
+        self.done_with(end.err())
     }
 
     fn batch(&mut self, batch: Batch) -> std::io::Result<()> {
@@ -591,11 +686,14 @@ impl Consumer {
         Ok(())
     }
 
-    /// A pcapng write error stops the file, not the capture.
+    /// A pcapng write error stops the file, not the capture; the summary reports it
+    /// and the run ends in failure.
     fn pcap_failed(&mut self, r: std::io::Result<()>) {
-        if let Err(e) = r {
+        if let Err(e) = r
+            && let Some(pcap) = self.pcap.take()
+        {
             log::error!("writing the pcapng file failed, no more packets go to it: {e}");
-            self.pcap = None;
+            self.pcap_failed = Some(pcap.failed(&e));
         }
     }
 
@@ -673,7 +771,8 @@ impl Consumer {
         r
     }
 
-    pub(crate) fn done(self) -> Done {
+    /// What is left at the end; `error`: the first failed write to stdout.
+    pub(crate) fn done_with(self, error: Option<std::io::Error>) -> Done {
         Done {
             decoded: self.decoded,
             issues: self.issues,
@@ -682,7 +781,9 @@ impl Consumer {
             upstreams: self.correlator.upstreams(),
             sink: self.sink,
             pcap: self.pcap,
+            pcap_failed: self.pcap_failed,
             end_epoch_ns: self.end_epoch_ns,
+            error,
         }
     }
 }
@@ -698,7 +799,7 @@ fn mono_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Flushes stdout, ignoring a closed pipe.
-pub fn flush_stdout() {
-    let _ = std::io::stdout().flush();
+/// Flushes stdout; a failure names it (a closed pipe is [`crate::sink::StdoutClosed`]).
+pub fn flush_stdout() -> anyhow::Result<()> {
+    std::io::stdout().flush().map_err(stdout_error)
 }

@@ -1,9 +1,21 @@
 //! Command-line arguments (raw, as typed) and their validation into a config.
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::RangedU64ValueParser};
 
 use crate::capture::{SNAPLEN_MAX, SNAPLEN_MIN, TcMode};
+
+/// The exit status table, shown by every `--help` (and kept in the README).
+macro_rules! exit_status {
+    () => {
+        "Exit status:
+  0    the run ended as asked (Ctrl-C, SIGTERM, --duration, q, end of the file)
+  1    an error: attaching failed, or stdout or --pcap could not be written
+  2    a bad command line or a value out of range; nothing was attached
+  141  stdout's reader went away (e.g. `| head`): dnstrace detached, then
+       ended by SIGPIPE as other Unix tools do"
+    };
+}
 
 const ABOUT: &str = "Packet-level DNS wire tracer for Kubernetes nodes";
 const LONG_ABOUT: &str = "\
@@ -26,7 +38,13 @@ Run it as root in a privileged node shell, e.g.
   kubectl debug node/NODE -it --profile=sysadmin --image=IMAGE -- dnstrace watch --auto";
 
 #[derive(Debug, Parser)]
-#[command(name = "dnstrace", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "dnstrace",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = exit_status!()
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,13 +53,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture DNS live: a full-screen view on a terminal, else text or JSON lines.
-    #[command(long_about = WATCH_ABOUT, after_long_help = WATCH_EXAMPLES)]
+    #[command(long_about = WATCH_ABOUT, after_help = exit_status!(), after_long_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
     /// Read a pcap or pcapng file and print its lookups and verdicts (no privileges needed).
-    #[command(long_about = REPLAY_ABOUT, after_long_help = REPLAY_EXAMPLES)]
+    #[command(long_about = REPLAY_ABOUT, after_help = exit_status!(), after_long_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
     /// Remove netlink tc filters left by a killed dnstrace (watch also does this when it starts).
-    #[command(long_about = CLEANUP_ABOUT)]
+    #[command(long_about = CLEANUP_ABOUT, after_help = exit_status!())]
     Cleanup(CleanupArgs),
     /// Attach a no-op tc classifier until SIGINT: the baseline of `cargo xtask bench`.
     #[command(hide = true)]
@@ -78,7 +96,8 @@ per-upstream table and live counters; ? shows its keys, q quits (like
 Ctrl-C). It never slows the capture down: lookups it cannot keep up with are
 dropped and counted on screen. Logs go to --log-file while it runs.";
 
-const WATCH_EXAMPLES: &str = "\
+const WATCH_EXAMPLES: &str = concat!(
+    "\
 Examples:
   dnstrace watch --auto                      every interface of this netns + the socket hop
   dnstrace watch --auto --output text        lines instead of the full-screen view
@@ -86,7 +105,11 @@ Examples:
   dnstrace watch --auto --output json | jq 'select(.verdict!=\"ok\")'
   dnstrace watch --auto --output text --pcap node.pcapng   also a capture for Wireshark
   dnstrace watch --auto --port 53 --port 5353 --duration 30s
-  DNSTRACE_AUTO=1 DNSTRACE_OUTPUT=json dnstrace watch   same, from the environment";
+  DNSTRACE_AUTO=1 DNSTRACE_OUTPUT=json dnstrace watch   same, from the environment
+
+",
+    exit_status!()
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -111,13 +134,14 @@ impl Output {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Interface to capture on, ingress and egress (repeatable, or comma-separated).
+    /// Interface to capture on, ingress and egress (repeatable, or comma-separated; each once).
     #[arg(
         short,
         long = "iface",
         value_name = "IF",
         env = "DNSTRACE_IFACE",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_iface
     )]
     pub ifaces: Vec<String>,
 
@@ -141,19 +165,26 @@ pub struct WatchArgs {
     #[arg(long, env = "DNSTRACE_NO_DROPS")]
     pub no_drops: bool,
 
-    /// DNS port to match, source or destination (repeatable, at most 8).
+    /// DNS port to match, source or destination (1..=65535; repeatable, at most 8).
     #[arg(
         short,
         long = "port",
         value_name = "PORT",
         env = "DNSTRACE_PORT",
         value_delimiter = ',',
-        default_value = "53"
+        default_value = "53",
+        value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub ports: Vec<u16>,
 
     /// Bytes of each packet to copy from the kernel (64..=2048); longer packets are cut and counted.
-    #[arg(long, value_name = "BYTES", env = "DNSTRACE_SNAPLEN", default_value_t = SNAPLEN_MAX)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DNSTRACE_SNAPLEN",
+        default_value_t = SNAPLEN_MAX,
+        value_parser = clap::value_parser!(u32).range(i64::from(SNAPLEN_MIN)..=i64::from(SNAPLEN_MAX))
+    )]
     pub snaplen: u32,
 
     /// Output format [default: tui when stdout is a terminal, else text].
@@ -168,8 +199,8 @@ pub struct WatchArgs {
     #[arg(long, env = "DNSTRACE_PACKETS")]
     pub packets: bool,
 
-    /// A lookup without an answer this long after the client's last try is `unanswered`.
-    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// A lookup without an answer this long after the client's last try is `unanswered` (1ms..=1h).
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// Interface that leads off the node (repeatable); default: those holding a default route.
@@ -177,32 +208,40 @@ pub struct WatchArgs {
         long = "uplink",
         value_name = "IF",
         env = "DNSTRACE_UPLINK",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_iface
     )]
     pub uplinks: Vec<String>,
 
-    /// Print the per-upstream table this often (and always at exit); 0 turns the periodic one off.
-    #[arg(long, value_name = "TIME", env = "DNSTRACE_UPSTREAM_EVERY", default_value = "60s", value_parser = parse_duration_or_zero)]
+    /// Print the per-upstream table this often, 1s..=24h (and always at exit); 0 turns the periodic one off.
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_UPSTREAM_EVERY", default_value = "60s", value_parser = parse_upstream_every)]
     pub upstream_every: Duration,
 
-    /// Stop after this long (e.g. 30, 30s, 5m, 1h); default: until Ctrl-C or SIGTERM.
-    #[arg(short, long, value_name = "TIME", env = "DNSTRACE_DURATION", value_parser = parse_duration)]
+    /// Stop after this long (e.g. 30, 30s, 5m, 1h; at most 8760h); default: until Ctrl-C or SIGTERM.
+    #[arg(short, long, value_name = "TIME", env = "DNSTRACE_DURATION", value_parser = parse_run_duration)]
     pub duration: Option<Duration>,
 
-    /// Write this file once every attach has succeeded (for scripts and tests).
+    /// Write this file (our pid) once everything has started: every attach, --pcap, the output (for scripts and tests).
     #[arg(long, value_name = "PATH", env = "DNSTRACE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 
-    /// Kernel ring buffer size in bytes (power of two, at least 4096).
-    #[arg(long, value_name = "BYTES", env = "DNSTRACE_RING_SIZE", default_value_t = 8 << 20)]
+    /// Kernel ring buffer size in bytes: a power of two from 4096 to 1073741824 (1 GiB).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DNSTRACE_RING_SIZE",
+        default_value_t = 8 << 20,
+        value_parser = parse_ring_size
+    )]
     pub ring_size: u32,
 
-    /// Userspace queue between the ring buffer and the decoder, in batches of up to 256 events; when it is full, events wait in the ring buffer.
+    /// Userspace queue between the ring buffer and the decoder, in batches of up to 256 events (1..=65536); when it is full, events wait in the ring buffer.
     #[arg(
         long,
         value_name = "BATCHES",
         env = "DNSTRACE_QUEUE",
-        default_value_t = 1024
+        default_value_t = 1024,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=QUEUE_MAX)
     )]
     pub queue: usize,
 
@@ -210,12 +249,13 @@ pub struct WatchArgs {
     #[arg(long, value_enum, env = "DNSTRACE_TC_MODE", default_value = "auto")]
     pub tc_mode: TcMode,
 
-    /// First priority tried for netlink tc filters (never 1; the next free one is used).
+    /// First priority tried for netlink tc filters, 2..=65535 (1 is left to other tools); when it is taken, the next free one up to 15 higher.
     #[arg(
         long,
         value_name = "PRIO",
         env = "DNSTRACE_TC_PRIORITY",
-        default_value_t = 53
+        default_value_t = 53,
+        value_parser = clap::value_parser!(u16).range(2..)
     )]
     pub tc_priority: u16,
 
@@ -244,11 +284,16 @@ over several), and so are IPv4 and IPv6 fragments; fragments of a datagram that
 never completes are counted. Only UDP and TCP on the --port ports is DNS: mDNS (5353), LLMNR
 (5355) and DNS quoted inside ICMP errors are skipped and counted.";
 
-const REPLAY_EXAMPLES: &str = "\
+const REPLAY_EXAMPLES: &str = concat!(
+    "\
 Examples:
   dnstrace replay capture.pcapng
   dnstrace replay --output json --packets node.pcap | jq 'select(.type==\"lookup\")'
-  tcpdump -i any -w any.pcap port 53; dnstrace replay any.pcap";
+  tcpdump -i any -w any.pcap port 53; dnstrace replay any.pcap
+
+",
+    exit_status!()
+);
 
 /// Arguments of `dnstrace replay`.
 #[derive(Debug, Args)]
@@ -271,23 +316,29 @@ pub struct ReplayArgs {
     #[arg(long, env = "DNSTRACE_PACKETS")]
     pub packets: bool,
 
-    /// A lookup still unanswered this long after the client's last query is finished as unanswered [default: the capture's timeout for a file written by dnstrace, else 5s].
-    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", value_parser = parse_duration)]
+    /// A lookup still unanswered this long after the client's last query is finished as unanswered, 1ms..=1h [default: the capture's timeout for a file written by dnstrace, else 5s].
+    #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
-    /// UDP/TCP port(s) that carry DNS; other traffic in the file is skipped.
+    /// UDP/TCP port(s) that carry DNS (1..=65535); other traffic in the file is skipped.
     #[arg(
         short,
         long = "port",
         value_name = "PORT",
         value_delimiter = ',',
-        default_value = "53"
+        default_value = "53",
+        value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub ports: Vec<u16>,
 
     /// Interface(s) that lead off the node (default: from the file's section header when
     /// dnstrace wrote it, else none).
-    #[arg(long = "uplink", value_name = "IF", value_delimiter = ',')]
+    #[arg(
+        long = "uplink",
+        value_name = "IF",
+        value_delimiter = ',',
+        value_parser = parse_iface
+    )]
     pub uplinks: Vec<String>,
 
     /// Also write what was read to this pcapng file, commented with lookups and verdicts.
@@ -339,7 +390,13 @@ pub struct CleanupArgs {
     pub dry_run: bool,
 
     /// Only look at this interface (repeatable, or comma-separated) [default: every interface of this netns].
-    #[arg(short, long = "iface", value_name = "IF", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "iface",
+        value_name = "IF",
+        value_delimiter = ',',
+        value_parser = parse_iface
+    )]
     pub ifaces: Vec<String>,
 }
 
@@ -347,7 +404,7 @@ pub struct CleanupArgs {
 #[derive(Debug, Args)]
 pub struct BenchNoopArgs {
     /// Interface to attach to (repeatable).
-    #[arg(short, long = "iface", value_name = "IF", required = true)]
+    #[arg(short, long = "iface", value_name = "IF", required = true, value_parser = parse_iface)]
     pub ifaces: Vec<String>,
     /// Attach on egress only.
     #[arg(long)]
@@ -387,18 +444,8 @@ pub struct WatchConfig {
 pub enum ConfigError {
     #[error("nothing to capture: give --iface IF (repeatable), --auto, --socket-hop or --drops")]
     NothingToCapture,
-    #[error("--port: 0 is not a port")]
-    PortZero,
     #[error("--port: at most {max} ports, got {got}")]
     TooManyPorts { max: usize, got: usize },
-    #[error("--snaplen {got}: must be between {min} and {max}")]
-    Snaplen { got: u32, min: u32, max: u32 },
-    #[error("--ring-size {got}: must be a power of two of at least 4096 bytes")]
-    RingSize { got: u32 },
-    #[error("--tc-priority 1 is reserved for other tools; use 2 or higher")]
-    TcPriority,
-    #[error("--queue must be at least 1")]
-    Queue,
     #[error(
         "--output tui needs a terminal on stdout; use --output text or json with a pipe or file"
     )]
@@ -417,9 +464,6 @@ impl TryFrom<WatchArgs> for WatchConfig {
         let mut ports = a.ports;
         ports.sort_unstable();
         ports.dedup();
-        if ports.contains(&0) {
-            return Err(ConfigError::PortZero);
-        }
         let max = dnstrace_common::MAX_PORTS;
         if ports.len() > max {
             return Err(ConfigError::TooManyPorts {
@@ -427,32 +471,14 @@ impl TryFrom<WatchArgs> for WatchConfig {
                 got: ports.len(),
             });
         }
-        if !(SNAPLEN_MIN..=SNAPLEN_MAX).contains(&a.snaplen) {
-            return Err(ConfigError::Snaplen {
-                got: a.snaplen,
-                min: SNAPLEN_MIN,
-                max: SNAPLEN_MAX,
-            });
-        }
-        if a.ring_size < 4096 || !a.ring_size.is_power_of_two() {
-            return Err(ConfigError::RingSize { got: a.ring_size });
-        }
-        if a.tc_priority <= 1 {
-            return Err(ConfigError::TcPriority);
-        }
-        if a.queue == 0 {
-            return Err(ConfigError::Queue);
-        }
         let stdout_tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         let output = a.output.unwrap_or(Output::default_for(stdout_tty));
         if output == Output::Tui && !stdout_tty {
             return Err(ConfigError::TuiNeedsTerminal);
         }
         let log_file = log_file_for(output, a.log_file);
-        let mut ifaces = a.ifaces;
-        ifaces.dedup();
         Ok(Self {
-            ifaces,
+            ifaces: first_of_each(a.ifaces),
             auto: a.auto,
             socket_hop,
             drops,
@@ -462,7 +488,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             log_file,
             packets: a.packets,
             timeout: a.timeout,
-            uplinks: (!a.uplinks.is_empty()).then_some(a.uplinks),
+            uplinks: (!a.uplinks.is_empty()).then(|| first_of_each(a.uplinks)),
             upstream_every: (!a.upstream_every.is_zero()).then_some(a.upstream_every),
             duration: a.duration,
             ready_file: a.ready_file,
@@ -485,16 +511,115 @@ pub fn log_file_for(output: Output, given: Option<PathBuf>) -> Option<PathBuf> {
     }
 }
 
-/// Like [`parse_duration`], and "0" means off.
-pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+/// `v` without repeats, in first-seen order: `-i A -i B -i A` hooks A once.
+fn first_of_each(v: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(v.len());
+    for s in v {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Most batches `--queue` may hold.
+pub const QUEUE_MAX: u64 = 65_536;
+/// Largest `--ring-size`: 1 GiB of kernel memory is already far past any need.
+pub const RING_SIZE_MAX: u32 = 1 << 30;
+/// Bounds of `--timeout`.
+pub const TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+/// Bounds of `--upstream-every` (besides 0, off).
+pub const UPSTREAM_EVERY_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+/// Bounds of `--duration`: up to a year.
+pub const RUN_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(8760 * 3600));
+
+/// An interface name as Linux accepts one: 1 to 15 bytes, no '/', ':' or whitespace,
+/// not "." or "..".
+pub fn parse_iface(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!(
+            "{s:?} is not an interface name (1 to 15 characters)"
+        ));
+    }
+    if s == "." || s == ".." || s.contains(['/', ':']) || s.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not an interface name (no '/', ':' or spaces)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A power of two from 4096 to [`RING_SIZE_MAX`].
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n < 4096 || n > u64::from(RING_SIZE_MAX) || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two from 4096 to {RING_SIZE_MAX}"
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// `--timeout`: see [`TIMEOUT_RANGE`].
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, TIMEOUT_RANGE)
+}
+
+/// `--duration`: see [`RUN_DURATION_RANGE`].
+pub fn parse_run_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, RUN_DURATION_RANGE)
+}
+
+/// `--upstream-every`: "0" means off, else see [`UPSTREAM_EVERY_RANGE`].
+pub fn parse_upstream_every(s: &str) -> Result<Duration, String> {
     if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_duration(s)
+    parse_duration_within(s, UPSTREAM_EVERY_RANGE)
 }
 
-/// Parses "30", "30s", "1500ms", "5m", "1h".
+/// [`parse_duration`], within `[min, max]`.
+fn parse_duration_within(s: &str, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+    let secs = parse_secs(s)?;
+    if secs < min.as_secs_f64() || secs > max.as_secs_f64() {
+        return Err(format!(
+            "{:?} is out of range: from {} to {}",
+            s.trim(),
+            human(min),
+            human(max)
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs).clamp(min, max))
+}
+
+/// A bound as the user would type it: "1ms", "1s", "24h".
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Parses "30", "30s", "1500ms", "5m", "1h" into a positive duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(parse_secs(s)?)
+        .map_err(|_| format!("{:?} is far too long", s.trim()))
+}
+
+/// "30", "30s", "1500ms", "5m", "1h" in seconds, positive and finite.
+fn parse_secs(s: &str) -> Result<f64, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -517,7 +642,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("{s:?}: the duration must be positive"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(secs)
 }
 
 #[cfg(test)]
@@ -625,28 +750,84 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert_eq!(watch(&[]).unwrap_err(), ConfigError::NothingToCapture);
-        assert_eq!(
-            watch(&["-a", "--port", "0"]).unwrap_err(),
-            ConfigError::PortZero
-        );
-        assert!(matches!(
-            watch(&["-a", "--snaplen", "10"]),
-            Err(ConfigError::Snaplen { got: 10, .. })
-        ));
-        assert_eq!(
-            watch(&["-a", "--ring-size", "5000"]).unwrap_err(),
-            ConfigError::RingSize { got: 5000 }
-        );
-        assert_eq!(
-            watch(&["-a", "--tc-priority", "1"]).unwrap_err(),
-            ConfigError::TcPriority
-        );
         let c = watch(&["-a", "-p", "53,5353", "-p", "53"]).unwrap();
         assert_eq!(c.ports, vec![53, 5353]);
         assert!(matches!(
             watch(&["-a", "-p", "1,2,3,4,5,6,7,8,9"]),
             Err(ConfigError::TooManyPorts { got: 9, .. })
         ));
+    }
+
+    /// Every out-of-range value is a usage error from clap (exit 2), never a panic.
+    #[test]
+    fn values_out_of_range_are_usage_errors() {
+        let huge = "99999999999999999999";
+        for args in [
+            &["--duration", huge][..],
+            &["--timeout", huge],
+            &["--upstream-every", huge],
+            &["--queue", "18446744073709551615"],
+            &["--queue", "0"],
+            &["--tc-priority", "1"],
+            &["--tc-priority", "0"],
+            &["--tc-priority", "65536"],
+            &["--port", "0"],
+            &["--port", "65536"],
+            &["--snaplen", "10"],
+            &["--snaplen", "4096"],
+            &["--ring-size", "5000"],
+            &["--ring-size", "2147483648"],
+            &["--ring-size", huge],
+            &["--timeout", "0"],
+            &["--timeout", "2h"],
+            &["--upstream-every", "25h"],
+            &["--duration", "8761h"],
+            &["-i", "a/b"],
+            &["-i", ""],
+            &["-i", "sixteen-chars-xx"],
+            &["--uplink", "a b"],
+        ] {
+            let mut argv = vec!["dnstrace", "watch", "-a"];
+            argv.extend_from_slice(args);
+            let err = Cli::try_parse_from(&argv).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+        let mut argv = vec!["dnstrace", "replay", "x.pcap", "--timeout"];
+        argv.push(huge);
+        assert!(Cli::try_parse_from(argv).is_err());
+        // The edges are accepted.
+        let c = watch(&[
+            "-a",
+            "--tc-priority",
+            "65535",
+            "--queue",
+            "65536",
+            "--ring-size",
+            "1073741824",
+            "--duration",
+            "8760h",
+            "--upstream-every",
+            "0",
+            "--timeout",
+            "1h",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.tc_priority, c.queue, c.upstream_every),
+            (65535, 65536, None)
+        );
+    }
+
+    #[test]
+    fn interfaces_are_hooked_once() {
+        let c = watch(&["-i", "a", "-i", "b,a", "-i", "a", "--uplink", "b,b"]).unwrap();
+        assert_eq!(c.ifaces, ["a", "b"]);
+        assert_eq!(c.uplinks, Some(vec!["b".to_owned()]));
     }
 
     #[test]
@@ -678,5 +859,7 @@ mod tests {
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert_eq!(parse_upstream_every("0s").unwrap(), Duration::ZERO);
     }
 }

@@ -11,3 +11,13 @@ pub mod outfile;
 pub mod replay;
 pub mod sink;
 pub mod tui;
+
+/// Like `eprintln!`, but a full or closed stderr is ignored instead of panicking:
+/// a message that cannot be shown must not take the run (and its detach) down.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr().lock(), $($arg)*);
+    }};
+}

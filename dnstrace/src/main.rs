@@ -1,11 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use dnstrace::cli::{Cli, Command, WatchConfig};
+use dnstrace::{
+    cli::{Cli, Command, ConfigError, WatchConfig},
+    say,
+    sink::StdoutClosed,
+};
+
+/// Exit status of a bad command line, as clap uses.
+const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     dnstrace::logging::init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -13,7 +23,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("dnstrace: error: starting the async runtime: {e}");
+            say!("dnstrace: error: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -30,8 +40,9 @@ fn main() -> ExitCode {
             }
             Command::Cleanup(args) => {
                 let found = dnstrace::capture::stale::cleanup(&args.ifaces, args.dry_run).await?;
-                print!("{}", dnstrace::capture::stale::report(&found, args.dry_run));
-                Ok(())
+                let report = dnstrace::capture::stale::report(&found, args.dry_run);
+                std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes())
+                    .map_err(dnstrace::sink::stdout_error)
             }
             Command::BenchNoop(args) => {
                 let _noop =
@@ -44,12 +55,34 @@ fn main() -> ExitCode {
             }
         }
     });
-    dnstrace::app::flush_stdout();
+    let result = result.and_then(|()| dnstrace::app::flush_stdout());
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StdoutClosed>() => dnstrace::app::die_of_sigpipe(),
+        Err(e) if e.is::<ConfigError>() => {
+            say!("dnstrace: error: {e}\n\nFor more information, try '--help'.");
+            ExitCode::from(USAGE)
+        }
         Err(e) => {
-            eprintln!("dnstrace: error: {e:#}");
+            say!("dnstrace: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints clap's error or help and picks the status: help that could not be
+/// written (e.g. `--help >/dev/full`) is an error, not a success.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    let printed = e.print();
+    let code = e.exit_code();
+    match printed {
+        Err(err) if code == 0 && err.kind() == std::io::ErrorKind::BrokenPipe => {
+            dnstrace::app::die_of_sigpipe()
+        }
+        Err(err) if code == 0 => {
+            say!("dnstrace: error: writing the help to stdout: {err}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::from(u8::try_from(code).unwrap_or(USAGE)),
     }
 }

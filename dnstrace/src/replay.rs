@@ -448,7 +448,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     let mut defrag = Defrag::new();
     let mut next_tick = 0u64;
     let mut last_ts = 0u64;
-    let mut broken_pipe = false;
+    // The first failed write to stdout; nothing more is written after it.
+    let mut out_error: Option<std::io::Error> = None;
     // Frames naming an interface the file never described.
     let unknown_iface = IfInfo {
         name: None,
@@ -470,8 +471,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         let ts = f.ts_ns.min(MAX_TS_NS);
         last_ts = last_ts.max(ts);
         if ts >= next_tick {
-            if consumer.tick(ts).is_err() {
-                broken_pipe = true;
+            if let Err(e) = consumer.tick(ts) {
+                out_error = Some(e);
                 break;
             }
             next_tick = ts.saturating_add(TICK_NS);
@@ -551,8 +552,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             drop_reason,
             iface: named,
         };
-        if consumer.decoded(&frame, p).is_err() {
-            broken_pipe = true;
+        if let Err(e) = consumer.decoded(&frame, p) {
+            out_error = Some(e);
             break;
         }
     }
@@ -569,20 +570,17 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         (Some(end), true) => end.max(last_ts),
         _ => last_ts.saturating_add(ttl + 1),
     };
-    if !broken_pipe {
-        let _ = consumer.tick(end);
-        let _ = consumer.finish(end);
+    if out_error.is_none() {
+        out_error = consumer.tick(end).and_then(|()| consumer.finish(end)).err();
     }
     defrag.finish();
     stats.ip = defrag.stats;
-    let done = consumer.done();
-    let pcap = match done.pcap {
-        Some(p) => Some(
-            p.close(end, 0)
-                .context("writing the end of the pcapng file")?,
-        ),
-        None => None,
-    };
+    let mut done = consumer.done_with(None);
+    let pcap = done.close_pcap(end, 0);
+    if let Some(e) = out_error.take_if(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        // The reader went away (`| head`): end quietly.
+        return Err(crate::sink::stdout_error(e));
+    }
     let mut sink = Some(done.sink);
     if let Some((mut feed, mut handle)) = ui.take() {
         let l = &done.lookups;
@@ -606,7 +604,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             return Err(anyhow::Error::new(e).context("the TUI failed"));
         }
     }
-    let summary = Summary {
+    let mut summary = Summary {
         netns: host_netns,
         decoded: done.decoded,
         issues: done.issues,
@@ -616,20 +614,34 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         duration_ms: started.elapsed().as_millis() as u64,
         pcap,
         replay: Some(stats),
+        output_failed: out_error.is_some(),
         ..Summary::default()
     };
-    if !broken_pipe && let Some(sink) = &mut sink {
-        let _ = sink.upstreams(&summary.upstreams);
-        let _ = sink.summary(&summary);
-        let _ = sink.flush();
+    if out_error.is_none()
+        && let Some(sink) = &mut sink
+    {
+        out_error = sink
+            .upstreams(&summary.upstreams)
+            .and_then(|()| sink.summary(&summary))
+            .and_then(|()| sink.flush())
+            .err();
+        summary.output_failed = out_error.is_some();
     }
     for line in summary.lines() {
-        eprintln!("{line}");
+        crate::say!("{line}");
     }
     if cfg.output == Output::Tui
         && let Some(path) = &cfg.log_file
     {
-        eprintln!("dnstrace: log in {}", path.display());
+        crate::say!("dnstrace: log in {}", path.display());
+    }
+    if let Some(e) = out_error {
+        return Err(crate::sink::stdout_error(e));
+    }
+    if let Some(p) = &summary.pcap
+        && let Some(e) = &p.error
+    {
+        anyhow::bail!("writing the pcapng file {} failed: {e}", p.path);
     }
     if let Some(r) = summary.replay.as_ref().filter(|r| !r.complete) {
         let what = format!(
@@ -640,7 +652,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         if cfg.strict {
             anyhow::bail!("{what} (--strict)");
         }
-        eprintln!("dnstrace: warning: {what} (with --strict this is an error)");
+        crate::say!("dnstrace: warning: {what} (with --strict this is an error)");
     }
     Ok(summary)
 }

@@ -311,8 +311,20 @@ impl Capture {
             _markers: Vec::new(),
             drop_reasons,
         };
+        // Every interface must exist before anything is attached.
+        let mut links = Vec::with_capacity(cfg.ifaces.len());
+        for name in &cfg.ifaces {
+            let link = capture
+                .names
+                .iter()
+                .find(|l| &l.name == name)
+                .ok_or_else(|| CaptureError::NoSuchInterface { name: name.clone() })?;
+            if !links.iter().any(|l: &links::Link| l.index == link.index) {
+                links.push(link.clone());
+            }
+        }
         let mut attacher =
-            attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority, cfg.ifaces.len())?;
+            attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority, links.len())?;
         // A killed run's netlink filters go first, whatever this run attaches.
         let (conn, nl, _) = rtnetlink::new_connection().map_err(|source| CaptureError::Io {
             action: "opening rtnetlink".into(),
@@ -332,27 +344,31 @@ impl Capture {
         .await;
         task.abort();
         attacher.set_used(&filters?);
-        for name in &cfg.ifaces {
-            let link = capture
-                .names
-                .iter()
-                .find(|l| &l.name == name)
-                .ok_or_else(|| CaptureError::NoSuchInterface { name: name.clone() })?;
-            let points = attacher.attach_tc(link)?;
-            capture.attached.extend(points);
+        let attached = attach_all(
+            &mut attacher,
+            &links,
+            cfg.socket_hop,
+            config.skb.enabled != 0,
+        );
+        let (created_clsact, markers) = attacher.finish();
+        match attached {
+            Ok(points) => {
+                capture.attached = points;
+                (capture.created_clsact, capture._markers) = (created_clsact, markers);
+                capture.ebpf = Some(ebpf);
+                Ok(capture)
+            }
+            Err(e) => {
+                // Dropping the programs removes their links and filters; then the
+                // clsact qdiscs this run added go too.
+                drop(ebpf);
+                drop(markers);
+                for iface in created_clsact {
+                    attach::remove_own_clsact(&iface).await;
+                }
+                Err(e)
+            }
         }
-        if cfg.socket_hop {
-            let (dir, label) = open_cgroup2_root()?;
-            let points = attacher.attach_cgroup(&dir, &label)?;
-            capture.attached.extend(points);
-        }
-        if config.skb.enabled != 0 {
-            let points = attacher.attach_drops()?;
-            capture.attached.extend(points);
-        }
-        (capture.created_clsact, capture._markers) = attacher.finish();
-        capture.ebpf = Some(ebpf);
-        Ok(capture)
     }
 
     /// Every attach point, in attach order.
@@ -416,6 +432,28 @@ impl Capture {
             drops: sum(Counter::Drops),
         }
     }
+}
+
+/// Attaches everywhere asked, in order; stops at the first failure (the caller
+/// detaches what was attached).
+fn attach_all(
+    attacher: &mut attach::Attacher<'_>,
+    links: &[links::Link],
+    socket_hop: bool,
+    drops: bool,
+) -> Result<Vec<AttachPoint>, CaptureError> {
+    let mut attached = Vec::new();
+    for link in links {
+        attached.extend(attacher.attach_tc(link)?);
+    }
+    if socket_hop {
+        let (dir, label) = open_cgroup2_root()?;
+        attached.extend(attacher.attach_cgroup(&dir, &label)?);
+    }
+    if drops {
+        attached.extend(attacher.attach_drops()?);
+    }
+    Ok(attached)
 }
 
 /// Converts one ring buffer record, copying the packet.

@@ -18,6 +18,22 @@ use crate::{
     decode::{IssueKind, Meta, Packet, Point, tcp::TcpStats, text::printable_string},
 };
 
+/// stdout's reader went away (EPIPE): the run ends quietly, like other Unix tools,
+/// once everything is detached (see `app::die_of_sigpipe`).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+/// An error writing to stdout as the run reports it: a closed pipe is [`StdoutClosed`];
+/// anything else (ENOSPC, EIO …) is a failure that names stdout.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing the output to stdout failed")
+    }
+}
+
 /// Turns capture metadata into names a human reads.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
@@ -141,6 +157,9 @@ pub struct Summary {
     /// What `dnstrace replay` read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<crate::replay::ReplayStats>,
+    /// Writing to stdout failed: events dropped after that say nothing about the ring size.
+    #[serde(skip)]
+    pub output_failed: bool,
 }
 
 impl Summary {
@@ -184,7 +203,14 @@ impl Summary {
         if let Some(line) = self.tcp_line() {
             v.push(line);
         }
-        if let Some(p) = &self.pcap {
+        if let Some(p) = &self.pcap
+            && let Some(e) = &p.error
+        {
+            v.push(format!(
+                "dnstrace: pcapng {}: FAILED after {} packets: {e}",
+                p.path, p.packets
+            ));
+        } else if let Some(p) = &self.pcap {
             v.push(format!(
                 "dnstrace: pcapng {}: {} packets on {} interfaces; {} with their lookup's verdict, {} written before it (buffer bound), {} in no lookup",
                 p.path, p.packets, p.interfaces, p.with_verdict, p.without_verdict, p.no_lookup
@@ -216,7 +242,7 @@ impl Summary {
                 .collect();
             v.push(format!("dnstrace: problems by kind: {}", kinds.join(" ")));
         }
-        if k.lost() > 0 || u.dropped > 0 {
+        if k.lost() > 0 || (u.dropped > 0 && !self.output_failed) {
             v.push("dnstrace: events were lost; try a larger --ring-size, a faster output (json to a file), or fewer interfaces".into());
         }
         v

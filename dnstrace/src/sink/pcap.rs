@@ -221,6 +221,9 @@ pub struct PcapStats {
     pub without_verdict: u64,
     /// Packets that joined no lookup (not DNS, orphan replies, ignored segments).
     pub no_lookup: u64,
+    /// Why writing stopped, if it failed (the file is incomplete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One packet handed to the writer.
@@ -537,10 +540,26 @@ impl PcapSink {
         Ok(())
     }
 
-    /// Writes everything still held, one statistics block per interface, and flushes.
+    /// Writing failed: what was written, with the error. Nothing more is written.
+    pub fn failed(self, e: &std::io::Error) -> PcapStats {
+        PcapStats {
+            error: Some(e.to_string()),
+            ..self.stats
+        }
+    }
+
+    /// Writes everything still held, one statistics block per interface, and flushes;
+    /// a failure is in the stats' `error`.
     /// `lost` is the events the kernel lost (ring buffer full, copy failed): they cannot be
     /// told apart by interface, so every block carries the total as isb_osdrop.
-    pub fn close(mut self, end_epoch_ns: u64, lost: u64) -> std::io::Result<PcapStats> {
+    pub fn close(mut self, end_epoch_ns: u64, lost: u64) -> PcapStats {
+        match self.try_close(end_epoch_ns, lost) {
+            Ok(()) => self.stats,
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn try_close(&mut self, end_epoch_ns: u64, lost: u64) -> std::io::Result<()> {
         self.drain(u64::MAX, true)?;
         for (i, ((kind, name), c)) in self.points.iter().zip(&self.counts).enumerate() {
             let mut options = vec![
@@ -571,8 +590,7 @@ impl PcapSink {
             self.writer.write_pcapng_block(isb).map_err(io_err)?;
         }
         use std::io::Write as _;
-        self.writer.get_mut().flush()?;
-        Ok(self.stats)
+        self.writer.get_mut().flush()
     }
 }
 
@@ -767,7 +785,8 @@ mod tests {
             "lookup 1's packet and the one behind it"
         );
         w.verdict(2, "verdict=dropped".into());
-        let stats = w.close(1_700_000_000_000_001_000, 3).unwrap();
+        let stats = w.close(1_700_000_000_000_001_000, 3);
+        assert_eq!(stats.error, None);
         assert_eq!(
             (
                 stats.packets,
@@ -874,7 +893,7 @@ mod tests {
         assert_eq!(w.stats.packets, 5);
         w.drain(2_000_000_000, false).unwrap();
         assert_eq!((w.stats.packets, w.stats.without_verdict), (6, 6));
-        w.close(3_000_000_000, 0).unwrap();
+        assert_eq!(w.close(3_000_000_000, 0).error, None);
         let r = read(&path);
         std::fs::remove_file(&path).unwrap();
         assert!(r.epbs.iter().all(|e| e.5.contains("verdict=pending")));
