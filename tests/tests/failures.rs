@@ -286,7 +286,7 @@ fn stdout_full_is_an_error_that_names_stdout() {
     if !ready() {
         return;
     }
-    let (lab, a, _b, devs) = pairs("ffull", 1);
+    let (lab, a, _b, devs) = pairs("ffu", 1);
     let dev = &devs[0];
     let full = File::options()
         .write(true)
@@ -335,7 +335,7 @@ fn closed_pipe_ends_promptly_and_quietly() {
     if !ready() {
         return;
     }
-    let (lab, a, _b, devs) = pairs("fpipe", 1);
+    let (lab, a, _b, devs) = pairs("fpi", 1);
     let dev = &devs[0];
     let mut fds = [0; 2];
     // SAFETY: a valid array of two fds for pipe2 to fill.
