@@ -461,3 +461,59 @@ fn pcap_on_a_full_filesystem_fails_with_the_error_in_the_summary() {
     );
     assert_clean(&lab, &a, dev, "after the pcap failed");
 }
+
+/// A full stderr never panics (it used to, after attaching, leaving the clsact
+/// behind): the run goes on, detaches and ends as usual.
+#[test]
+fn full_stderr_does_not_stop_the_run() {
+    if !ready() {
+        return;
+    }
+    let (lab, a, _b, devs) = pairs("fse", 1);
+    let dev = &devs[0];
+    let out = lab.dir().join("fse.jsonl");
+    let mut cmd = lab.cmd_setns(&a, dnstrace_bin().unwrap()).expect("cmd");
+    cmd.args([
+        "watch",
+        "--output",
+        "json",
+        "-i",
+        dev,
+        "--tc-mode",
+        "netlink",
+    ])
+    .args(["--duration", "1s"])
+    .stdin(Stdio::null())
+    .stdout(File::create(&out).expect("stdout file"))
+    .stderr(
+        File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full"),
+    );
+    let proc = lab.spawn("fse", cmd).expect("spawn");
+    let status = lab
+        .wait_exit(&proc, Duration::from_secs(20))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("still running"));
+    assert_eq!(status.code(), Some(0), "{status}");
+    let text = fs::read_to_string(&out).expect("stdout");
+    assert!(text.contains("\"type\":\"summary\""), "{text}");
+    assert_clean(&lab, &a, dev, "after a run with stderr full");
+    // A usage error with stderr full is still a usage error.
+    let mut cmd = lab.cmd_setns(&a, dnstrace_bin().unwrap()).expect("cmd");
+    cmd.args(["watch", "-i", dev, "--queue", "0"])
+        .stdin(Stdio::null())
+        .stderr(
+            File::options()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        );
+    let proc = lab.spawn("fse2", cmd).expect("spawn");
+    let status = lab
+        .wait_exit(&proc, Duration::from_secs(20))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("still running"));
+    assert_eq!(status.code(), Some(2), "{status}");
+}

@@ -207,8 +207,8 @@ impl Summary {
             && let Some(e) = &p.error
         {
             v.push(format!(
-                "dnstrace: pcapng {}: FAILED after {} packets: {e}",
-                p.path, p.packets
+                "dnstrace: pcapng {}: writing failed, the file is incomplete: {e}",
+                p.path
             ));
         } else if let Some(p) = &self.pcap {
             v.push(format!(
