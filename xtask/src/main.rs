@@ -6,6 +6,7 @@
 //! - `test`: setup, build, then every test (privileged ones single-threaded).
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
 //! - `bench`: measure dnstrace's overhead and throughput, write BENCHMARKS.md.
+//! - `minroot`: run `test` and `demo` in a debootstrapped minimal Debian 12.
 //!
 //! This crate never depends on `dnstrace`: `setup` must build before the eBPF
 //! toolchain that dnstrace's build script needs exists.
@@ -13,6 +14,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod minroot;
 mod setup;
 mod test;
 
@@ -58,6 +60,8 @@ enum Task {
     },
     /// Setup, build dnstrace (release), measure its overhead and throughput on lab namespaces, write BENCHMARKS.md.
     Bench(bench::Args),
+    /// Check the README's two commands on a minimal Debian 12: debootstrap a minbase root, clone this checkout's HEAD into it, run `cargo xtask test` and `cargo xtask demo` inside.
+    Minroot(minroot::Args),
     /// The bench's UDP/DNS flood generator (runs inside a lab netns).
     #[command(hide = true)]
     BenchFlood(bench::flood::FloodArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Lab { action } => lab::run(action),
         Task::Bench(args) => bench::run(&args),
+        Task::Minroot(args) => minroot::run(&args),
         Task::BenchFlood(args) => bench::flood::run(&args),
     };
     match result {

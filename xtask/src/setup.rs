@@ -60,9 +60,12 @@ pub const COMMANDS: &[(&str, &str)] = &[
     // the default-log test gives the TUI a terminal
     ("script", "bsdutils"),
     ("grep", "grep"),
-    // setup itself
+    // setup itself, and `cargo xtask minroot`
     ("dpkg-query", "dpkg"),
     ("apt-get", "apt"),
+    ("unshare", "util-linux"),
+    ("mount", "mount"),
+    ("chroot", "coreutils"),
 ];
 /// Packages that provide something other than a program on PATH.
 const LIBRARY_PACKAGES: &[&str] = &[
@@ -565,10 +568,31 @@ mod commands_table {
 
     /// Strings in the sources that name a program on a Debian machine but are
     /// not run as one: link kinds, JSON fields, subcommands, flags, messages.
-    /// `cargo` is the one running xtask.
+    /// And two that are run but not installed by setup: `cargo` runs xtask,
+    /// `cargo xtask minroot` installs `debootstrap` itself.
     const NOT_RUN: &[&str] = &[
-        "bridge", "cargo", "comm", "cut", "dir", "echo", "host", "id", "install", "kill", "link",
-        "nl", "node", "route", "setcap", "sort", "tail", "test", "w", "watch", "yes",
+        "bridge",
+        "cargo",
+        "comm",
+        "cut",
+        "debootstrap",
+        "dir",
+        "echo",
+        "host",
+        "id",
+        "install",
+        "kill",
+        "link",
+        "nl",
+        "node",
+        "route",
+        "setcap",
+        "sort",
+        "tail",
+        "test",
+        "w",
+        "watch",
+        "yes",
     ];
     /// Where Debian's packages put programs (not /usr/local: whatever else
     /// this machine holds there is none of setup's business).
