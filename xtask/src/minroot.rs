@@ -198,7 +198,8 @@ fn prepare(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// This checkout's HEAD in `<root>/src` (uncommitted changes are not copied).
+/// This checkout's HEAD in `<root>/src` (uncommitted changes are not copied),
+/// and the shared corpus beside it in `<root>/shared/corpus`.
 fn copy_checkout(root: &Path) -> Result<()> {
     let ws = workspace_root();
     let src = root.join("src");
@@ -231,6 +232,21 @@ fn copy_checkout(root: &Path) -> Result<()> {
                 .arg(&src),
         )?;
     }
+    // The corpus tests read ../shared/corpus beside the checkout.
+    let corpus = ws.join("../shared/corpus");
+    let mut corpus_note = String::new();
+    if let Ok(entries) = fs::read_dir(&corpus) {
+        let dest = root.join("shared/corpus");
+        fs::create_dir_all(&dest)?;
+        let mut n = 0;
+        for entry in entries.flatten() {
+            if entry.path().is_file() {
+                fs::copy(entry.path(), dest.join(entry.file_name()))?;
+                n += 1;
+            }
+        }
+        corpus_note = format!("; /shared/corpus: {n} files");
+    }
     let head = Command::new("git")
         .arg("-C")
         .arg(&src)
@@ -245,7 +261,7 @@ fn copy_checkout(root: &Path) -> Result<()> {
     step(
         "source",
         &format!(
-            "/src at {}{}",
+            "/src at {}{corpus_note}{}",
             String::from_utf8_lossy(&head.stdout).trim(),
             if dirty {
                 " (this checkout's uncommitted changes are not in it)"

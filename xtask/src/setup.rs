@@ -19,7 +19,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web
 /// Every program that xtask, the tests, the demo and the bench run, with the
 /// Debian package that provides it. Setup installs these packages, then checks
 /// that each program is on PATH. When code starts to run a new program (grep
-/// for `Command::new`, `Lab::cmd`, `Lab::run`, `Lab::exec`), add it here.
+/// for `Command::new`, `Lab::cmd`, `Lab::run`, `Lab::exec`), add it here; a
+/// test finds programs named by a string literal of their own, but not those
+/// inside a shell command line (tmux's `nsenter …; stty …`).
 /// Essential packages are listed too: a minimal root has them, but the check
 /// then covers every program.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -44,7 +46,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("capinfos", "wireshark-common"),
-    // the TUI test, the privilege-drop test, the bench report
+    // the TUI test (under tmux), the file and privilege-drop tests, the bench report
     ("tmux", "tmux"),
     ("setpriv", "util-linux"),
     ("git", "git"),
@@ -55,6 +57,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("uname", "coreutils"),
     ("head", "coreutils"),
     ("sleep", "coreutils"),
+    ("stty", "coreutils"),
+    ("nsenter", "util-linux"),
     ("mkfifo", "coreutils"),
     ("env", "coreutils"),
     // the default-log test gives the TUI a terminal
