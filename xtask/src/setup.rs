@@ -197,11 +197,7 @@ fn apt_packages() -> Result<bool> {
 fn check_installed() -> Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    let mut problems: Vec<String> = COMMANDS
-        .iter()
-        .filter(|(program, _)| find_program(program, &dirs).is_none())
-        .map(|(program, package)| format!("`{program}` (package {package})"))
-        .collect();
+    let mut problems = missing_programs(&dirs);
     let imports = Command::new(DEBIAN_PYTHON)
         .args(["-c", PYTHON_CHECK])
         .output()
@@ -219,6 +215,15 @@ fn check_installed() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// "`sysctl` (package procps)" for each program of [`COMMANDS`] not in `dirs`.
+fn missing_programs(dirs: &[PathBuf]) -> Vec<String> {
+    COMMANDS
+        .iter()
+        .filter(|(program, _)| find_program(program, dirs).is_none())
+        .map(|(program, package)| format!("`{program}` (package {package})"))
+        .collect()
 }
 
 /// The first executable file named `program` in `dirs`, as a shell finds it.
@@ -680,6 +685,18 @@ mod commands_table {
         // A folder and a file without execute permission do not count.
         assert_eq!(find_program("etc", &[PathBuf::from("/")]), None);
         assert_eq!(find_program("passwd", &[PathBuf::from("/etc")]), None);
+    }
+
+    #[test]
+    fn missing_programs_are_named_with_their_package() {
+        let none = missing_programs(&[PathBuf::from("/nonexistent")]);
+        assert_eq!(none.len(), COMMANDS.len());
+        assert!(none.contains(&"`sysctl` (package procps)".to_owned()));
+        let usr_sbin = missing_programs(&[PathBuf::from("/usr/bin"), PathBuf::from("/bin")]);
+        assert!(
+            usr_sbin.contains(&"`sysctl` (package procps)".to_owned()),
+            "sysctl lives in /usr/sbin: {usr_sbin:?}"
+        );
     }
 
     #[test]
