@@ -21,7 +21,7 @@ const TOOLCHAIN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web
 /// that each program is on PATH. When code starts to run a new program (grep
 /// for `Command::new`, `Lab::cmd`, `Lab::run`, `Lab::exec`), add it here; a
 /// test finds programs named by a string literal of their own, but not those
-/// inside a shell command line (tmux's `nsenter …; stty …`).
+/// inside a shell command line (tmux's `nsenter …; stty …`, `sh -c`).
 /// Essential packages are listed too: a minimal root has them, but the check
 /// then covers every program.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -59,6 +59,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("sleep", "coreutils"),
     ("stty", "coreutils"),
     ("nsenter", "util-linux"),
+    ("printf", "coreutils"),
+    ("script", "bsdutils"),
     ("mkfifo", "coreutils"),
     ("env", "coreutils"),
     // the default-log test gives the TUI a terminal
