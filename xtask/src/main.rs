@@ -7,12 +7,15 @@
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
 //! - `bench`: measure dnstrace's overhead and throughput, write BENCHMARKS.md.
 //! - `minroot`: run `test` and `demo` in a debootstrapped minimal Debian 12.
+//! - `fuzz`: build the fuzz targets, seed them from the capture corpus, run each for a
+//!   while, replay the regression corpus.
 //!
 //! This crate never depends on `dnstrace`: `setup` must build before the eBPF
 //! toolchain that dnstrace's build script needs exists.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lab;
 mod minroot;
 mod setup;
@@ -62,6 +65,8 @@ enum Task {
     Bench(bench::Args),
     /// Check the README's two commands on a minimal Debian 12: debootstrap a minbase root, clone this checkout's HEAD into it, run `cargo xtask test` and `cargo xtask demo` inside.
     Minroot(minroot::Args),
+    /// Build the fuzz targets (nightly, cargo-fuzz), seed them from the capture corpus, run each for --seconds, replay fuzz/regressions; fails on any crash.
+    Fuzz(fuzz::Args),
     /// The bench's UDP/DNS flood generator (runs inside a lab netns).
     #[command(hide = true)]
     BenchFlood(bench::flood::FloodArgs),
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
         Task::Lab { action } => lab::run(action),
         Task::Bench(args) => bench::run(&args),
         Task::Minroot(args) => minroot::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::BenchFlood(args) => bench::flood::run(&args),
     };
     match result {

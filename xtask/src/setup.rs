@@ -95,6 +95,7 @@ pub fn run() -> Result<bool> {
     step("root", "ok");
     let mut changed = apt_packages()?;
     changed |= bpf_linker()?;
+    changed |= crate::fuzz::install_cargo_fuzz()?;
     summary();
     step(
         "done",
@@ -111,7 +112,7 @@ pub fn run() -> Result<bool> {
     Ok(changed)
 }
 
-fn step(what: &str, result: &str) {
+pub(crate) fn step(what: &str, result: &str) {
     eprintln!("[setup] {what}: {result}");
 }
 
@@ -404,7 +405,7 @@ pub fn path_with_install_root() -> std::ffi::OsString {
 }
 
 /// Where `cargo install` puts binaries: CARGO_INSTALL_ROOT, CARGO_HOME or ~/.cargo.
-fn install_root() -> PathBuf {
+pub(crate) fn install_root() -> PathBuf {
     if let Some(root) = std::env::var_os("CARGO_INSTALL_ROOT") {
         return PathBuf::from(root);
     }

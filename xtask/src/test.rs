@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup, build dnstrace (debug), then the tests: unit
 //! tests in parallel, the privileged lab tests (crate `dnstrace-tests`)
-//! single-threaded, all with DNSTRACE_BIN naming the built binary.
+//! single-threaded, all with DNSTRACE_BIN naming the built binary; then each
+//! fuzz target for a bounded time and the fuzz regression corpus.
 
 use std::time::Instant;
 
@@ -37,6 +38,15 @@ pub fn run(extra: &[String]) -> Result<()> {
         if !status.success() {
             failed.push(phase);
         }
+    }
+    if extra.is_empty() {
+        let t = Instant::now();
+        if let Err(e) = crate::fuzz::in_test() {
+            bail_if_stopped()?;
+            eprintln!("[test] fuzz: {e:#}");
+            failed.push("fuzz".to_owned());
+        }
+        times.push(("fuzz".to_owned(), t.elapsed()));
     }
 
     let line: Vec<String> = times

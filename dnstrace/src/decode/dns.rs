@@ -147,6 +147,18 @@ pub fn parse(bytes: &[u8]) -> Result<Message, (Option<Message>, DnsError)> {
     Err((Some(partial), DnsError::Malformed { reason }))
 }
 
+/// The fast path's reading of a message and hickory's (None when hickory panicked), for
+/// the fuzzers' differential check; None without a header.
+#[cfg(fuzzing)]
+#[expect(clippy::type_complexity, reason = "used by one fuzz target only")]
+pub fn fast_and_full(bytes: &[u8]) -> Option<(Option<Message>, Option<Result<Message, String>>)> {
+    let header = Header::read(bytes)?;
+    Some((
+        fast_parse(bytes, &header),
+        guarded(|| full_parse(bytes, &header)),
+    ))
+}
+
 /// Runs `f`, turning a panic into `None`: one hostile packet must not kill the tracer.
 fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
     // The closures only read their inputs, so a panic cannot leave broken state behind.
