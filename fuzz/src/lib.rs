@@ -24,7 +24,7 @@ use std::sync::{Mutex, Once, OnceLock};
 use arbitrary::{Arbitrary, Unstructured};
 use dnstrace::correlate::{self, Correlator, Coverage, Event, Lookup};
 use dnstrace::decode::frag::{Defrag, Outcome};
-use dnstrace::decode::tcp::{StreamKey, Streams};
+use dnstrace::decode::tcp::{Limits, Segment, StreamKey, Streams};
 use dnstrace::decode::{self, Issue, IssueKind, LinkType, Meta, Packet, Point, Proto, dns};
 use dnstrace::sink::{JsonSink, Names, TextSink, lookup_json, lookup_text, upstreams_json};
 
@@ -230,7 +230,7 @@ fn stream_key(index: u8) -> StreamKey {
 
 /// A synthetic TCP segment: the rest of its custom record is its payload.
 #[derive(Arbitrary, Debug)]
-struct Segment {
+struct SegmentSpec {
     /// One of 4 directions of 2 connections.
     key: u8,
     /// Sequence number relative to the next one expected on that stream (else `seq`).
@@ -238,14 +238,21 @@ struct Segment {
     delta: i16,
     seq: u32,
     syn: bool,
-    end: bool,
+    fin: bool,
+    rst: bool,
 }
 
 /// Target `tcp`: stream reassembly driven by decoded frames (`Streams::packets`, as the
 /// pipeline does) and by synthetic segments (`Streams::push`) in any order.
 pub fn tcp_streams(input: &[u8]) {
     let mut clock = Clock::new();
-    let mut streams = Streams::new();
+    // Small limits, so that eviction by count, by bytes and by age is reached.
+    let limits = Limits {
+        max_streams: 3,
+        max_bytes: 4096,
+        idle_ns: 5_000_000_000,
+    };
+    let mut streams = Streams::with_limits(limits);
     let mut next = [0u32; 4];
     for op in Ops::new(input) {
         match op {
@@ -264,7 +271,7 @@ pub fn tcp_streams(input: &[u8]) {
             }
             Op::Custom(bytes) => {
                 let mut u = Unstructured::new(bytes);
-                let Ok(s) = Segment::arbitrary(&mut u) else {
+                let Ok(s) = SegmentSpec::arbitrary(&mut u) else {
                     continue;
                 };
                 let payload = u.take_rest();
@@ -275,15 +282,26 @@ pub fn tcp_streams(input: &[u8]) {
                     s.seq
                 };
                 next[k] = seq.wrapping_add(payload.len() as u32 + u32::from(s.syn));
-                for m in streams.push(stream_key(s.key % 4), seq, payload, s.syn, s.end) {
-                    assert!(m.len() <= usize::from(u16::MAX));
+                let segment = Segment {
+                    ts_ns: clock.frame(),
+                    seq,
+                    payload,
+                    syn: s.syn,
+                    fin: s.fin,
+                    rst: s.rst,
+                };
+                for m in streams.push(stream_key(s.key % 4), segment).messages {
+                    assert!(!m.is_empty() && m.len() <= usize::from(u16::MAX));
                     let _ = dns::parse(&m);
                 }
             }
-            Op::Tick { ms } => {
-                clock.tick(ms);
-            }
+            Op::Tick { ms } => streams.expire(clock.tick(ms)),
         }
+        assert!(
+            streams.len() <= limits.max_streams,
+            "{} streams",
+            streams.len()
+        );
     }
 }
 

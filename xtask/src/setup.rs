@@ -596,6 +596,7 @@ mod commands_table {
         "nl",
         "node",
         "route",
+        "rustc",
         "setcap",
         "test",
         "watch",

@@ -366,6 +366,10 @@ fn plain_name(bytes: &[u8], mut at: usize) -> Option<(String, usize)> {
             return None;
         }
         let label = bytes.get(at..at + len)?;
+        // hickory escapes a leading `-` ("\-x."): take the full parse for those.
+        if label.first() == Some(&b'-') {
+            return None;
+        }
         if !label
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -679,11 +683,20 @@ mod tests {
             )),
             hex("1234 0100 0001 0000 0000 0000 c00c 0001 0001"),
             hex(&format!("abcd 0100 0001 0000 0000 0000 {www} 00")),
+            // A label that starts with `-`, which hickory escapes (found by the dns fuzzer).
+            hex("0f3f 0100 0001 0000 0000 0000 02 2d69 00 0010 0001"),
         ];
         for bytes in full {
             let header = Header::read(&bytes).unwrap();
             assert_eq!(fast_parse(&bytes, &header), None, "{bytes:02x?}");
         }
+    }
+
+    /// One spelling of a name whichever path reads it, so that a query and its reply meet.
+    #[test]
+    fn leading_dash_is_escaped_as_hickory_does() {
+        let m = parse(&hex("0f3f 0100 0001 0000 0000 0000 02 2d69 00 0010 0001")).unwrap();
+        assert_eq!(m.question.unwrap().name, "\\-i.");
     }
 
     #[test]
