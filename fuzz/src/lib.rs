@@ -314,10 +314,11 @@ pub fn replay_file(input: &[u8]) {
 
     static RUN: OnceLock<(tokio::runtime::Runtime, ReplayConfig, PathBuf)> = OnceLock::new();
     let (runtime, cfg, out) = RUN.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
+        // `cargo xtask fuzz` names a folder that it removes afterwards.
+        let base = match std::env::var_os("DNSTRACE_FUZZ_SCRATCH") {
+            Some(dir) => PathBuf::from(dir),
+            None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+            None => std::env::temp_dir(),
         };
         let dir = base.join(format!("dnstrace-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a scratch folder");

@@ -36,6 +36,8 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const TOOLCHAIN_ENV: &str = "DNSTRACE_FUZZ_TOOLCHAIN";
 const CORPUS_ENV: &str = "DNSTRACE_CORPUS";
 const SECONDS_ENV: &str = "DNSTRACE_FUZZ_SECONDS";
+/// Where the replay target writes its scratch files; removed after each target.
+const SCRATCH_ENV: &str = "DNSTRACE_FUZZ_SCRATCH";
 
 struct Target {
     name: &'static str,
@@ -355,6 +357,7 @@ fn run_target(t: &Target, bin: &Path, dir: &Path, seconds: Duration) -> Result<R
     report.regressions = count;
     crashes.extend(failed);
     report.crashes = crashes;
+    let _ = fs::remove_dir_all(scratch_dir());
     eprintln!(
         "[fuzz] {}: {} runs, {} exec/s, corpus {}, cov {}, regressions {} passed, {} crash(es)",
         t.name,
@@ -368,9 +371,20 @@ fn run_target(t: &Target, bin: &Path, dir: &Path, seconds: Duration) -> Result<R
     Ok(report)
 }
 
+/// A folder for the targets' scratch files (tmpfs when there is one), ours alone.
+fn scratch_dir() -> PathBuf {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("dnstrace-xtask-fuzz-{}", std::process::id()))
+}
+
 /// The target's binary with the options every run shares.
 fn libfuzzer(t: &Target, bin: &Path, artifacts: &Path) -> Command {
     let mut cmd = Command::new(bin);
+    cmd.env(SCRATCH_ENV, scratch_dir());
     let mut prefix = artifacts.as_os_str().to_owned();
     prefix.push("/");
     cmd.arg("-timeout=20")
