@@ -42,6 +42,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Runs `dnstrace watch` until a signal, `--duration`, or the reader goes away.
 pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    tune_allocator();
     // With the TUI, logs move to the file when it takes the terminal.
     if let Some(path) = cfg
         .log_file
@@ -527,6 +528,7 @@ pub(crate) struct Consumer {
     placed: Vec<Placement>,
     /// When [`Consumer::finish`] ran, in ns since the Unix epoch.
     end_epoch_ns: u64,
+    trim: Trim,
 }
 
 impl Consumer {
@@ -572,6 +574,7 @@ impl Consumer {
             finished: Vec::new(),
             placed: Vec::new(),
             end_epoch_ns: 0,
+            trim: Trim::default(),
         }
     }
 
@@ -632,6 +635,7 @@ impl Consumer {
     /// the pcapng writer.
     pub(crate) fn decoded(&mut self, f: &Frame<'_>, p: Packet) -> std::io::Result<()> {
         self.decoded += 1;
+        self.trim.input(f.data.len());
         let ts = p.meta.ts_ns;
         let iface = match &f.iface {
             Some(name) => name.clone(),
@@ -738,6 +742,7 @@ impl Consumer {
         // Time moved on: held pcapng packets may have reached their bound.
         self.drain_pcap(now);
         self.live(now);
+        self.trim.tick(self.tcp.held_bytes());
         r
     }
 
@@ -784,6 +789,86 @@ impl Consumer {
             pcap_failed: self.pcap_failed,
             end_epoch_ns: self.end_epoch_ns,
             error,
+        }
+    }
+}
+
+/// glibc raises its mmap and trim thresholds each time a large block is freed (up to 32
+/// and 64 MiB); after one burst, what is freed then stays in the process for good (a TCP
+/// flood left the tracer 30 MiB above its start). Fixed thresholds stop that; 1 MiB is
+/// above every block the pipeline allocates in a steady state (a batch's packets are at
+/// most 512 KiB), so nothing is mapped and unmapped per batch. `MALLOC_*_` variables in
+/// the environment still win.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (param, var) in [
+        (libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"),
+        (libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mallopt with a valid parameter and value, before the runtime is busy.
+            unsafe { libc::mallopt(param, 1 << 20) };
+        }
+    }
+}
+
+/// Gives memory freed after a burst back to the system. glibc keeps what a burst
+/// (a flood, many TCP streams) freed in its arenas, so the process would stay at its
+/// peak size; `malloc_trim` returns the free pages. It walks every arena, so it runs at
+/// most once a second, and only when the input has gone quiet after some real work, or
+/// TCP reassembly has let go of a lot (streams closed).
+#[derive(Debug)]
+struct Trim {
+    /// Captured bytes taken since the last trim.
+    since: usize,
+    /// Captured bytes taken since the last tick.
+    this_tick: usize,
+    /// Most bytes TCP reassembly held since the last trim.
+    tcp_high: usize,
+    last: Instant,
+}
+
+impl Default for Trim {
+    fn default() -> Self {
+        Self {
+            since: 0,
+            this_tick: 0,
+            tcp_high: 0,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl Trim {
+    /// Input worth a trim once it stops.
+    const WORK: usize = 4 << 20;
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn input(&mut self, bytes: usize) {
+        self.since += bytes;
+        self.this_tick += bytes;
+    }
+
+    fn tick(&mut self, tcp_held: usize) {
+        let quiet = std::mem::take(&mut self.this_tick) < Self::WORK / 64;
+        self.tcp_high = self.tcp_high.max(tcp_held);
+        let freed = self.tcp_high - tcp_held;
+        if (self.since >= Self::WORK || freed >= Self::WORK)
+            && quiet
+            && self.last.elapsed() >= Self::EVERY
+        {
+            log::debug!(
+                "returning free memory to the system after {} bytes of input, {freed} bytes let go by TCP reassembly",
+                self.since
+            );
+            self.since = 0;
+            self.tcp_high = tcp_held;
+            self.last = Instant::now();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory of glibc's own arenas.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }

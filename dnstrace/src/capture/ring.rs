@@ -1,19 +1,56 @@
 //! Draining the BPF ring buffer into the bounded userspace pipeline.
 //!
 //! The pipeline applies backpressure instead of dropping: when the queue to
-//! the decoder is full, draining pauses and events wait in the kernel ring
-//! buffer. If that fills too, the kernel counts every lost event
-//! (`ring_full`), so all losses are counted in one place, exactly.
+//! the decoder is full (in batches, or in bytes: [`QUEUE_BYTES`]), draining
+//! pauses and events wait in the kernel ring buffer. If that fills too, the
+//! kernel counts every lost event (`ring_full`), so all losses are counted in
+//! one place, exactly.
+use std::sync::Arc;
+
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
 };
 
 use super::{Captured, from_record};
 
+/// Memory the queue to the decoder may hold. Its length in batches alone would let
+/// 1,024 batches of 256 full-size packets (a flood at snaplen 2048) take 512 MiB.
+pub const QUEUE_BYTES: usize = 16 << 20;
+
 /// Events travel in batches: one channel operation per wake-up, not per packet.
-pub type Batch = Vec<Captured>;
+pub struct Batch {
+    events: Vec<Captured>,
+    /// Its share of [`QUEUE_BYTES`], given back when the decoder takes the events.
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    fn new(events: Vec<Captured>) -> Self {
+        Self {
+            events,
+            _bytes: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+impl IntoIterator for Batch {
+    type Item = Captured;
+    type IntoIter = std::vec::IntoIter<Captured>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
 
 /// Largest batch handed to the pipeline.
 const BATCH: usize = 256;
@@ -37,6 +74,8 @@ pub struct Drain {
     ring: AsyncFd<RingBuf<MapData>>,
     own_netns: u64,
     stats: DrainStats,
+    /// Bytes the queue may still take.
+    budget: Arc<Semaphore>,
 }
 
 impl Drain {
@@ -49,6 +88,7 @@ impl Drain {
             ring,
             own_netns,
             stats: DrainStats::default(),
+            budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
         })
     }
 
@@ -65,7 +105,7 @@ impl Drain {
                 guard = self.ring.readable_mut() => {
                     let Ok(mut guard) = guard else { break };
                     let batch = read_batch(guard.get_inner_mut(), self.own_netns, &mut self.stats);
-                    if batch.len() < BATCH {
+                    if batch.0.len() < BATCH {
                         // The ring is empty: wait for the next wake-up.
                         guard.clear_ready();
                     }
@@ -82,7 +122,7 @@ impl Drain {
                     continue;
                 }
             };
-            if !batch.is_empty() {
+            if !batch.0.is_empty() {
                 // Waits while the queue is full: backpressure onto the ring buffer.
                 self.send(tx, batch).await;
             }
@@ -94,8 +134,8 @@ impl Drain {
     pub async fn drain_rest(&mut self, tx: &mpsc::Sender<Batch>) {
         loop {
             let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
-            let full = batch.len() == BATCH;
-            if !batch.is_empty() {
+            let full = batch.0.len() == BATCH;
+            if !batch.0.is_empty() {
                 self.send(tx, batch).await;
             }
             if !full {
@@ -104,15 +144,26 @@ impl Drain {
         }
     }
 
-    async fn send(&mut self, tx: &mpsc::Sender<Batch>, batch: Batch) {
+    /// Waits for room in bytes, then in batches: backpressure onto the ring buffer.
+    async fn send(&mut self, tx: &mpsc::Sender<Batch>, (mut batch, bytes): (Batch, usize)) {
         let n = batch.len() as u64;
+        let want = bytes.min(QUEUE_BYTES) as u32;
+        // The semaphore is never closed.
+        if let Ok(permit) = self.budget.clone().acquire_many_owned(want).await {
+            batch._bytes = Some(permit);
+        }
         if tx.send(batch).await.is_err() {
             self.stats.dropped += n;
         }
     }
 }
 
-fn read_batch(ring: &mut RingBuf<MapData>, own_netns: u64, stats: &mut DrainStats) -> Batch {
+/// Reads up to [`BATCH`] events; returns them with the memory they hold.
+fn read_batch(
+    ring: &mut RingBuf<MapData>,
+    own_netns: u64,
+    stats: &mut DrainStats,
+) -> (Batch, usize) {
     let mut batch = Vec::with_capacity(BATCH);
     // The packets of a batch share one buffer: one allocation per batch, not per event.
     let mut packets = bytes::BytesMut::with_capacity(BATCH * 128);
@@ -130,9 +181,11 @@ fn read_batch(ring: &mut RingBuf<MapData>, own_netns: u64, stats: &mut DrainStat
             None => stats.bad_records += 1,
         }
     }
+    // What it holds: its event slots and its packets' shared buffer.
+    let bytes = batch.capacity() * size_of::<Captured>() + packets.capacity();
     let packets = packets.freeze();
     for (c, span) in batch.iter_mut().zip(spans) {
         c.data = packets.slice(span);
     }
-    batch
+    (Batch::new(batch), bytes)
 }
