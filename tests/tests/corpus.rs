@@ -3,7 +3,7 @@
 //! DNSTRACE_BIN (`cargo xtask test` sets it) and the corpus: `$DNSTRACE_CORPUS`, else the
 //! first `shared/corpus` beside the workspace or a folder above it (../shared/corpus from a
 //! checkout, ../../shared/corpus from a worktree). Without the corpus every test says
-//! loudly that it skipped, and fails instead when DNSTRACE_REQUIRE_CORPUS or CI is set.
+//! loudly that it skipped, and fails instead when DNSTRACE_REQUIRE_CORPUS is set.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -40,16 +40,14 @@ fn corpus_dir() -> Result<PathBuf, Vec<PathBuf>> {
 fn corpus_required() -> Option<&'static str> {
     let set =
         |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    ["DNSTRACE_REQUIRE_CORPUS", "CI"]
-        .into_iter()
-        .find(|v| set(v))
+    ["DNSTRACE_REQUIRE_CORPUS"].into_iter().find(|v| set(v))
 }
 
 /// Says loudly that `what` is missing, or panics when the corpus is required.
 fn missing(what: &str) {
     let msg = format!(
         "corpus: {what}; set {CORPUS_ENV}=DIR to the shared corpus (DNSTRACE_REQUIRE_CORPUS=1 \
-         or CI=1 turns this skip into a failure)"
+         turns this skip into a failure)"
     );
     if let Some(var) = corpus_required() {
         panic!("{msg} [{var} is set]");
