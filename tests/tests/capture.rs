@@ -877,19 +877,7 @@ for j in junk:
     );
     lab.run(&ns, &["python3", "-c", &script])
         .expect("send junk");
-    let out = lab
-        .run(
-            &ns,
-            &[
-                "dig",
-                "+short",
-                "+time=2",
-                "+tries=1",
-                &format!("@{server}"),
-                "www.ok.test",
-            ],
-        )
-        .expect("dig after junk");
+    let out = dig_short(&lab, &ns, server, "www.ok.test");
     assert_eq!(out.trim(), "10.0.0.1", "the server still answers");
     std::thread::sleep(Duration::from_millis(200));
     let (packets, summary) = stop(t, Signal::Int);
@@ -1162,19 +1150,7 @@ fn hostile_ipv6_extension_chain_live_over_tc_and_socket_hop() {
     send_raw_frames(&lab, &ns, None, "ext6-lo.hex", &packets);
 
     // Both still trace: a real query after the crafted ones is decoded.
-    let out = lab
-        .run(
-            &ns,
-            &[
-                "dig",
-                "+short",
-                "+time=2",
-                "+tries=1",
-                &format!("@{server}"),
-                "www.ok.test",
-            ],
-        )
-        .expect("dig");
+    let out = dig_short(&lab, &ns, server, "www.ok.test");
     assert_eq!(out.trim(), "10.0.0.1");
     for t in [&full, &short] {
         t.wait_packet(|p| p["qname"] == "www.ok.test." && p["qr"] == true)
@@ -1259,4 +1235,20 @@ fn hostile_ipv6_extension_chain_in_replay() {
             assert_eq!(flagged, frames.len(), "{name}: {:#?}", trace.packets);
         }
     }
+}
+
+/// `dig +short` for `name` at `server` from `ns`, one try of 2 s.
+fn dig_short(lab: &Lab, ns: &str, server: IpAddr, name: &str) -> String {
+    lab.run(
+        ns,
+        &[
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            &format!("@{server}"),
+            name,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("dig {name}: {e:#}"))
 }
