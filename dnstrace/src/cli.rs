@@ -235,7 +235,7 @@ pub struct WatchArgs {
     )]
     pub ring_size: u32,
 
-    /// Userspace queue between the ring buffer and the decoder, in batches of up to 256 events (1..=65536); when it is full, events wait in the ring buffer.
+    /// Userspace queue between the ring buffer and the decoder, in batches of up to 256 events (1..=65536), and never more than 16 MiB of events whatever the count; when it is full, events wait in the ring buffer.
     #[arg(
         long,
         value_name = "BATCHES",
