@@ -459,18 +459,14 @@ struct Capped {
 
 impl fmt::Write for Capped {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut one = String::new();
-        for c in s.chars() {
-            one.clear();
-            super::text::push_printable(&mut one, c);
-            for c in one.chars() {
-                if self.chars == MAX_DATA_CHARS {
-                    self.overflowed = true;
-                    return Err(fmt::Error);
-                }
-                self.text.push(c);
-                self.chars += 1;
+        // Borrowed, with no copy, unless `s` holds something to escape.
+        for c in super::text::printable(s).chars() {
+            if self.chars == MAX_DATA_CHARS {
+                self.overflowed = true;
+                return Err(fmt::Error);
             }
+            self.text.push(c);
+            self.chars += 1;
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ fn hidden(c: char) -> bool {
 }
 
 /// Appends `c`, written as `\x1b` or `\u{202e}` when [`hidden`].
-pub fn push_printable(out: &mut String, c: char) {
+fn push_printable(out: &mut String, c: char) {
     use std::fmt::Write as _;
     if !hidden(c) {
         out.push(c);
