@@ -5,7 +5,10 @@
 //!   spawns goes away on drop, and a crashed run's leftovers with the same tag
 //!   are removed by the next `Lab::new`.
 //! - [`Node`] builds a Kubernetes node's DNS path (pod → node-local-dns →
-//!   ClusterIP DNAT → CoreDNS-role pod → MASQUERADE → upstream BIND) on a lab.
+//!   ClusterIP DNAT → CoreDNS-role pod → MASQUERADE → upstream BIND) on a lab,
+//!   varied as [`NodeOptions`] say: the [`Server`] in each forwarder role
+//!   (dnsmasq, unbound, BIND, kresd), the [`Route`] to the upstreams, the pod
+//!   [`Layout`] and the address [`Family`].
 //! - [`Scenario`] turns a node into a real reproduction of one failure mode of
 //!   shared FAILURE-MODES.md and runs the client that shows it.
 //! - [`Tracer`] runs the real `dnstrace watch --output json` in a lab netns
@@ -25,9 +28,9 @@ mod tracer;
 use std::path::PathBuf;
 
 pub use lab::{CmdOutput, Lab, MAX_TAG_LEN, Proc, RUN_DIR, Signal, VethEnd, is_root};
-pub use node::{Node, NodeOptions, example_zone};
+pub use node::{Family, Layout, Node, NodeOptions, Route, example_zone};
 pub use scenarios::*;
-pub use servers::Zone;
+pub use servers::{Server, Zone};
 pub use tracer::{Trace, Tracer, fqdn, one_line, program_ids, replay};
 
 /// Environment variable naming the `dnstrace` binary the privileged tests run.

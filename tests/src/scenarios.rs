@@ -31,7 +31,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     str::FromStr,
     thread,
@@ -43,8 +43,8 @@ use serde_json::Value;
 
 use crate::{
     lab::{CmdOutput, Signal},
-    node::{Node, NodeOptions, example_zone},
-    servers::Zone,
+    node::{Family, Layout, Node, NodeOptions},
+    servers::{Server, Zone},
 };
 
 /// Name (and log `<lab dir>/old-router.log`) of the EDNS-rejecting DNS proxy
@@ -54,9 +54,13 @@ use crate::{
 pub const OLD_ROUTER: &str = "old-router";
 /// The resolver behind the old router (BIND with `example.test`).
 pub const ISP_RESOLVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 153);
+/// [`ISP_RESOLVER_IP`] on an IPv6 node.
+pub const ISP_RESOLVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0x113, 0, 0, 0, 0x153);
 /// The "public resolver" of [`Scenario::UpstreamDisagreement`]: BIND
 /// authoritative for an empty `test.`, so NXDOMAIN for `example.test` names.
 pub const PUBLIC_RESOLVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 54);
+/// [`PUBLIC_RESOLVER_IP`] on an IPv6 node.
+pub const PUBLIC_RESOLVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0x113, 0, 0, 0, 0x54);
 /// systemd-resolved's stub address, as in a host resolv.conf copied into a pod.
 pub const LOOPBACK_STUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 /// Client lookups of [`Scenario::UpstreamDisagreement`]: at least this many…
@@ -172,22 +176,38 @@ impl Scenario {
         }
     }
 
-    /// How to build the node this scenario needs (only
-    /// `reply-from-unexpected-source` needs a bridged node).
+    /// How to build the node this scenario needs by default:
+    /// `reply-from-unexpected-source` needs a bridged node without
+    /// br_netfilter, and `forwarding-loop` has dnsmasq in both forwarder
+    /// roles (a storm); everything else is [`NodeOptions::default`]. Other
+    /// options work too (see each reproduction).
     pub fn node_options(self) -> NodeOptions {
-        NodeOptions {
-            bridge: self == Scenario::ReplyFromUnexpectedSource,
+        match self {
+            Scenario::ReplyFromUnexpectedSource => NodeOptions {
+                layout: Layout::BridgedNoBrNetfilter,
+                ..NodeOptions::default()
+            },
+            Scenario::ForwardingLoop => NodeOptions {
+                coredns: Server::Dnsmasq,
+                ..NodeOptions::default()
+            },
+            _ => NodeOptions::default(),
         }
+    }
+
+    /// Builds a node with `options` on `Lab::new(tag)` and applies the scenario.
+    pub fn build_with(self, tag: &str, options: NodeOptions) -> Result<Node> {
+        let mut node = Node::with_options(tag, options)
+            .with_context(|| format!("building the node for {self} ({options:?})"))?;
+        self.apply(&mut node)
+            .with_context(|| format!("applying scenario {self}"))?;
+        Ok(node)
     }
 
     /// Builds a node with [`Scenario::node_options`] on `Lab::new(tag)` and
     /// applies the scenario.
     pub fn build(self, tag: &str) -> Result<Node> {
-        let mut node = Node::with_options(tag, self.node_options())
-            .with_context(|| format!("building the node for {self}"))?;
-        self.apply(&mut node)
-            .with_context(|| format!("applying scenario {self}"))?;
-        Ok(node)
+        self.build_with(tag, self.node_options())
     }
 
     /// Turns a freshly built node into the reproduction (see each function).
@@ -209,7 +229,7 @@ impl Scenario {
     /// The client command(s) [`Scenario::run_client`] runs in the pod, as a
     /// person would type them there.
     pub fn client_commands(self, node: &Node) -> Vec<Vec<String>> {
-        let (cip, nl) = (node.cluster_ip.to_string(), node.nodelocal_ip.to_string());
+        let (cip, nl) = (node.cluster().to_string(), node.nodelocal().to_string());
         let www = node.www_name.as_str();
         // dig: two tries 2 s apart, unless said otherwise.
         let dig = |server: &str, extra: &[&str], name: &str, qtype: &str| -> Vec<String> {
@@ -229,7 +249,7 @@ impl Scenario {
             // One try each: a lookup per upstream choice.
             Scenario::UpstreamDisagreement => vec![dig(&cip, &["+tries=1"], www, "A")],
             Scenario::LoopbackNameserver => {
-                vec![dig(&LOOPBACK_STUB_IP.to_string(), &[], www, "A")]
+                vec![dig(&loopback_stub(node).to_string(), &[], www, "A")]
             }
             // kdig reports the misaddressed reply; dig 9.18's connected
             // socket never sees it and just times out.
@@ -280,9 +300,9 @@ impl Scenario {
     /// The lookups dnstrace must report for this scenario, with the verdict,
     /// culprit and last hop it must give them.
     pub fn expect(self, node: &Node) -> Vec<Expect> {
-        let cip = SocketAddr::new(IpAddr::V4(node.cluster_ip), 53);
-        let nl = SocketAddr::new(IpAddr::V4(node.nodelocal_ip), 53);
-        let pod = IpAddr::V4(node.pod_ip);
+        let cip = SocketAddr::new(node.cluster(), 53);
+        let nl = SocketAddr::new(node.nodelocal(), 53);
+        let pod = node.pod();
         let www = crate::tracer::fqdn(&node.www_name);
         let base = |server: SocketAddr| Expect {
             verdict: self.verdict(),
@@ -306,7 +326,7 @@ impl Scenario {
             // without OPT. Last hop: where the FORMERR was seen.
             Scenario::UpstreamRejectsEdns => vec![with(
                 cip,
-                format!("{}:53", node.resolver_ip),
+                SocketAddr::new(node.resolver(), 53).to_string(),
                 &[&up_in, "socket-out"],
             )],
             // Only the public resolver fails. Lookups answered before both
@@ -315,17 +335,20 @@ impl Scenario {
                 every: false,
                 ..with(
                     cip,
-                    format!("{PUBLIC_RESOLVER_IP}:53"),
+                    SocketAddr::new(public_resolver(node), 53).to_string(),
                     &[&up_in, "socket-out"],
                 )
             }],
             // Never leaves the pod: last seen leaving the client's socket, or
             // dropped on the pod's loopback (NO_SOCKET: nothing listens).
             Scenario::LoopbackNameserver => vec![Expect {
-                client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                client: match node.family() {
+                    Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                },
                 ..with(
-                    SocketAddr::new(IpAddr::V4(LOOPBACK_STUB_IP), 53),
-                    format!("{LOOPBACK_STUB_IP}:53"),
+                    SocketAddr::new(loopback_stub(node), 53),
+                    SocketAddr::new(loopback_stub(node), 53).to_string(),
                     &["socket-out", "drop"],
                 )
             }],
@@ -335,13 +358,13 @@ impl Scenario {
             // looping pair, "a <-> b:53"; either rendering names the CoreDNS
             // pod. Each forwarded copy ends delivered to a server's socket.
             Scenario::ForwardingLoop => {
-                vec![with(cip, node.cdns_ip.to_string(), &["socket-in"])]
+                vec![with(cip, node.cdns().to_string(), &["socket-in"])]
             }
             // The reply leaves the bridge towards the pod with the CoreDNS
             // pod's address as its source.
             Scenario::ReplyFromUnexpectedSource => vec![with(
                 cip,
-                format!("{}:53", node.cdns_ip),
+                SocketAddr::new(node.cdns(), 53).to_string(),
                 &[&format!("{} egress", node.pod_veth)],
             )],
             Scenario::LeftViaUplink => vec![with(
@@ -356,17 +379,26 @@ impl Scenario {
                 qtype: "TXT",
                 ..with(
                     cip,
-                    node.pod_ip.to_string(),
+                    node.pod().to_string(),
                     &["socket-in", &format!("{} egress", node.pod_veth)],
                 )
             }],
-            // Dropped by the FORWARD rule while the packet still belongs to
-            // the pod veth it came in on.
-            Scenario::Dropped => vec![with(
-                cip,
-                format!("{} (NETFILTER_DROP)", node.pod_veth),
-                &[&format!("{} drop", node.pod_veth)],
-            )],
+            // Routed, dropped by the FORWARD rule while the packet still
+            // belongs to the pod veth it came in on.
+            // Bridged (br_netfilter), the FORWARD rule runs as the bridge
+            // forwards the packet, on the port towards the CoreDNS pod.
+            Scenario::Dropped => {
+                let at = if node.bridge.is_some() {
+                    &node.cdns_veth
+                } else {
+                    &node.pod_veth
+                };
+                vec![with(
+                    cip,
+                    format!("{at} (NETFILTER_DROP)"),
+                    &[&format!("{at} drop")],
+                )]
+            }
             Scenario::Healthy => vec![base(nl), base(cip)],
         }
     }
@@ -603,31 +635,59 @@ impl ClientLookup {
 
 // ---- the reproductions ----
 
+/// systemd-resolved's stub address of the node's family: 127.0.0.53, or
+/// `::1` on an IPv6 node.
+pub fn loopback_stub(node: &Node) -> IpAddr {
+    node.family().pick(LOOPBACK_STUB_IP, Ipv6Addr::LOCALHOST)
+}
+
+/// [`PUBLIC_RESOLVER_IP`] or [`PUBLIC_RESOLVER_IP6`], by the node's family.
+pub fn public_resolver(node: &Node) -> IpAddr {
+    node.family().pick(PUBLIC_RESOLVER_IP, PUBLIC_RESOLVER_IP6)
+}
+
+/// [`ISP_RESOLVER_IP`] or [`ISP_RESOLVER_IP6`], by the node's family.
+pub fn isp_resolver(node: &Node) -> IpAddr {
+    node.family().pick(ISP_RESOLVER_IP, ISP_RESOLVER_IP6)
+}
+
+/// `/32` or `/128`.
+fn host_cidr(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
 /// Failure mode 1: the upstream 203.0.113.53 becomes an old home/enterprise
 /// router's DNS proxy (a dnspython responder: no Debian server misbehaves
 /// this way) that answers FORMERR, without OPT, to every query that carries
 /// an OPT record, and relays OPT-less queries to the real resolver behind it
-/// (BIND on [`ISP_RESOLVER_IP`], which takes over `example.test`).
+/// (BIND on [`ISP_RESOLVER_IP`], which takes over `example.test`). IPv6
+/// nodes: the same on 2001:db8:203:113::53 and [`ISP_RESOLVER_IP6`].
 ///
 /// The CoreDNS-role unbound forwards with EDNS (udp=1232, DO=1), gets
 /// FORMERR, and retries at once without EDNS, which works: the pod sees
 /// NOERROR. unbound then remembers the router as EDNS-less (infra cache,
-/// 15 min), so only the first lookup after `apply` shows the FORMERR.
+/// 15 min), so only the first lookup after `apply` shows the FORMERR. BIND
+/// and kresd in that role do the same; dnsmasq relays the client's OPT and
+/// hands the FORMERR back.
 pub fn upstream_rejects_edns(node: &mut Node) -> Result<()> {
     let lab = &node.lab;
     lab.stop(&node.upstream, Signal::Term, SHUTDOWN)?;
-    lab.add_addr(&node.up_ns, "lo", &format!("{ISP_RESOLVER_IP}/32"))?;
+    let isp = isp_resolver(node);
+    lab.add_addr(&node.up_ns, "lo", &host_cidr(isp))?;
     node.upstream = lab.start_named(
         &node.up_ns,
         "isp-resolver-named",
-        &[IpAddr::V4(ISP_RESOLVER_IP)],
-        &[example_zone()],
+        &[isp],
+        &[node.zone_file()],
     )?;
     let script = lab.write_file(&format!("{OLD_ROUTER}.py"), OLD_ROUTER_PY)?;
     let mut cmd = lab.cmd(&node.up_ns, python());
     cmd.arg(&script)
-        .arg(node.resolver_ip.to_string())
-        .arg(ISP_RESOLVER_IP.to_string());
+        .arg(node.resolver().to_string())
+        .arg(isp.to_string());
     let router = lab.spawn_logged(OLD_ROUTER, cmd)?;
     node.lab
         .wait_for_log(&router, "old-router: DNS proxy on", READY)?;
@@ -636,44 +696,44 @@ pub fn upstream_rejects_edns(node: &mut Node) -> Result<()> {
 
 /// Failure mode 2: a second upstream, a "public resolver" on
 /// [`PUBLIC_RESOLVER_IP`] (BIND authoritative for an empty `test.` zone:
-/// NXDOMAIN for every `example.test` name), and the CoreDNS-role unbound
+/// NXDOMAIN for every `example.test` name), and the CoreDNS-role server
 /// restarted to forward to both, like CoreDNS `forward . /etc/resolv.conf`
 /// with `policy random`: unbound picks at random among upstreams whose RTTs
-/// are within 400 ms of each other. The same question gets NOERROR from
-/// 203.0.113.53 and NXDOMAIN from 203.0.113.54, at random, within seconds.
+/// are within 400 ms of each other; dnsmasq runs with `--all-servers` (every
+/// query to both, the first reply wins). The same question gets NOERROR from
+/// 203.0.113.53 and NXDOMAIN from 203.0.113.54 within seconds. (BIND and
+/// kresd prefer the fastest forwarder and rarely try the other.)
 pub fn upstream_disagreement(node: &mut Node) -> Result<()> {
     let lab = &node.lab;
-    lab.add_addr(&node.up_ns, "lo", &format!("{PUBLIC_RESOLVER_IP}/32"))?;
+    let public_ip = public_resolver(node);
+    lab.add_addr(&node.up_ns, "lo", &host_cidr(public_ip))?;
     let public = Zone {
         name: "test".to_owned(),
-        text: format!(
-            "$TTL 0\n\
+        text: "$TTL 0\n\
              @   IN SOA ns.test. hostmaster.test. ( 1 3600 600 86400 0 )\n\
              @   IN NS  ns\n\
-             ns  IN A   {PUBLIC_RESOLVER_IP}\n"
-        ),
+             ns  IN A   203.0.113.54\n"
+            .to_owned(),
     };
     lab.start_named(
         &node.up_ns,
         "public-resolver-named",
-        &[IpAddr::V4(PUBLIC_RESOLVER_IP)],
+        &[public_ip],
         &[public],
     )?;
     lab.stop(&node.coredns, Signal::Term, SHUTDOWN)?;
-    node.coredns = lab.start_unbound(
-        &node.cdns_ns,
-        "coredns-unbound-random",
-        &[IpAddr::V4(node.cdns_ip)],
-        &[IpAddr::V4(node.resolver_ip), IpAddr::V4(PUBLIC_RESOLVER_IP)],
-        "",
-    )?;
+    let extra = match node.options.coredns {
+        Server::Dnsmasq => "--all-servers",
+        _ => "",
+    };
+    node.coredns = node.start_coredns(&[node.resolver(), public_ip], extra)?;
     Ok(())
 }
 
-/// Failure mode 3: nothing to change: the pod's loopback is up (127.0.0.0/8)
-/// and nothing listens on 127.0.0.53:53 in the pod netns, as in a pod that
-/// got a systemd-resolved host's resolv.conf (`nameserver 127.0.0.53`).
-/// Checks that nothing does.
+/// Failure mode 3: nothing to change: the pod's loopback is up (127.0.0.0/8,
+/// ::1) and nothing listens on 127.0.0.53:53 or `[::1]:53` in the pod netns,
+/// as in a pod that got a systemd-resolved host's resolv.conf (`nameserver
+/// 127.0.0.53`). Checks that nothing does.
 pub fn loopback_nameserver(node: &mut Node) -> Result<()> {
     let listening = node
         .lab
@@ -686,47 +746,41 @@ pub fn loopback_nameserver(node: &mut Node) -> Result<()> {
 
 /// Failure mode 4: CoreDNS's upstream is node-local-dns (a node resolv.conf
 /// listing 169.254.25.10), and node-local-dns forwards to the kube-dns
-/// ClusterIP, i.e. back to CoreDNS. Both roles are dnsmasq here, with
-/// `--add-subnet=32` (an EDNS client-subnet option that makes every forwarded
-/// query client-specific, so dnsmasq does not merge it with the identical one
-/// in flight, just as CoreDNS's `forward` never merges): each lap is a new
-/// query with a new id and port. (unbound and BIND merge identical in-flight
-/// queries, which stalls a loop after one lap; two plain dnsmasqs stall too,
-/// until the client retries: then each takes the other's resend for a retry
-/// and they ping-pong the same two ids forever, at full speed.)
+/// ClusterIP, i.e. back to CoreDNS. Both roles are restarted as the node's
+/// [`NodeOptions`] say.
 ///
-/// The question circulates about 150 times through each server in a few
-/// tens of milliseconds, until both hit `--dns-forward-max` (150 in flight);
-/// the one that is full answers REFUSED, which unwinds the whole chain: the
-/// pod gets REFUSED, and the loop stops by itself.
+/// - With dnsmasq in both roles ([`Scenario::node_options`]), both run with
+///   `--add-subnet=32` (an EDNS client-subnet option that makes every
+///   forwarded query client-specific, so dnsmasq does not merge it with the
+///   identical one in flight, just as CoreDNS's `forward` never merges): each
+///   lap is a new query with a new id and port. The question circulates
+///   about 150 times through each server in a few tens of milliseconds, until
+///   both hit `--dns-forward-max` (150 in flight); the one that is full
+///   answers REFUSED, which unwinds the whole chain: the pod gets REFUSED.
+/// - Otherwise both are plain forwarders, and coalesce identical in-flight
+///   questions as most real ones do (dnsmasq, unbound, BIND, kresd): the
+///   question goes A → B → A once, then each only retransmits its pending
+///   query until a fetch timeout ends in SERVFAIL (issue 9, defect 1). The
+///   pod's dig gives up first.
 pub fn forwarding_loop(node: &mut Node) -> Result<()> {
     let lab = &node.lab;
     lab.stop(&node.coredns, Signal::Term, SHUTDOWN)?;
     lab.stop(&node.nodelocal, Signal::Term, SHUTDOWN)?;
-    node.coredns = lab.start_dnsmasq(
-        &node.cdns_ns,
-        "coredns-dnsmasq-loop",
-        &[IpAddr::V4(node.cdns_ip)],
-        &[
-            &format!("--server={}", node.nodelocal_ip),
-            "--add-subnet=32",
-        ],
-    )?;
-    node.nodelocal = lab.start_dnsmasq(
-        &node.node_ns,
-        "nodelocaldns-dnsmasq-loop",
-        &[IpAddr::V4(node.nodelocal_ip)],
-        &[&format!("--server={}", node.cluster_ip), "--add-subnet=32"],
-    )?;
+    let storm =
+        node.options.nodelocal == Server::Dnsmasq && node.options.coredns == Server::Dnsmasq;
+    let extra = if storm { "--add-subnet=32" } else { "" };
+    node.coredns = node.start_coredns(&[node.nodelocal()], extra)?;
+    node.nodelocal = node.start_nodelocal(&[node.cluster()], extra)?;
     Ok(())
 }
 
-/// Failure mode 5: needs a bridged node ([`Scenario::node_options`]): turns
-/// `net.bridge.bridge-nf-call-iptables` off in the node netns (br_netfilter
-/// not loaded). The pod's query to the ClusterIP is routed (DNAT to the
-/// CoreDNS pod on the same bridge), but the reply, from one bridge port to
-/// another, is switched at layer 2 and never meets conntrack: it reaches the
-/// pod with the CoreDNS pod's address as its source.
+/// Failure mode 5: needs a bridged node; turns
+/// `net.bridge.bridge-nf-call-iptables` (and `…-ip6tables`) off in the node
+/// netns (br_netfilter not loaded; [`Layout::BridgedNoBrNetfilter`] is built
+/// so). The pod's query to the ClusterIP is routed (DNAT to the CoreDNS pod
+/// on the same bridge), but the reply, from one bridge port to another, is
+/// switched at layer 2 and never meets conntrack: it reaches the pod with the
+/// CoreDNS pod's address as its source.
 pub fn reply_from_unexpected_source(node: &mut Node) -> Result<()> {
     if node.bridge.is_none() {
         bail!(
@@ -734,17 +788,23 @@ pub fn reply_from_unexpected_source(node: &mut Node) -> Result<()> {
             Scenario::ReplyFromUnexpectedSource
         );
     }
-    node.lab
-        .sysctl(&node.node_ns, "net.bridge.bridge-nf-call-iptables", "0")
+    for key in [
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+    ] {
+        node.lab.sysctl(&node.node_ns, key, "0")?;
+    }
+    Ok(())
 }
 
-/// Failure mode 6: removes 169.254.25.10 from the ifb that held it, as when a
-/// CNI's BPF masquerading takes node-local-dns traffic off the local path: a
-/// pod's query to 169.254.25.10 follows the default route, is MASQUERADEd to
-/// the node IP and leaves through the uplink. Beyond the uplink the "network"
-/// (the upstream netns, forwarding on) routes link-local destinations into an
-/// ifb (`<p>wan0`) that swallows them without a kernel drop, as a real
-/// network would, out of the node's sight. Nothing ever answers.
+/// Failure mode 6: removes 169.254.25.10 (fd00:169:254:25::10) from the ifb
+/// that held it, as when a CNI's BPF masquerading takes node-local-dns
+/// traffic off the local path: a pod's query to it follows the default
+/// route, is MASQUERADEd to the node IP and leaves through the uplink. Beyond
+/// the uplink the "network" (the upstream netns, forwarding on) routes
+/// link-local destinations (fd00:169:254::/48) into an ifb (`<p>wan0`) that
+/// swallows them without a kernel drop, as a real network would, out of the
+/// node's sight. Nothing ever answers. Needs a default route on the node.
 pub fn left_via_uplink(node: &mut Node) -> Result<()> {
     let lab = &node.lab;
     lab.ip(
@@ -752,37 +812,64 @@ pub fn left_via_uplink(node: &mut Node) -> Result<()> {
         &[
             "addr",
             "del",
-            &format!("{}/32", node.nodelocal_ip),
+            &host_cidr(node.nodelocal()),
             "dev",
             &node.nodelocal_dev,
         ],
     )?;
     let wan = format!("{}wan0", lab.prefix());
-    lab.sysctl(&node.up_ns, "net.ipv4.ip_forward", "1")?;
     lab.add_ifb(&node.up_ns, &wan, &[])?;
-    lab.add_route(&node.up_ns, &format!("169.254.0.0/16 dev {wan}"))
+    match node.family() {
+        Family::V4 => {
+            lab.sysctl(&node.up_ns, "net.ipv4.ip_forward", "1")?;
+            lab.add_route(&node.up_ns, &format!("169.254.0.0/16 dev {wan}"))
+        }
+        Family::V6 => {
+            lab.sysctl(&node.up_ns, "net.ipv6.conf.all.forwarding", "1")?;
+            lab.add_route(&node.up_ns, &format!("fd00:169:254::/48 dev {wan}"))
+        }
+    }
+}
+
+/// Failure mode 6 with a drop further on (issue 9, defect 2): as
+/// [`left_via_uplink`], and the next router (the upstream netns) drops the
+/// masqueraded query with an iptables FORWARD rule. On this machine the
+/// kernel drop tracepoint sees that drop (NETFILTER_DROP, in the router's
+/// netns): a consequence of the query having left, not the cause.
+pub fn left_via_uplink_dropped_beyond(node: &mut Node) -> Result<()> {
+    left_via_uplink(node)?;
+    let rule = format!(
+        "-A FORWARD -p udp --dport 53 -d {} -j DROP",
+        host_cidr(node.nodelocal())
+    );
+    match node.family() {
+        Family::V4 => node.lab.iptables(&node.up_ns, &rule),
+        Family::V6 => node.lab.ip6tables(&node.up_ns, &rule),
+    }
 }
 
 /// Failure mode 7: nothing to change: `big.example.test TXT` is over 1232
 /// bytes, so the reply over UDP carries TC=1, and the client (`dig +ignore`)
-/// does not retry over TCP. (unbound itself fetches the big answer from BIND
-/// over TCP.)
+/// does not retry over TCP. (unbound, BIND and kresd fetch the big answer
+/// from BIND over TCP themselves; dnsmasq relays the TC=1 reply.)
 pub fn truncated_no_tcp(_node: &mut Node) -> Result<()> {
     Ok(())
 }
 
 /// Failure mode 8: `iptables -I FORWARD -p udp --dport 53 -d <CoreDNS pod> -j
-/// DROP` in the node netns, as a NetworkPolicy gone wrong: a pod's query to
-/// the ClusterIP is DNATed, then dropped while being forwarded (kernel reason
-/// NETFILTER_DROP). node-local-dns's own queries (OUTPUT) still pass.
+/// DROP` (ip6tables on an IPv6 node) in the node netns, as a NetworkPolicy
+/// gone wrong: a pod's query to the ClusterIP is DNATed, then dropped while
+/// being forwarded (kernel reason NETFILTER_DROP). node-local-dns's own
+/// queries (OUTPUT) still pass.
 pub fn dropped(node: &mut Node) -> Result<()> {
-    node.lab.iptables(
-        &node.node_ns,
-        &format!(
-            "-I FORWARD -p udp --dport 53 -d {}/32 -j DROP",
-            node.cdns_ip
-        ),
-    )
+    let rule = format!(
+        "-I FORWARD -p udp --dport 53 -d {} -j DROP",
+        host_cidr(node.cdns())
+    );
+    match node.family() {
+        Family::V4 => node.lab.iptables(&node.node_ns, &rule),
+        Family::V6 => node.lab.ip6tables(&node.node_ns, &rule),
+    }
 }
 
 /// Debian's python3 (it has python3-dnspython); a `python3` earlier on PATH
@@ -804,7 +891,8 @@ import socket, sys, threading
 import dns.flags, dns.message, dns.rcode, dns.rdatatype
 
 listen, upstream = sys.argv[1], sys.argv[2]
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM)
 sock.bind((listen, 53))
 print(f"old-router: DNS proxy on {listen}:53 -> {upstream}:53; FORMERR to any query with OPT", flush=True)
 
@@ -825,7 +913,7 @@ def handle(data, peer):
         do = 1 if q.ednsflags & dns.flags.DO else 0
         print(f"FORMERR to {peer[0]}:{peer[1]} id={q.id} {qtext}: query had OPT (udp={q.payload}, DO={do})", flush=True)
         return
-    up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    up = socket.socket(family, socket.SOCK_DGRAM)
     up.settimeout(2)
     try:
         up.sendto(data, (upstream, 53))

@@ -537,7 +537,7 @@ fn bridged_node_reverses_dnat_with_bridge_nf_call_iptables() {
     if skip_without_root() {
         return;
     }
-    let node = Node::with_options("brok", NodeOptions { bridge: true }).expect("bridged node");
+    let node = Node::with_options("brok", NodeOptions::bridged()).expect("bridged node");
     let out = node
         .kquery(&node.pod_ns, node.cluster_ip, &node.www_name, "A", &[])
         .unwrap();

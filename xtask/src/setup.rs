@@ -38,6 +38,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("unbound", "unbound"),
     ("named", "bind9"),
+    ("kresd", "knot-resolver"),
     ("dig", "bind9-dnsutils"),
     ("kdig", "knot-dnsutils"),
     ("dnsperf", "dnsperf"),
@@ -527,6 +528,7 @@ fn summary() {
     eprintln!("  dnsmasq        {}", first_line("dnsmasq", &["--version"]));
     eprintln!("  unbound        {}", first_line("unbound", &["-V"]));
     eprintln!("  named          {}", first_line("named", &["-v"]));
+    eprintln!("  kresd          {}", first_line("kresd", &["--version"]));
     eprintln!(
         "  iptables       {}",
         first_line("iptables", &["--version"])
