@@ -302,6 +302,12 @@ pub fn tcp_streams(input: &[u8]) {
             "{} streams",
             streams.len()
         );
+        // Looking for a boundary holds no more than a message does.
+        assert!(
+            streams.held_bytes() <= limits.max_bytes,
+            "{} bytes held",
+            streams.held_bytes()
+        );
     }
 }
 

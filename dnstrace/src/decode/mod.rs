@@ -171,6 +171,9 @@ pub enum IssueKind {
     Malformed,
     /// The TCP segment holds only part of a length-prefixed message.
     TcpPartial,
+    /// Bytes of the TCP stream before this segment were missing from the capture, or
+    /// skipped to find the next message boundary.
+    TcpGap,
 }
 
 impl IssueKind {
@@ -183,6 +186,7 @@ impl IssueKind {
             Self::ShortHeader => "short_header",
             Self::Malformed => "malformed",
             Self::TcpPartial => "tcp_partial",
+            Self::TcpGap => "tcp_gap",
         }
     }
 }

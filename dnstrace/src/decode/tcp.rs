@@ -1,8 +1,9 @@
 //! DNS over TCP stream reassembly: each direction of a connection is a byte stream of
 //! 2-byte length-prefixed messages, cut into segments anywhere. A segment may hold several
-//! messages, or part of one. Retransmitted bytes are skipped; after a gap (a segment
-//! missing from the capture) framing is recovered at the next segment that starts with a
-//! whole, parseable message.
+//! messages, or part of one. Retransmitted bytes are skipped. After a gap (a segment
+//! missing from the capture), and on a stream first seen without its SYN, the first bytes
+//! are not trusted as a length: framing resumes at the first length prefix whose message
+//! parses, and what was skipped to find it is counted.
 //!
 //! Memory is bounded whatever the peers send: a stream holds at most the one message it
 //! is waiting for (2 + 65,535 bytes), all streams together at most [`Limits::max_bytes`],
@@ -71,7 +72,8 @@ struct Stream {
     /// The start of the one message not yet whole (its prefix included); empty, with no
     /// capacity, when the stream is at a message boundary.
     buf: Vec<u8>,
-    /// After a gap: the buffer does not start at a message boundary for sure.
+    /// The framing is not known (after a gap, on a stream picked up without its SYN, or
+    /// after the message held was given up): `buf` holds bytes that may start a message.
     resync: bool,
     /// Capture time of its last segment.
     seen_ns: u64,
@@ -126,7 +128,16 @@ pub struct TcpStats {
     pub retransmitted: u64,
     /// Gaps in a stream (segments missing from the capture).
     pub gaps: u64,
-    /// Bytes thrown away while looking for a message boundary after a gap.
+    /// Bytes the gaps missed (how far the sequence numbers jumped).
+    pub gap_bytes: u64,
+    /// Streams first seen without their SYN (picked up mid-way, or seen again after being
+    /// forgotten): their first bytes were checked before they were trusted as a length.
+    pub picked_up: u64,
+    /// Times the framing was found again (after a gap, a give-up, or on a stream picked up
+    /// mid-way): a length prefix followed by a message that parses.
+    pub resyncs: u64,
+    /// Bytes skipped while looking for a message boundary, with the part of a message that
+    /// a gap cut.
     pub resync_dropped_bytes: u64,
     /// Messages of length 0 (nothing to decode): skipped, and counted here only.
     pub empty_messages: u64,
@@ -168,6 +179,11 @@ pub struct Pushed {
     /// It closed the stream while part of a message was held: (bytes held, bytes announced),
     /// both counting the 2-byte prefix; announced is 0 when the prefix itself was cut.
     pub cut: Option<(usize, usize)>,
+    /// Bytes of the stream missing from the capture just before it (its sequence number
+    /// jumped this far).
+    pub gap: u64,
+    /// Bytes skipped to find a message boundary (see [`TcpStats::resync_dropped_bytes`]).
+    pub skipped: u64,
 }
 
 /// Reassembles every TCP stream of a capture.
@@ -259,6 +275,7 @@ impl Streams {
                 rst: flags.rst,
             },
         );
+        let hole = gap_detail(pushed.gap, pushed.skipped).map(|d| Issue::new(IssueKind::TcpGap, d));
         if pushed.messages.is_empty() {
             let mut p = packet;
             p.dns = None;
@@ -267,6 +284,7 @@ impl Streams {
                     IssueKind::TcpPartial,
                     cut_detail(flags.rst, held, announced),
                 )),
+                _ if hole.is_some() => hole,
                 // One record for the segment, however many there were.
                 (None, n) if n > 0 => Some(Issue::new(
                     IssueKind::Malformed,
@@ -284,7 +302,7 @@ impl Streams {
             };
             return vec![p];
         }
-        pushed
+        let mut out: Vec<Packet> = pushed
             .messages
             .iter()
             .map(|m| {
@@ -292,7 +310,12 @@ impl Streams {
                 set_message(&mut p, m);
                 p
             })
-            .collect()
+            .collect();
+        // The hole is before the first message (which parsed: it is where framing resumed).
+        if let (Some(first), Some(hole)) = (out.first_mut(), hole) {
+            first.issue.get_or_insert(hole);
+        }
+        out
     }
 
     /// Adds one segment; returns the whole messages it completes.
@@ -317,7 +340,15 @@ impl Streams {
         }
         if !seg.payload.is_empty() {
             if !self.streams.contains(&key) {
-                self.insert(key, Stream::default());
+                // Picked up mid-way: its first bytes may be anywhere in a message.
+                self.stats.picked_up += 1;
+                self.insert(
+                    key,
+                    Stream {
+                        resync: true,
+                        ..Stream::default()
+                    },
+                );
             }
             if let Some(s) = self.streams.get_mut(&key) {
                 s.seen_ns = seg.ts_ns;
@@ -414,6 +445,21 @@ impl Streams {
     }
 }
 
+/// What a segment's packet line says about the bytes before it that were never seen or
+/// were skipped.
+fn gap_detail(gap: u64, skipped: u64) -> Option<String> {
+    match (gap, skipped) {
+        (0, 0) => None,
+        (0, s) => Some(format!("{s} bytes skipped to find a message boundary")),
+        (g, 0) => Some(format!(
+            "{g} bytes of the stream missing from the capture before this segment"
+        )),
+        (g, s) => Some(format!(
+            "{g} bytes of the stream missing from the capture before this segment; {s} bytes skipped to find a message boundary"
+        )),
+    }
+}
+
 fn cut_detail(rst: bool, held: usize, announced: usize) -> String {
     let how = if rst { "reset" } else { "closed" };
     if announced == 0 {
@@ -436,13 +482,28 @@ fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mu
             }
             data = &data[seen..];
         } else if ahead > 0 {
+            // Bytes the capture never saw: whatever was held is cut, and the framing of
+            // what follows has to be found again.
             stats.gaps += 1;
-            stats.resync_dropped_bytes += s.release() as u64;
+            stats.gap_bytes += ahead as u64;
+            out.gap += ahead as u64;
+            let cut = s.release() as u64;
+            stats.resync_dropped_bytes += cut;
+            out.skipped += cut;
             s.resync = true;
         }
     }
     s.next = Some(seq.wrapping_add(payload.len() as u32));
-    // First the message held from earlier segments (never after a gap: see below).
+    if s.resync {
+        resync(s, data, stats, out);
+    } else {
+        frame(s, data, stats, out);
+    }
+}
+
+/// Frames a stream known to be at a message boundary (or inside the message held).
+fn frame(s: &mut Stream, mut data: &[u8], stats: &mut TcpStats, out: &mut Pushed) {
+    // First the message held from earlier segments.
     while !s.buf.is_empty() && !data.is_empty() {
         let need = match s.announced() {
             Some(total) => total - s.buf.len(),
@@ -456,7 +517,7 @@ fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mu
             if whole.len() > 2 {
                 stats.joined_messages += 1;
             }
-            take(s, &whole[2..], stats, out);
+            take(&whole[2..], stats, out);
         }
     }
     // Then the messages that start in this segment, straight from it.
@@ -466,41 +527,119 @@ fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mu
         if data.len() - at - 2 < len {
             break;
         }
-        if !take(s, &data[at + 2..at + 2 + len], stats, out) {
-            // Not a boundary: give up this segment, try again at the next one.
-            stats.resync_dropped_bytes += (data.len() - at) as u64;
-            at = data.len();
-            break;
-        }
+        take(&data[at + 2..at + 2 + len], stats, out);
         at += 2 + len;
     }
     let rest = &data[at..];
-    if rest.is_empty() {
-        return;
-    }
-    if s.resync {
-        // A partial message after a gap cannot be trusted to start at a boundary.
-        stats.resync_dropped_bytes += rest.len() as u64;
-    } else {
+    if !rest.is_empty() {
         s.hold(rest);
     }
 }
 
-/// One whole message; false when it shows that the stream is not at a message boundary.
-fn take(s: &mut Stream, message: &[u8], stats: &mut TcpStats, out: &mut Pushed) -> bool {
-    if s.resync {
-        if dns::parse(message).is_err() {
-            return false;
+/// Full parses tried per segment while looking for a message boundary: a stream of junk
+/// costs at most this many, whatever its length.
+const RESYNC_PARSES: usize = 32;
+
+/// Finds the framing again: the held bytes and this segment's are not known to start at a
+/// message boundary (after a gap, on a stream picked up without its SYN, or after the
+/// message held was given up). A boundary is a length prefix followed by that many bytes
+/// that parse as a DNS message. Until one is found, the earliest place that could still
+/// be one (a plausible prefix and header whose message has not all arrived, such as a
+/// prefix alone in its segment) is held, at most one message's worth; bytes before it are
+/// skipped and counted.
+fn resync(s: &mut Stream, data: &[u8], stats: &mut TcpStats, out: &mut Pushed) {
+    let held = s.buf.len();
+    let mut work = std::mem::take(&mut s.buf);
+    work.extend_from_slice(data);
+    let mut parses = 0;
+    let mut wait = None;
+    let mut found = None;
+    let mut at = 0;
+    while let [hi, lo, ref rest @ ..] = work[at..] {
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        let head = &rest[..rest.len().min(len).min(12)];
+        if plausible(len, head) {
+            if rest.len() < len {
+                wait.get_or_insert(at);
+            } else if parses < RESYNC_PARSES {
+                parses += 1;
+                if dns::parse(&rest[..len]).is_ok() {
+                    found = Some(at);
+                    break;
+                }
+            } else {
+                break;
+            }
         }
-        s.resync = false;
+        at += 1;
     }
+    let keep = match (found, wait) {
+        (Some(at), _) => at,
+        (None, Some(at)) => at,
+        // A last byte may be the first of a prefix.
+        (None, None) if parses < RESYNC_PARSES => work.len().saturating_sub(1),
+        (None, None) => work.len(),
+    };
+    let skipped = keep as u64;
+    stats.resync_dropped_bytes += skipped;
+    out.skipped += skipped;
+    match found {
+        Some(at) => {
+            s.resync = false;
+            stats.resyncs += 1;
+            let len = usize::from(u16::from_be_bytes([work[at], work[at + 1]]));
+            if at < held && at + 2 + len > held {
+                stats.joined_messages += 1;
+            }
+            frame(s, &work[at..], stats, out);
+        }
+        // Held as bytes of their own, never more than one message from where it may start.
+        None => s.buf = work[keep..].to_vec(),
+    }
+}
+
+/// Whether a length prefix of `len` followed by `head` (the message's first bytes, up to
+/// its 12-byte header) could start a DNS message: a header fits, the opcode is one in use,
+/// and the counts fit in `len` (a question takes at least 5 bytes, a record 11).
+fn plausible(len: usize, head: &[u8]) -> bool {
+    if len < 12 {
+        return false;
+    }
+    if let Some(flags) = head.get(2)
+        && !matches!((flags >> 3) & 0xf, 0 | 1 | 2 | 4 | 5 | 6)
+    {
+        return false;
+    }
+    let [
+        _,
+        _,
+        _,
+        _,
+        qd_hi,
+        qd_lo,
+        an_hi,
+        an_lo,
+        ns_hi,
+        ns_lo,
+        ar_hi,
+        ar_lo,
+    ] = *head
+    else {
+        return true;
+    };
+    let count = |hi: u8, lo: u8| usize::from(u16::from_be_bytes([hi, lo]));
+    count(qd_hi, qd_lo) * 5 + (count(an_hi, an_lo) + count(ns_hi, ns_lo) + count(ar_hi, ar_lo)) * 11
+        <= len - 12
+}
+
+/// One whole message.
+fn take(message: &[u8], stats: &mut TcpStats, out: &mut Pushed) {
     if message.is_empty() {
         out.empty += 1;
         stats.empty_messages += 1;
     } else {
         out.messages.push(message.to_vec());
     }
-    true
 }
 
 #[cfg(test)]
@@ -611,6 +750,171 @@ mod tests {
         assert_eq!(s.held_bytes(), 0);
     }
 
+    fn query_id(id: u16) -> Vec<u8> {
+        let mut q = fixtures::query();
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q
+    }
+
+    /// dnscap's client writes each length prefix in a segment of its own, then the message.
+    /// After a hole, the prefix alone is where framing starts again: every later query comes
+    /// out, and the segment after the hole says what was missing.
+    #[test]
+    fn a_prefix_alone_after_a_gap_resyncs() {
+        let mut s = Streams::new();
+        let _ = s.push(key(), syn(0));
+        let mut seq = 1u32;
+        let mut got = Vec::new();
+        let mut first_after_hole = None;
+        for id in 0..12u16 {
+            let q = query_id(id);
+            let prefix = (q.len() as u16).to_be_bytes();
+            // The capture misses query 3 (its prefix and its message).
+            let hole = id == 3;
+            for part in [&prefix[..], &q[..]] {
+                if !hole {
+                    let out = s.push(key(), seg(seq, part));
+                    if id == 4 && first_after_hole.is_none() {
+                        first_after_hole = Some((out.gap, out.skipped));
+                    }
+                    got.extend(out.messages);
+                }
+                seq += part.len() as u32;
+            }
+        }
+        let want: Vec<Vec<u8>> = (0..12).filter(|&id| id != 3).map(query_id).collect();
+        assert_eq!(got, want);
+        let gap = (2 + fixtures::query().len()) as u64;
+        assert_eq!(first_after_hole, Some((gap, 0)));
+        assert_eq!(
+            (s.stats.gaps, s.stats.gap_bytes, s.stats.resyncs),
+            (1, gap, 1)
+        );
+        assert_eq!(s.stats.resync_dropped_bytes, 0);
+        assert_eq!(s.held_bytes(), 0);
+    }
+
+    /// A hole inside a message: the rest of it is skipped and counted, the next prefix
+    /// (alone in its segment) resynchronises.
+    #[test]
+    fn a_gap_inside_a_message_skips_its_rest_and_counts_it() {
+        let mut s = Streams::new();
+        let _ = s.push(key(), syn(0));
+        let a = framed(&query_id(1));
+        let b = framed(&fixtures::response_a());
+        let c = framed(&query_id(3));
+        assert_eq!(msgs(&mut s, key(), seg(1, &a)), [query_id(1)]);
+        // b's first 10 bytes are missing; its rest and c's prefix arrive in one segment.
+        let mut data = b[10..].to_vec();
+        data.extend(&c[..2]);
+        let at = 1 + a.len() as u32 + 10;
+        let first = s.push(key(), seg(at, &data));
+        assert!(first.messages.is_empty());
+        assert_eq!(first.gap, 10);
+        let out = s.push(key(), seg(at + data.len() as u32, &c[2..]));
+        assert_eq!(out.messages, [query_id(3)]);
+        // Some of b's tail may have looked like a prefix until c arrived: skipped then.
+        assert_eq!(first.skipped + out.skipped, (b.len() - 10) as u64);
+        assert_eq!(s.stats.resync_dropped_bytes, (b.len() - 10) as u64);
+        assert_eq!(s.held_bytes(), 0);
+    }
+
+    /// No SYN seen: the first bytes are not trusted as a length. Here the capture starts in
+    /// the middle of an answer; the query after it is found, the answer's tail is skipped
+    /// and counted, and framing then holds for what follows.
+    #[test]
+    fn a_stream_picked_up_mid_way_checks_its_first_bytes() {
+        let mut s = Streams::new();
+        let r = framed(&fixtures::response_a());
+        let q = framed(&query_id(7));
+        let mut data = r[5..].to_vec();
+        data.extend(&q);
+        data.extend(&framed(&query_id(8))[..9]);
+        let out = s.push(key(), seg(1000, &data));
+        assert_eq!(out.messages, [query_id(7)]);
+        assert_eq!((out.gap, out.skipped), (0, (r.len() - 5) as u64));
+        let rest = &framed(&query_id(8))[9..];
+        let out = s.push(key(), seg(1000 + data.len() as u32, rest));
+        assert_eq!(out.messages, [query_id(8)]);
+        assert_eq!(out.skipped, 0);
+        assert_eq!((s.stats.picked_up, s.stats.resyncs), (1, 1));
+        assert_eq!(s.stats.resync_dropped_bytes, (r.len() - 5) as u64);
+        // Picked up at a boundary: nothing skipped.
+        let out = s.push(key_n(1), seg(5, &q));
+        assert_eq!((out.messages, out.skipped), (vec![query_id(7)], 0));
+        assert_eq!((s.stats.picked_up, s.stats.resyncs), (2, 2));
+    }
+
+    /// Junk on a stream picked up mid-way: nothing comes out as a message, every byte is
+    /// counted as skipped (but the last, which may start a prefix), and what is held stays
+    /// within one message.
+    #[test]
+    fn junk_without_a_syn_never_frames_and_stays_bounded() {
+        let mut s = Streams::new();
+        let junk = fixtures::junk(7, 200_000);
+        let mut seq = 1u32;
+        for piece in junk.chunks(1448) {
+            let out = s.push(key(), seg(seq, piece));
+            assert!(out.messages.is_empty());
+            assert!(s.held_bytes() <= MAX_MESSAGE, "{}", s.held_bytes());
+            seq += piece.len() as u32;
+        }
+        assert_eq!(s.stats.messages, 0);
+        let held = s.streams.peek(&key()).unwrap().buf.len() as u64;
+        assert_eq!(s.stats.resync_dropped_bytes + held, junk.len() as u64);
+    }
+
+    /// The packet lines: the segment after a hole carries the issue, with what was missed.
+    #[test]
+    fn the_segment_after_a_hole_says_so() {
+        let meta = Meta {
+            ts_ns: 1,
+            ifindex: 2,
+            netns: 1,
+            point: Point::TcEgress,
+            wire_len: 0,
+            cap_len: 0,
+            pid: 0,
+            comm: None,
+        };
+        let frame = |seq: u32, payload: &[u8]| {
+            let b = etherparse::PacketBuilder::ipv4([198, 51, 100, 10], [198, 51, 100, 53], 64)
+                .tcp(40000, 53, seq, 65535)
+                .ack(1)
+                .psh();
+            let mut bytes = Vec::new();
+            b.write(&mut bytes, payload).unwrap();
+            let meta = Meta {
+                wire_len: bytes.len() as u32,
+                cap_len: bytes.len() as u32,
+                ..meta.clone()
+            };
+            (decode(meta, LinkType::RawIp, &bytes), bytes)
+        };
+        let mut s = Streams::new();
+        let _ = s.push(key(), syn(0));
+        let q = framed(&query_id(1));
+        let (p, bytes) = frame(1, &q);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        assert_eq!(out[0].issue, None);
+        // 40 bytes missed, then the prefix alone: no message yet, the issue is on its line.
+        let at = 1 + q.len() as u32 + 40;
+        let (p, bytes) = frame(at, &q[..2]);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        let issue = out[0].issue.as_ref().unwrap();
+        assert_eq!(issue.kind, IssueKind::TcpGap);
+        assert_eq!(
+            issue.detail,
+            "40 bytes of the stream missing from the capture before this segment"
+        );
+        let (p, bytes) = frame(at + 2, &q[2..]);
+        let out = s.packets(p, LinkType::RawIp, &bytes);
+        assert_eq!(
+            (out[0].dns.as_ref().map(|d| d.id), &out[0].issue),
+            (Some(1), &None)
+        );
+    }
+
     #[test]
     fn directions_and_connections_are_separate() {
         let mut s = Streams::new();
@@ -641,6 +945,7 @@ mod tests {
     #[test]
     fn a_stream_holds_what_arrived_never_what_was_announced() {
         let mut s = Streams::new();
+        assert!(msgs(&mut s, key(), syn(0)).is_empty());
         let mut data = u16::MAX.to_be_bytes().to_vec();
         data.push(0x12);
         assert!(msgs(&mut s, key(), seg(1, &data)).is_empty());
@@ -767,6 +1072,7 @@ mod tests {
     #[test]
     fn zero_length_messages_are_counted_not_decoded() {
         let mut s = Streams::new();
+        assert!(msgs(&mut s, key(), syn(0)).is_empty());
         let zeros = vec![0u8; 1000];
         let out = s.push(key(), seg(1, &zeros));
         assert_eq!((out.messages.len(), out.empty), (0, 500));
@@ -804,6 +1110,7 @@ mod tests {
             (decode(meta, LinkType::RawIp, &bytes), bytes)
         }
         let mut s = Streams::new();
+        assert!(msgs(&mut s, key(), syn(0)).is_empty());
         let (p, bytes) = frame(1, false, &[0u8; 600]);
         let out = s.packets(p, LinkType::RawIp, &bytes);
         assert_eq!(out.len(), 1);

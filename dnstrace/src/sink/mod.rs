@@ -120,7 +120,8 @@ fn mono_to_epoch_ns() -> i128 {
 pub struct IssueCounts {
     /// Packets whose DNS message or headers could not be parsed (junk, hostile, cut short).
     pub malformed: u64,
-    /// Packets cut by the snaplen, or TCP segments holding part of a message.
+    /// Packets cut by the snaplen, TCP segments holding part of a message, and TCP
+    /// segments after bytes of their stream that were missed or skipped.
     pub partial: u64,
     pub by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -129,7 +130,7 @@ impl IssueCounts {
     pub fn add(&mut self, packet: &Packet) {
         let Some(issue) = &packet.issue else { return };
         match issue.kind {
-            IssueKind::Truncated | IssueKind::TcpPartial => self.partial += 1,
+            IssueKind::Truncated | IssueKind::TcpPartial | IssueKind::TcpGap => self.partial += 1,
             _ => self.malformed += 1,
         }
         *self.by_kind.entry(issue.kind.as_str()).or_default() += 1;
@@ -255,11 +256,15 @@ impl Summary {
             return None;
         }
         Some(format!(
-            "dnstrace: DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps, {} zero-length; at most {} streams and {} KiB held; {} cut by a close, {} streams idle 30 s, {} over the stream cap, {} messages over the byte cap ({} bytes given up)",
+            "dnstrace: DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps ({} bytes missed), {} streams picked up without their SYN, framing found again {} times ({} bytes skipped), {} zero-length; at most {} streams and {} KiB held; {} cut by a close, {} streams idle 30 s, {} over the stream cap, {} messages over the byte cap ({} bytes given up)",
             t.messages,
             t.multi_message_segments,
             t.joined_messages,
             t.gaps,
+            t.gap_bytes,
+            t.picked_up,
+            t.resyncs,
+            t.resync_dropped_bytes,
             t.empty_messages,
             t.peak_streams,
             t.peak_bytes.div_ceil(1024),
