@@ -645,7 +645,12 @@ impl Consumer {
         let meta = self.pcap.is_some().then(|| p.meta.clone());
         self.placed.clear();
         if p.proto == Some(decode::Proto::Tcp) {
-            for p in self.tcp.packets(p, f.link, f.data) {
+            let packets = self.tcp.packets(p, f.link, f.data);
+            // Before its messages: they came after the hole.
+            if let Some(h) = self.tcp.take_hole() {
+                self.correlator.note_tcp_gap(h.src, h.dst, h.bytes, h.ts_ns);
+            }
+            for p in packets {
                 self.ingest(p, iface.clone(), f)?;
             }
         } else {

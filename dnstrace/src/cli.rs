@@ -267,9 +267,9 @@ pub struct WatchArgs {
 const REPLAY_ABOUT: &str = "\
 Read a capture file and run the same decoder and correlator as `watch`, printing
 the same lookups and verdicts. Time comes from the file: lookups expire on
-packet timestamps, and at the end of the file every open lookup reaches its
-deadline (or, for a file written by `watch --pcap`, ends when that capture
-ended).
+packet timestamps. The file ends at its last packet (or, for a file written by
+`watch --pcap`, when that capture ended); a lookup whose client was still
+within --timeout then ends `unknown`, since its reply may have come later.
 
 Reads pcap (micro- or nanosecond, either byte order) and pcapng (several
 interfaces, each with its own link type and time resolution). Link types:

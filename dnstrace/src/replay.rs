@@ -563,12 +563,12 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         .enumerate()
         .map(|(i, f)| f.name.clone().unwrap_or_else(|| default_name(i, f.link)))
         .collect();
-    // End of the file. A file we wrote ends when its capture ended; any other file is
-    // taken as the whole story: open lookups reach their deadline.
-    let ttl = timeout.as_nanos() as u64 + timeout.as_nanos() as u64 / 10;
+    // End of the file: a file we wrote ends when its capture ended, any other file at its
+    // last packet. A lookup whose client's timeout had not run out by then ends `unknown`
+    // (its reply may have come after), never `unanswered`.
     let end = match (input.end_ns, run.is_some()) {
         (Some(end), true) => end.max(last_ts),
-        _ => last_ts.saturating_add(ttl + 1),
+        _ => last_ts,
     };
     if out_error.is_none() {
         out_error = consumer.tick(end).and_then(|()| consumer.finish(end)).err();

@@ -140,6 +140,37 @@ pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u
     p
 }
 
+/// TCP flags for [`ipv4_tcp`].
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_PSH_ACK: u8 = 0x18;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An IPv4/TCP segment (no options, no checksums) from `src` to `dst`.
+#[expect(clippy::too_many_arguments, reason = "one argument per header field")]
+pub fn ipv4_tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ack.to_be_bytes());
+    p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
 /// A DNS message: `id`, `flags`, one question (`labels`, `qtype`, class IN) and the
 /// answers' wire bytes (`ancount` of them).
 pub fn dns_message(
@@ -167,6 +198,17 @@ pub fn dns_message(
 
 /// A classic pcap (microseconds, LINKTYPE_RAW) of `packets`, one millisecond apart.
 pub fn pcap_raw_ip(packets: &[Vec<u8>]) -> Vec<u8> {
+    let timed: Vec<(u64, Vec<u8>)> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64 * 1000, p.clone()))
+        .collect();
+    pcap_raw_ip_at(&timed)
+}
+
+/// A classic pcap (microseconds, LINKTYPE_RAW) of `packets`, each at its time in µs after
+/// the first second of the capture.
+pub fn pcap_raw_ip_at(packets: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     f.extend_from_slice(&2u16.to_le_bytes());
@@ -174,9 +216,9 @@ pub fn pcap_raw_ip(packets: &[Vec<u8>]) -> Vec<u8> {
     f.extend_from_slice(&[0; 8]);
     f.extend_from_slice(&65535u32.to_le_bytes());
     f.extend_from_slice(&101u32.to_le_bytes());
-    for (i, p) in packets.iter().enumerate() {
-        f.extend_from_slice(&1_700_000_000u32.to_le_bytes());
-        f.extend_from_slice(&(i as u32 * 1000).to_le_bytes());
+    for (us, p) in packets {
+        f.extend_from_slice(&(1_700_000_000 + (us / 1_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
         f.extend_from_slice(&(p.len() as u32).to_le_bytes());
         f.extend_from_slice(&(p.len() as u32).to_le_bytes());
         f.extend_from_slice(p);

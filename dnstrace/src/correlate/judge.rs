@@ -238,8 +238,9 @@ impl Correlator {
         let client_legs = || lk.legs.iter().filter(|l| l.depth == 0);
         let answered = reply.is_some_and(|h| !h.has(B_TC));
         let lost = self.lost_during(lk.start, end);
-        // Capture stopped before the client's timeout ran out.
-        let premature = how == End::Stopped && end < lk.deadline;
+        // Capture stopped before the client's timeout ran out, or missed bytes of a TCP
+        // stream that could hold the reply: no reply seen proves nothing.
+        let premature = how == End::Stopped && end < lk.deadline || self.tcp_gap(lk, end).is_some();
         let latest_client = lk
             .legs
             .iter()
@@ -682,6 +683,17 @@ impl Correlator {
                 format!("{lost} events were lost while it was open"),
                 "events were lost: raise --ring-size / --queue, or watch fewer interfaces",
             )
+        } else if let Some(g) = self.tcp_gap(lk, end) {
+            (
+                format!(
+                    "the capture missed {} bytes of the TCP stream {} → {} (noticed {:.0} ms after the query): its reply may have been in them",
+                    g.bytes,
+                    g.src,
+                    g.dst,
+                    ms(g.ts.saturating_sub(lk.start))
+                ),
+                "the capture lost TCP segments: capture where nothing is dropped (a larger buffer, on the node itself)",
+            )
         } else {
             (
                 format!(
@@ -790,7 +802,11 @@ impl Correlator {
         }
         let Some(h) = leg.hop(leg.resp) else {
             // Cut short at the cap: its reply may still have been on the way.
-            let verdict = if how == End::Evicted || self.lost_during(leg.first_ts, end) > 0 {
+            let verdict = if how == End::Evicted
+                || self.lost_during(leg.first_ts, end) > 0
+                || how == End::Stopped && end < lk.deadline
+                || self.leg_tcp_gap(leg, end).is_some()
+            {
                 Verdict::Unknown
             } else {
                 Verdict::Unanswered

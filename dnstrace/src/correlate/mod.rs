@@ -14,6 +14,7 @@
 //!
 //! Nothing here reads a clock or does I/O: every call takes `now_ns`.
 
+mod gaps;
 mod judge;
 mod state;
 mod upstream;
@@ -374,6 +375,8 @@ pub struct Correlator {
     reasons: Interner,
     /// (first, last, n): times events were reported lost, merged when close.
     loss: VecDeque<(u64, u64, u64)>,
+    /// Holes in the capture of TCP streams (`note_tcp_gap`).
+    tcp_gaps: gaps::TcpGaps,
     upstreams: Upstreams,
     stats: CorrelateStats,
     /// Where the last ingested event went.
@@ -403,6 +406,7 @@ impl Correlator {
             uplink: vec![false],
             reasons: Interner::new(""),
             loss: VecDeque::new(),
+            tcp_gaps: gaps::TcpGaps::default(),
             upstreams,
             stats: CorrelateStats::default(),
             placed: None,
@@ -1120,6 +1124,7 @@ impl Correlator {
         while self.loss.front().is_some_and(|s| s.1 < keep_from) {
             self.loss.pop_front();
         }
+        self.tcp_gaps.prune(keep_from);
         self.upstreams.prune(now_ns);
     }
 

@@ -186,6 +186,17 @@ pub struct Pushed {
     pub skipped: u64,
 }
 
+/// Bytes of a stream that the capture never saw: its sequence number jumped past them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hole {
+    /// The stream's sender and receiver.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Capture time of the segment after the hole.
+    pub ts_ns: u64,
+    pub bytes: u64,
+}
+
 /// Reassembles every TCP stream of a capture.
 pub struct Streams {
     /// Least recently used first.
@@ -199,6 +210,8 @@ pub struct Streams {
     /// Latest capture time seen.
     now_ns: u64,
     swept_ns: u64,
+    /// The hole found by the last [`Self::push`], before its segment.
+    hole: Option<Hole>,
     pub stats: TcpStats,
 }
 
@@ -221,6 +234,7 @@ impl Streams {
             held: 0,
             now_ns: 0,
             swept_ns: 0,
+            hole: None,
             stats: TcpStats::default(),
         }
     }
@@ -318,9 +332,16 @@ impl Streams {
         out
     }
 
+    /// The hole in its stream that the last segment given to [`Self::packets`] or
+    /// [`Self::push`] came after, if any: a reply in it was never seen.
+    pub fn take_hole(&mut self) -> Option<Hole> {
+        self.hole.take()
+    }
+
     /// Adds one segment; returns the whole messages it completes.
     pub fn push(&mut self, key: StreamKey, seg: Segment<'_>) -> Pushed {
         let mut out = Pushed::default();
+        self.hole = None;
         self.now_ns = self.now_ns.max(seg.ts_ns);
         if self.now_ns >= self.swept_ns.saturating_add(SWEEP_NS) {
             self.expire(self.now_ns);
@@ -354,6 +375,14 @@ impl Streams {
                 s.seen_ns = seg.ts_ns;
                 let before = s.buf.capacity();
                 feed(s, seg.seq, seg.payload, &mut self.stats, &mut out);
+                if out.gap > 0 {
+                    self.hole = Some(Hole {
+                        src: key.src,
+                        dst: key.dst,
+                        ts_ns: seg.ts_ns,
+                        bytes: out.gap,
+                    });
+                }
                 self.held = self.held - before + s.buf.capacity();
                 if s.buf.is_empty() {
                     self.holding.pop(&key);
@@ -786,6 +815,8 @@ mod tests {
         assert_eq!(got, want);
         let gap = (2 + fixtures::query().len()) as u64;
         assert_eq!(first_after_hole, Some((gap, 0)));
+        // Only the segment right after the hole reports it.
+        assert_eq!(s.take_hole(), None);
         assert_eq!(
             (s.stats.gaps, s.stats.gap_bytes, s.stats.resyncs),
             (1, gap, 1)
@@ -901,6 +932,13 @@ mod tests {
         let at = 1 + q.len() as u32 + 40;
         let (p, bytes) = frame(at, &q[..2]);
         let out = s.packets(p, LinkType::RawIp, &bytes);
+        let hole = Hole {
+            src: key().src,
+            dst: key().dst,
+            ts_ns: 1,
+            bytes: 40,
+        };
+        assert_eq!(s.take_hole(), Some(hole));
         let issue = out[0].issue.as_ref().unwrap();
         assert_eq!(issue.kind, IssueKind::TcpGap);
         assert_eq!(

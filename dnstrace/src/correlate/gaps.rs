@@ -1,0 +1,125 @@
+//! Holes in the capture of TCP streams: bytes a server sent that were never seen (its
+//! sequence number jumped past them). A lookup whose reply could have been in them cannot
+//! be said to have gone unanswered.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::Correlator;
+use super::state::{Fx, Leg, LookupState};
+use crate::decode::Proto;
+
+/// Streams whose latest hole is remembered; past this the oldest hole is forgotten.
+const MAX_STREAMS: usize = 16_384;
+
+/// A hole in the capture of one TCP stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Gap {
+    /// The stream's sender (the server) and receiver.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Capture time of the segment after the hole.
+    pub ts: u64,
+    pub bytes: u64,
+}
+
+/// The latest hole of each stream that had one.
+#[derive(Debug, Default)]
+pub(super) struct TcpGaps {
+    /// (sender, receiver) → (capture time of the segment after the hole, bytes missed).
+    latest: HashMap<(SocketAddr, SocketAddr), (u64, u64), Fx>,
+}
+
+impl TcpGaps {
+    fn note(&mut self, src: SocketAddr, dst: SocketAddr, bytes: u64, ts: u64) {
+        if self.latest.len() >= MAX_STREAMS
+            && !self.latest.contains_key(&(src, dst))
+            && let Some(&oldest) = self.latest.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k)
+        {
+            self.latest.remove(&oldest);
+        }
+        self.latest.insert((src, dst), (ts, bytes));
+    }
+
+    /// Forgets the holes before `ts`: no open lookup started before it.
+    pub fn prune(&mut self, ts: u64) {
+        if !self.latest.is_empty() {
+            self.latest.retain(|_, v| v.0 >= ts);
+        }
+    }
+
+    /// The hole in the stream `src` → `dst` seen in [from, to].
+    fn within(&self, src: SocketAddr, dst: SocketAddr, from: u64, to: u64) -> Option<Gap> {
+        let &(ts, bytes) = self.latest.get(&(src, dst))?;
+        (from <= ts && ts <= to).then_some(Gap {
+            src,
+            dst,
+            ts,
+            bytes,
+        })
+    }
+}
+
+impl Correlator {
+    /// The capture missed `bytes` of the TCP stream `src` → `dst`, just before a segment
+    /// seen at `ts_ns`: a lookup whose reply that stream would carry, and that has no reply
+    /// by its end, is `unknown`, not `unanswered`.
+    pub fn note_tcp_gap(&mut self, src: SocketAddr, dst: SocketAddr, bytes: u64, ts_ns: u64) {
+        self.tcp_gaps.note(src, dst, bytes, ts_ns);
+    }
+
+    /// A hole, seen by `end`, in the stream a TCP query of this lookup (at any depth) would
+    /// be answered on, after that query was sent.
+    pub(super) fn tcp_gap(&self, lk: &LookupState, end: u64) -> Option<Gap> {
+        if self.tcp_gaps.latest.is_empty() {
+            return None;
+        }
+        lk.legs.iter().find_map(|leg| self.leg_tcp_gap(leg, end))
+    }
+
+    /// The same for one leg; every sighting of its query counts (NAT rewrites addresses).
+    pub(super) fn leg_tcp_gap(&self, leg: &Leg, end: u64) -> Option<Gap> {
+        if leg.proto != Proto::Tcp || self.tcp_gaps.latest.is_empty() {
+            return None;
+        }
+        leg.query_hops()
+            .find_map(|h| self.tcp_gaps.within(h.dst, h.src, leg.first_ts, end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_latest_hole_per_stream_within_a_window() {
+        let (server, client) = (addr("198.51.100.53:53"), addr("198.51.100.10:40000"));
+        let mut g = TcpGaps::default();
+        g.note(server, client, 145, 100);
+        assert_eq!(
+            g.within(server, client, 50, 200).map(|h| h.bytes),
+            Some(145)
+        );
+        // Before the query, after the end, or the other direction: not this lookup's.
+        assert_eq!(g.within(server, client, 101, 200), None);
+        assert_eq!(g.within(server, client, 0, 99), None);
+        assert_eq!(g.within(client, server, 0, 200), None);
+        g.prune(101);
+        assert!(g.latest.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_hole_goes_at_the_cap() {
+        let client = addr("198.51.100.10:40000");
+        let mut g = TcpGaps::default();
+        for n in 0..=MAX_STREAMS as u64 {
+            let server = SocketAddr::new(addr("198.51.100.53:53").ip(), 1000 + n as u16);
+            g.note(server, client, 1, 10 + n);
+        }
+        assert_eq!(g.latest.len(), MAX_STREAMS);
+        assert!(!g.latest.contains_key(&(addr("198.51.100.53:1000"), client)));
+    }
+}
