@@ -141,6 +141,7 @@ pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u
 }
 
 /// TCP flags for [`ipv4_tcp`].
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_PSH_ACK: u8 = 0x18;
 pub const TCP_ACK: u8 = 0x10;

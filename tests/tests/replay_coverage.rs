@@ -7,7 +7,7 @@ use std::path::Path;
 
 use dnstrace_tests::Trace;
 use dnstrace_tests::scratch::{
-    TCP_ACK, TCP_PSH_ACK, TCP_SYN, dns_message, ipv4_tcp, ipv4_udp, pcap_raw_ip_at,
+    TCP_ACK, TCP_FIN, TCP_PSH_ACK, TCP_SYN, dns_message, ipv4_tcp, ipv4_udp, pcap_raw_ip_at,
 };
 use serde_json::Value;
 
@@ -91,6 +91,40 @@ fn a_reply_lost_in_a_hole_of_the_servers_tcp_stream_is_unknown() {
         sseq += a.len() as u32;
     }
     let missed = framed(&answer(2, b"two")).len() as u64;
+    // A second connection (no SYN in the file): its only answer is missing too, and the
+    // server's FIN after it is the only sign.
+    let c2 = 40001;
+    let q = framed(&query(4, b"four"));
+    p.push((
+        next(1000),
+        ipv4_tcp(CLIENT, SERVER, c2, s, 7000, 9000, TCP_PSH_ACK, &q),
+    ));
+    let lost = framed(&answer(4, b"four")).len() as u32;
+    let fin = ipv4_tcp(
+        SERVER,
+        CLIENT,
+        s,
+        c2,
+        9000 + lost,
+        7000 + q.len() as u32,
+        TCP_FIN | TCP_ACK,
+        &[],
+    );
+    // The server's stream was seen before (an ACK of the query), so its place is known.
+    p.push((
+        next(500),
+        ipv4_tcp(
+            SERVER,
+            CLIENT,
+            s,
+            c2,
+            9000,
+            7000 + q.len() as u32,
+            TCP_ACK,
+            &[],
+        ),
+    ));
+    p.push((next(1000), fin));
     // Unrelated UDP: a query never answered, then one answered 20 s on (the file's end).
     let udp = |id, name: &[u8]| ipv4_udp(CLIENT, SERVER, 41000, 53, &query(id, name));
     p.push((next(1000), udp(7, b"udp")));
@@ -107,13 +141,18 @@ fn a_reply_lost_in_a_hole_of_the_servers_tcp_stream_is_unknown() {
     let want =
         format!("the capture missed {missed} bytes of the TCP stream 10.0.0.2:53 → 10.0.0.1:40000");
     assert!(why.contains(&want), "{why}");
+    let four = lookup(&t, "four.test.");
+    assert_eq!(four["verdict"], "unknown", "{four}");
+    let why = four["detail"].as_str().unwrap();
+    let want = format!("missed {lost} bytes of the TCP stream 10.0.0.2:53 → 10.0.0.1:40001");
+    assert!(why.contains(&want), "{why}");
     for ok in ["one.test.", "three.test.", "late.test."] {
         assert_eq!(lookup(&t, ok)["verdict"], "ok", "{ok}");
     }
     let udp = lookup(&t, "udp.test.");
     assert_eq!(udp["verdict"], "unanswered", "{udp}");
     assert_eq!(udp["culprit"], "10.0.0.2:53", "{udp}");
-    assert_eq!(t.summary["tcp"]["gap_bytes"], missed);
+    assert_eq!(t.summary["tcp"]["gap_bytes"], missed + u64::from(lost));
 }
 
 /// A file that ends 3 s after a query: the client's 5 s timeout had not run out, so the

@@ -359,39 +359,39 @@ impl Streams {
             );
             return out;
         }
-        if !seg.payload.is_empty() {
-            if !self.streams.contains(&key) {
-                // Picked up mid-way: its first bytes may be anywhere in a message.
-                self.stats.picked_up += 1;
-                self.insert(
-                    key,
-                    Stream {
-                        resync: true,
-                        ..Stream::default()
-                    },
-                );
-            }
-            if let Some(s) = self.streams.get_mut(&key) {
-                s.seen_ns = seg.ts_ns;
-                let before = s.buf.capacity();
-                feed(s, seg.seq, seg.payload, &mut self.stats, &mut out);
-                if out.gap > 0 {
-                    self.hole = Some(Hole {
-                        src: key.src,
-                        dst: key.dst,
-                        ts_ns: seg.ts_ns,
-                        bytes: out.gap,
-                    });
-                }
-                self.held = self.held - before + s.buf.capacity();
-                if s.buf.is_empty() {
-                    self.holding.pop(&key);
-                } else {
-                    self.holding.put(key, ());
-                }
-            }
-        } else if let Some(s) = self.streams.get_mut(&key) {
+        if !(seg.fin || seg.rst || self.streams.contains(&key)) {
+            // Picked up mid-way: its first bytes may be anywhere in a message. An ACK
+            // without data tells where the sender's next byte is.
+            self.stats.picked_up += 1;
+            self.insert(
+                key,
+                Stream {
+                    next: seg.payload.is_empty().then_some(seg.seq),
+                    resync: true,
+                    ..Stream::default()
+                },
+            );
+        }
+        // A segment without data (an ACK, a FIN) still says where the sender's bytes are:
+        // past a hole, it is the only sign of one when nothing more is sent.
+        if let Some(s) = self.streams.get_mut(&key) {
             s.seen_ns = seg.ts_ns;
+            let before = s.buf.capacity();
+            feed(s, seg.seq, seg.payload, &mut self.stats, &mut out);
+            if out.gap > 0 {
+                self.hole = Some(Hole {
+                    src: key.src,
+                    dst: key.dst,
+                    ts_ns: seg.ts_ns,
+                    bytes: out.gap,
+                });
+            }
+            self.held = self.held - before + s.buf.capacity();
+            if s.buf.is_empty() {
+                self.holding.pop(&key);
+            } else {
+                self.holding.put(key, ());
+            }
         }
         if seg.fin || seg.rst {
             out.cut = self.close(&key);
@@ -504,6 +504,10 @@ fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mu
     if let Some(next) = s.next {
         let ahead = seq.wrapping_sub(next) as i32;
         if ahead < 0 {
+            if payload.is_empty() {
+                // An ACK or a keepalive probe (one below the next byte): nothing to take.
+                return;
+            }
             let seen = ahead.unsigned_abs() as usize;
             stats.retransmitted += 1;
             if seen >= data.len() {
@@ -523,6 +527,9 @@ fn feed(s: &mut Stream, seq: u32, payload: &[u8], stats: &mut TcpStats, out: &mu
         }
     }
     s.next = Some(seq.wrapping_add(payload.len() as u32));
+    if data.is_empty() {
+        return;
+    }
     if s.resync {
         resync(s, data, stats, out);
     } else {
@@ -823,6 +830,29 @@ mod tests {
         );
         assert_eq!(s.stats.resync_dropped_bytes, 0);
         assert_eq!(s.held_bytes(), 0);
+    }
+
+    /// The reply is lost from the capture and the server sends nothing more but its FIN:
+    /// the FIN's sequence number shows the hole.
+    #[test]
+    fn a_fin_past_a_hole_shows_it() {
+        let mut s = Streams::new();
+        let _ = s.push(key(), syn(0));
+        let r = framed(&fixtures::response_a());
+        assert_eq!(msgs(&mut s, key(), seg(1, &r)).len(), 1);
+        // A pure ACK and a keepalive probe (one byte back) where expected: no hole.
+        let _ = s.push(key(), seg(1 + r.len() as u32, &[]));
+        let _ = s.push(key(), seg(r.len() as u32, &[]));
+        assert_eq!(s.take_hole(), None);
+        let at = 1 + 2 * r.len() as u32;
+        let fin = Segment {
+            fin: true,
+            ..seg(at, &[])
+        };
+        let out = s.push(key(), fin);
+        assert_eq!(out.gap, r.len() as u64);
+        assert_eq!(s.take_hole().map(|h| h.bytes), Some(r.len() as u64));
+        assert_eq!((s.stats.gaps, s.stats.retransmitted, s.len()), (1, 0, 0));
     }
 
     /// A hole inside a message: the rest of it is skipped and counted, the next prefix
