@@ -19,6 +19,7 @@
 
 pub mod hostile;
 mod lab;
+pub mod load;
 mod node;
 mod scenarios;
 pub mod scratch;

@@ -64,13 +64,34 @@ impl<'a> Tracer<'a> {
     /// only (see [`Lab::cmd_setns`]), and waits until it has attached.
     /// `name` names its files and must be unique within the lab.
     pub fn start(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Result<Tracer<'a>> {
+        Tracer::launch(lab, ns, name, true, args)
+    }
+
+    /// Like [`Tracer::start`] without `--packets`: only lookups, upstream
+    /// tables and the summary (under load, every packet would be several
+    /// hundred MB of JSON).
+    pub fn start_lookups(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Result<Tracer<'a>> {
+        Tracer::launch(lab, ns, name, false, args)
+    }
+
+    fn launch(
+        lab: &'a Lab,
+        ns: &str,
+        name: &str,
+        packets: bool,
+        args: &[&str],
+    ) -> Result<Tracer<'a>> {
         let bin = dnstrace_bin().context("DNSTRACE_BIN names no dnstrace binary")?;
         let out = lab.dir().join(format!("{name}.jsonl"));
         let err = lab.dir().join(format!("{name}.err"));
         let ready = lab.dir().join(format!("{name}.ready"));
         let _ = fs::remove_file(&ready);
         let mut cmd = lab.cmd_setns(ns, &bin)?;
-        cmd.args(["watch", "--output", "json", "--packets", "--ready-file"])
+        cmd.args(["watch", "--output", "json"]);
+        if packets {
+            cmd.arg("--packets");
+        }
+        cmd.arg("--ready-file")
             .arg(&ready)
             .args(args)
             .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
