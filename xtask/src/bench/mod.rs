@@ -13,12 +13,15 @@
 //! - `flood`: peak RSS and evictions under 1M unanswered queries.
 //! - `collector`: decode + correlate over a ≥1M-packet capture, vs tshark.
 //! - `attach`: attach time for 250 veths, by name and with `--auto`.
+//! - `load`: healthy traffic at 10k qps through the lab node's whole DNS path
+//!   (dnsload and dnsperf): every lookup `ok`, latency as the client measured.
 
 mod attach;
 mod collector;
 mod dnspath;
 pub mod flood;
 mod kernel;
+mod load;
 mod measure;
 mod report;
 mod topo;
@@ -42,7 +45,7 @@ pub struct Args {
     /// Longer runs and more repeats (about 15 minutes) instead of the short mode (under 5 minutes).
     #[arg(long)]
     full: bool,
-    /// Run only these sections: tax, kernel, dns, flood, collector, attach (comma-separated).
+    /// Run only these sections: tax, kernel, dns, flood, collector, attach, load (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
     /// Measure this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
@@ -64,6 +67,20 @@ enum Section {
     Flood,
     Collector,
     Attach,
+    Load,
+}
+
+impl Section {
+    /// Every section, in the order a full run takes them.
+    pub const ALL: [Section; 7] = [
+        Section::Tax,
+        Section::Kernel,
+        Section::Dns,
+        Section::Flood,
+        Section::Collector,
+        Section::Attach,
+        Section::Load,
+    ];
 }
 
 /// Durations and sizes of one mode.
@@ -154,14 +171,7 @@ pub fn run(args: &Args) -> Result<()> {
     let plan = Plan::new(args.full);
     let bin = crate::release_dnstrace("bench", args.bin.as_deref())?;
     let sections: Vec<Section> = if args.only.is_empty() {
-        vec![
-            Section::Tax,
-            Section::Kernel,
-            Section::Dns,
-            Section::Flood,
-            Section::Collector,
-            Section::Attach,
-        ]
+        Section::ALL.to_vec()
     } else {
         args.only.clone()
     };
@@ -203,6 +213,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Flood => kernel::memory_flood(&ctx, &mut report),
             Section::Collector => collector::run(&ctx, &mut report),
             Section::Attach => attach::run(&ctx, &mut report),
+            Section::Load => load::run(&ctx, &mut report),
         };
         bail_if_stopped()?;
         if let Err(e) = result {

@@ -167,7 +167,7 @@ impl Report {
 
     pub fn render(&self) -> String {
         let mode = if self.plan.full { "--full" } else { "short" };
-        let only = if self.sections_run.len() == 6 {
+        let only = if self.sections_run.len() == Section::ALL.len() {
             String::new()
         } else {
             let names: Vec<String> = self
