@@ -901,3 +901,105 @@ impl Comparison {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(port: u16, id: u16, sent_ns: u64, recv_ns: Option<u64>) -> ClientQuery {
+        ClientQuery {
+            port,
+            id,
+            qname: "www.example.test".to_owned(),
+            qtype: "A".to_owned(),
+            sent_ns,
+            recv_ns: recv_ns.map(|r| r + 50_000),
+            recv_kernel_ns: recv_ns,
+            rcode: recv_ns.map(|_| "NOERROR".to_owned()),
+        }
+    }
+
+    fn hop(iface: &str, netns: u64, src: &str, dst: &str, id: u16, qr: bool) -> Value {
+        json!({"ts_ns": 0, "iface": iface, "dir": "x", "netns": netns, "src": src, "dst": dst, "id": id, "qr": qr})
+    }
+
+    /// A lookup record; NaN latency is written as null (no answer).
+    fn lookup(client: &str, verdict: &str, start: u64, ms: f64, hops: Vec<Value>) -> String {
+        json!({"type": "lookup", "client": client, "verdict": verdict, "latency_ms": ms,
+               "start_ts_ns": start, "retries": 0, "hops": hops})
+        .to_string()
+    }
+
+    #[test]
+    fn compare_matches_queries_and_counts_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("trace.jsonl");
+        let (c, nld) = ("10.244.0.10:1000", "169.254.25.10:53");
+        let lines = [
+            // Right: the client's query, its latency within the tolerance.
+            lookup(c, "ok", 1_000_000, 1.05, vec![
+                hop("socket", 7, c, nld, 1, false),
+                hop("dtxpod0", 5, c, nld, 1, false),
+                hop("socket", 7, nld, c, 1, true),
+            ]),
+            // Holds another socket's query, and the latency is off.
+            lookup(c, "ok", 10_000_000, 5.0, vec![
+                hop("socket", 7, c, nld, 2, false),
+                hop("dtxpod0", 5, "10.244.0.10:2000", nld, 2, false),
+            ]),
+            // A forwarder's query on one of the lab's interfaces, as a root.
+            lookup("198.51.100.10:3000", "reply_from_unexpected_source", 10_100_000, 0.1, vec![
+                hop("dtxcdns0", 5, "198.51.100.10:3000", "10.244.1.10:53", 9, false),
+            ]),
+            // Another lab's lookup: ignored.
+            lookup("10.244.0.10:1000", "dropped", 1_000_000, 1.0, vec![
+                hop("dtypod0", 8, c, nld, 1, false),
+            ]),
+            // The client's query that the path dropped: a right verdict.
+            lookup(c, "dropped", 20_000_000, f64::NAN, vec![hop("socket", 7, c, nld, 3, false)]),
+            r#"{"type":"summary","lost":0,"kernel":{"ring_full":0,"dns_seen":9},"lookups":{"orphan_responses":2,"evicted":0}}"#.to_owned(),
+        ];
+        std::fs::write(&trace, lines.join("\n") + "\n").unwrap();
+        let run = ClientRun {
+            queries: vec![
+                q(1000, 1, 1_000_000, Some(2_000_000)),
+                q(1000, 2, 10_000_000, Some(11_000_000)),
+                q(1000, 3, 20_000_000, None),
+            ],
+            netns_cookie: Some(7),
+            send_secs: 0.02,
+        };
+        let filter = LabFilter {
+            iface_prefix: "dtx".to_owned(),
+            cookies: vec![7],
+            client_ip: "10.244.0.10".to_owned(),
+            client_iface: "dtxpod0".to_owned(),
+        };
+        let cmp = compare(&trace, Some(&run), &filter).unwrap();
+        assert_eq!(cmp.ok(), 2);
+        assert_eq!(cmp.false_alarms(), 1, "{}", cmp.report());
+        assert_eq!(
+            cmp.other_roots.get("reply_from_unexpected_source"),
+            Some(&1)
+        );
+        assert_eq!(cmp.real_failures.get("dropped"), Some(&1));
+        assert_eq!(cmp.other_sockets, 1);
+        assert_eq!(cmp.merged, 0);
+        assert_eq!(cmp.unmatched_queries, 0);
+        assert_eq!(cmp.latency_mismatches, 1);
+        assert_eq!(cmp.worst[0].2, 1000);
+        assert_eq!(cmp.worst[0].3, 2);
+        assert_eq!(cmp.orphan_responses, 2);
+        assert!((cmp.deltas_ms[0] - 0.05).abs() < 1e-9);
+    }
+
+    #[test]
+    fn query_wire_is_a_plain_recursive_query() {
+        let m = query_wire("ns1.example.test.", "AAAA").unwrap();
+        assert_eq!(&m[..12], &[0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&m[12..16], b"\x03ns1");
+        assert_eq!(&m[m.len() - 4..], &[0, 28, 0, 1]);
+        assert!(query_wire("a..b", "A").is_err());
+        assert!(query_wire("a", "HINFO").is_err());
+    }
+}
