@@ -70,9 +70,25 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     }
     let uplinks = match &cfg.uplinks {
         Some(u) => u.clone(),
-        None => crate::capture::links::default_route_ifaces()
-            .await
-            .unwrap_or_default(),
+        None => match crate::capture::links::uplink_ifaces().await {
+            Ok((found, how)) => {
+                if found.is_empty() {
+                    log::warn!(
+                        "no uplink found (no default route and no route via a gateway): \
+                         name it with --uplink IF for the per-upstream table and left_via_uplink"
+                    );
+                } else {
+                    log::info!("uplink(s) {}: {how}", found.join(" "));
+                }
+                found
+            }
+            Err(e) => {
+                log::warn!(
+                    "reading the routes to find the uplinks: {e}; name them with --uplink IF"
+                );
+                Vec::new()
+            }
+        },
     };
     let capture_cfg = CaptureConfig {
         ifaces: ifaces.clone(),

@@ -203,7 +203,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "TIME", env = "DNSTRACE_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Interface that leads off the node (repeatable); default: those holding a default route.
+    /// Interface that leads off the node (repeatable); default: those holding a default route
+    /// (any routing table), or, with none, those holding a route via a gateway.
     #[arg(
         long = "uplink",
         value_name = "IF",

@@ -76,40 +76,88 @@ fn kind_name(kind: &InfoKind) -> String {
     }
 }
 
-/// Names of the interfaces that hold a default route (IPv4 or IPv6) in the
-/// calling thread's network namespace: the node's uplinks.
-pub async fn default_route_ifaces() -> std::io::Result<Vec<String>> {
+/// The node's uplinks, found from its routes (IPv4 and IPv6, every routing table but
+/// `local`): the interfaces that hold a default route, in any table (policy routing,
+/// VRFs). A node without any default route reaches its DNS upstreams through more
+/// specific routes via a gateway (several uplinks, a management network): then the
+/// interfaces that hold a route via a gateway. Also returns which rule found them.
+pub async fn uplink_ifaces() -> std::io::Result<(Vec<String>, &'static str)> {
     use rtnetlink::{
         RouteMessageBuilder,
-        packet_route::route::{RouteAttribute, RouteMessage},
+        packet_route::route::{RouteAttribute, RouteHeader, RouteMessage, RouteType},
     };
+    const RT_TABLE_LOCAL: u8 = 255;
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
-    let mut indexes = Vec::new();
+    let (mut default, mut gateway) = (Vec::new(), Vec::new());
     let requests: [RouteMessage; 2] = [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .table_id(u32::from(RouteHeader::RT_TABLE_UNSPEC))
+            .build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .table_id(u32::from(RouteHeader::RT_TABLE_UNSPEC))
+            .build(),
     ];
     for req in requests {
         let mut routes = handle.route().get(req).execute();
         while let Some(r) = routes.try_next().await.map_err(std::io::Error::other)? {
-            if r.header.destination_prefix_length != 0 {
+            let table = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            });
+            if r.header.kind != RouteType::Unicast
+                || table.unwrap_or(u32::from(r.header.table)) == u32::from(RT_TABLE_LOCAL)
+            {
                 continue;
             }
+            // (interface, via a gateway) for the route and each of its next hops.
+            let mut hops: Vec<(u32, bool)> = Vec::new();
+            let mut oif = None;
+            let mut via = false;
             for a in &r.attributes {
-                if let RouteAttribute::Oif(i) = a
-                    && !indexes.contains(i)
-                {
-                    indexes.push(*i);
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via = true,
+                    RouteAttribute::MultiPath(nhs) => hops.extend(nhs.iter().map(|nh| {
+                        let gw = nh.attributes.iter().any(|a| {
+                            matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_))
+                        });
+                        (nh.interface_index, gw)
+                    })),
+                    _ => {}
+                }
+            }
+            hops.extend(oif.map(|i| (i, via)));
+            for (index, gw) in hops {
+                let list = if r.header.destination_prefix_length == 0 {
+                    &mut default
+                } else if gw {
+                    &mut gateway
+                } else {
+                    continue;
+                };
+                if !list.contains(&index) {
+                    list.push(index);
                 }
             }
         }
     }
     task.abort();
+    let (indexes, how) = if default.is_empty() {
+        (
+            gateway,
+            "the interfaces of routes via a gateway (no default route)",
+        )
+    } else {
+        (default, "the interfaces of default routes")
+    };
     let links = list().await?;
-    Ok(links
-        .into_iter()
-        .filter(|l| indexes.contains(&l.index))
-        .map(|l| l.name)
-        .collect())
+    Ok((
+        links
+            .into_iter()
+            .filter(|l| indexes.contains(&l.index))
+            .map(|l| l.name)
+            .collect(),
+        how,
+    ))
 }
