@@ -434,7 +434,7 @@ fn message(u: &mut Unstructured) -> arbitrary::Result<dns::Message> {
         id: pick(u, &[1, 2, 0x1234])?,
         qr: bool::arbitrary(u)?,
         opcode: pick(u, &OPCODES)?.to_owned(),
-        rcode: pick(u, &RCODES)?.to_owned(),
+        rcode: dns::Rcode::from_name(pick(u, &RCODES)?).unwrap_or_default(),
         flags: dns::Flags {
             aa: flags & 1 != 0,
             tc: flags & 2 != 0,

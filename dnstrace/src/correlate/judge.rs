@@ -1,19 +1,62 @@
 //! Verdicts: from a finished lookup's legs and hops to one verdict, a culprit, a hint and
 //! a one-line explanation, and the output records.
+//!
+//! Each verdict has one rule ([`rule`]): a function from the lookup's tree to an optional
+//! [`Finding`]. Precedence is **path order**, stated once in [`judge_tree`]: every rule
+//! that finds a fault names the sighting that shows it, and the fault seen first on the
+//! lookup's path is the cause, because everything after it (a drop further on, a missing
+//! reply, a SERVFAIL) is its consequence. Outcomes that are not a place on the path
+//! (disagreement, a server error, an answer, no answer) only count when no fault was
+//! found, in the order of [`RULES`].
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::state::{
-    B_TC, BADVERS, FORMERR, HopRec, Leg, LegKind, LookupState, NOTIMP, REFUSED, SERVFAIL, T_ACK,
-    T_FIN, T_PSH, T_RST, T_SYN, rcode_name,
-};
+use super::state::{B_TC, HopRec, Leg, LegKind, LookupState};
 use super::{Correlator, End, Hop, HopEdns, Lookup, Verdict};
-use crate::decode::{Point, text::socket_addr_string};
+use crate::decode::{Point, dns::Rcode, text::socket_addr_string};
 
-/// Forwarded copies of one question between the same two addresses, nested, that make a loop.
-const LOOP_COPIES: usize = 3;
 /// Forwarding this deep is a loop whatever the addresses.
 const LOOP_DEPTH: u8 = 8;
+
+/// Where a finding sits when it is not a place on the path.
+const OUTCOME: u64 = u64::MAX;
+
+/// Every rule, in the order that breaks ties between findings at the same place on the
+/// path and orders the outcomes. Each verdict appears exactly once (a test checks it).
+const RULES: [Verdict; 12] = [
+    Verdict::Unknown,
+    Verdict::LoopbackNameserver,
+    Verdict::Dropped,
+    Verdict::LeftViaUplink,
+    Verdict::ForwardingLoop,
+    Verdict::UpstreamRejectsEdns,
+    Verdict::ReplyFromUnexpectedSource,
+    Verdict::TruncatedNoTcp,
+    Verdict::UpstreamDisagreement,
+    Verdict::ServerError,
+    Verdict::Ok,
+    Verdict::Unanswered,
+];
+
+type Rule = fn(&Facts) -> Option<Finding>;
+
+/// The rule of each verdict. No catch-all arm: a new verdict does not compile without one.
+fn rule(v: Verdict) -> Rule {
+    match v {
+        Verdict::Unknown => cut_short,
+        Verdict::LoopbackNameserver => loopback_nameserver,
+        Verdict::Dropped => dropped,
+        Verdict::LeftViaUplink => left_via_uplink,
+        Verdict::ForwardingLoop => forwarding_loop,
+        Verdict::UpstreamRejectsEdns => upstream_rejects_edns,
+        Verdict::ReplyFromUnexpectedSource => reply_from_unexpected_source,
+        Verdict::TruncatedNoTcp => truncated_no_tcp,
+        Verdict::UpstreamDisagreement => upstream_disagreement,
+        Verdict::ServerError => server_error,
+        Verdict::Ok => answered,
+        Verdict::Unanswered => no_reply,
+    }
+}
 
 /// The verdict part of a [`Lookup`].
 struct Judgement {
@@ -42,6 +85,92 @@ impl Judgement {
         self.detail = detail.into();
         self
     }
+    /// A fault shown by the sighting at `at` (ns).
+    fn at(self, at: u64) -> Finding {
+        Finding {
+            at,
+            judgement: self,
+        }
+    }
+    /// Not a place on the path.
+    fn outcome(self) -> Finding {
+        self.at(OUTCOME)
+    }
+}
+
+/// A rule's judgement and where on the path it was shown.
+struct Finding {
+    at: u64,
+    judgement: Judgement,
+}
+
+/// What every rule may read, worked out once per lookup.
+struct Facts<'a> {
+    c: &'a Correlator,
+    lk: &'a LookupState,
+    end: u64,
+    how: End,
+    /// What the client got: its last complete answer, else the truncated one.
+    reply: Option<&'a HopRec>,
+    /// The client got a complete (not truncated) answer.
+    answered: bool,
+    /// Events lost while the lookup was open.
+    lost: u64,
+    /// Capture stopped before the client's timeout ran out.
+    premature: bool,
+    /// The client's latest attempt.
+    latest_client: usize,
+    /// "www.example.test. A"
+    qdesc: String,
+}
+
+impl Facts<'_> {
+    fn root(&self) -> &Leg {
+        &self.lk.legs[0]
+    }
+
+    fn client_legs(&self) -> impl Iterator<Item = &Leg> {
+        self.lk.legs.iter().filter(|l| l.depth == 0)
+    }
+
+    /// A NO_SOCKET drop that is the expected consequence of a more specific finding, not a
+    /// cause of its own: nothing listens on the pod's loopback (loopback_nameserver), the
+    /// client's connected socket refused a reply from the wrong source
+    /// (reply_from_unexpected_source), or a late reply found the client gone after it retried.
+    fn folded(&self, i: usize, h: &HopRec) -> bool {
+        let leg = &self.lk.legs[i];
+        if leg.depth != 0 || self.c.reason(h) != "NO_SOCKET" {
+            return false;
+        }
+        if h.is_query() {
+            return self.c.pod_loopback(self.lk) && leg.server.ip().is_loopback();
+        }
+        leg.unexpected.is_some() || i != self.latest_client
+    }
+
+    /// Drops of a query after it left the node by an uplink: beyond the node, a consequence.
+    fn beyond_node(&self, leg: &Leg, h: &HopRec) -> bool {
+        h.is_query() && leg.hop(leg.uplink).is_some_and(|u| u.ts <= h.ts)
+    }
+
+    /// " ; further on, it was dropped at X (netns N): REASON", for drops beyond the node.
+    fn downstream_drops(&self) -> String {
+        let mut out = String::new();
+        for leg in &self.lk.legs {
+            for h in leg.hops.iter().filter(|h| h.point == Point::Drop) {
+                if self.beyond_node(leg, h) {
+                    let _ = write!(
+                        out,
+                        "; further on it was dropped at {}: {}",
+                        self.c.at(h),
+                        self.c.reason(h)
+                    );
+                    return out;
+                }
+            }
+        }
+        out
+    }
 }
 
 fn ms(ns: u64) -> f64 {
@@ -55,40 +184,45 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
-fn is_server_error(rcode: u16) -> bool {
-    matches!(rcode, SERVFAIL | REFUSED | NOTIMP)
+/// Where the server received the query: the destination of its last sighting, after any
+/// DNAT on the way. That is the address a forwarder serves on, whatever its replies or
+/// its own queries are SNATed to.
+pub(super) fn served_at(leg: &Leg) -> SocketAddr {
+    leg.query_hops()
+        .filter(|h| h.point != Point::Drop)
+        .last()
+        .map_or(leg.server, |h| h.dst)
 }
 
-/// What an upstream that does not understand EDNS0 answers to a query with OPT.
-fn is_edns_rejection(rcode: u16) -> bool {
-    matches!(rcode, FORMERR | BADVERS | NOTIMP)
+/// Every address the query was sent to: as addressed, and after each DNAT.
+fn server_addrs(leg: &Leg) -> impl Iterator<Item = SocketAddr> + '_ {
+    std::iter::once(leg.server).chain(
+        leg.query_hops()
+            .filter(|h| h.point != Point::Drop)
+            .map(|h| h.dst),
+    )
 }
 
-/// Unordered address pair of a forwarded query, to spot A→B, B→A circulation.
-fn pair(leg: &Leg) -> (IpAddr, IpAddr) {
-    let (a, b) = (leg.client.ip(), leg.server.ip());
-    if a <= b { (a, b) } else { (b, a) }
-}
-
-/// Copies of this leg's address pair along its chain of parents (itself included).
-fn loop_copies(lk: &LookupState, i: usize) -> usize {
+/// The first ancestor of leg `i` that was sent to a server that leg `i` is sent to again.
+fn repeated_ancestor(lk: &LookupState, i: usize) -> Option<usize> {
     let leg = &lk.legs[i];
-    let key = pair(leg);
-    let mut copies = 1;
     let mut parent = leg.parent;
     while let Some(p) = parent {
-        let p = &lk.legs[usize::from(p)];
-        if p.depth >= 1 && pair(p) == key {
-            copies += 1;
+        let p = usize::from(p);
+        let up = &lk.legs[p];
+        if server_addrs(leg).any(|a| server_addrs(up).any(|b| a == b)) {
+            return Some(p);
         }
-        parent = p.parent;
+        parent = up.parent;
     }
-    copies
+    None
 }
 
+/// A forwarded query that reaches a server already on its own path (or nests absurdly
+/// deep): the question came back to where it had been.
 fn is_looping(lk: &LookupState, i: usize) -> bool {
     let leg = &lk.legs[i];
-    leg.depth >= 1 && (leg.depth >= LOOP_DEPTH || loop_copies(lk, i) >= LOOP_COPIES)
+    leg.depth >= 1 && (leg.depth >= LOOP_DEPTH || repeated_ancestor(lk, i).is_some())
 }
 
 impl Correlator {
@@ -119,21 +253,6 @@ impl Correlator {
         root.server.ip().is_loopback()
             && root.first.point == Point::SocketOut
             && root.first.netns != self.cfg.host_netns
-    }
-
-    /// A NO_SOCKET drop that is the expected consequence of a more specific finding, not a
-    /// cause of its own: nothing listens on the pod's loopback (loopback_nameserver), the
-    /// client's connected socket refused a reply from the wrong source
-    /// (reply_from_unexpected_source), or a late reply found the client gone after it retried.
-    fn folded(&self, lk: &LookupState, i: usize, h: &HopRec, latest_client: usize) -> bool {
-        let leg = &lk.legs[i];
-        if leg.depth != 0 || self.reason(h) != "NO_SOCKET" {
-            return false;
-        }
-        if h.is_query() {
-            return self.pod_loopback(lk) && leg.server.ip().is_loopback();
-        }
-        leg.unexpected.is_some() || i != latest_client
     }
 
     /// Why the tracer could not have seen what happened after `last`, if so.
@@ -176,11 +295,10 @@ impl Correlator {
     /// Decides the verdict and builds the output record.
     pub(super) fn judge(&self, lk: LookupState, end: u64, how: End) -> Lookup {
         let client_legs = || lk.legs.iter().filter(|l| l.depth == 0);
-        // What the client got: its last complete answer, else the truncated one.
         let reply = client_legs()
             .filter_map(|l| l.hop(l.final_reply))
             .max_by_key(|h| (!h.has(B_TC), h.ts));
-        let j = self.root_verdict(&lk, reply, end, how);
+        let j = self.judge_tree(&lk, reply, end, how);
         let root = &lk.legs[0];
         let mut hops: Vec<Hop> = client_legs()
             .flat_map(|l| l.hops.iter())
@@ -199,7 +317,7 @@ impl Correlator {
             id: 0,
             client: socket_addr_string(&root.client),
             server: socket_addr_string(&root.server),
-            rcode: reply.map(|h| rcode_name(h.rcode)),
+            rcode: reply.map(|h| h.rcode),
             verdict: j.verdict,
             culprit: j.culprit,
             last_hop: j.last_hop,
@@ -220,27 +338,15 @@ impl Correlator {
         }
     }
 
-    // Precedence, first match wins. Direct evidence of where a packet died or went astray
-    // (a drop, a loopback server, a query leaving by the uplink, a loop) explains every
-    // symptom after it, so it comes first. A reply from the wrong source is a definite NAT
-    // fault that makes a correct answer unusable. EDNS rejection and truncation are causes
-    // behind the client's SERVFAIL or missing answer. Disagreement and a plain server error
-    // come next. Absence of a reply comes last, and only with full coverage and no loss:
-    // otherwise it is `unknown`.
-    fn root_verdict(
+    /// Runs every rule; the finding earliest on the path wins, ties and outcomes going by
+    /// the order of [`RULES`].
+    fn judge_tree(
         &self,
         lk: &LookupState,
         reply: Option<&HopRec>,
         end: u64,
         how: End,
     ) -> Judgement {
-        let root = &lk.legs[0];
-        let client_legs = || lk.legs.iter().filter(|l| l.depth == 0);
-        let answered = reply.is_some_and(|h| !h.has(B_TC));
-        let lost = self.lost_during(lk.start, end);
-        // Capture stopped before the client's timeout ran out, or missed bytes of a TCP
-        // stream that could hold the reply: no reply seen proves nothing.
-        let premature = how == End::Stopped && end < lk.deadline || self.tcp_gap(lk, end).is_some();
         let latest_client = lk
             .legs
             .iter()
@@ -248,426 +354,33 @@ impl Correlator {
             .filter(|(_, l)| l.depth == 0)
             .max_by_key(|(_, l)| l.first_ts)
             .map_or(0, |(i, _)| i);
-        let qdesc = format!("{} {}", lk.qname, lk.qtype);
-
-        // evicted: cut short at the cap, whatever it had shown so far
-        if how == End::Evicted {
-            let last = lk
-                .legs
-                .iter()
-                .flat_map(|l| l.hops.iter())
-                .chain(lk.tcp_hops.iter())
-                .max_by_key(|h| h.ts)
-                .unwrap_or(&root.hops[0]);
-            let cap = self.cfg.max_lookups;
-            return Judgement::new(Verdict::Unknown, None, Some(self.at(last)))
-                .hint(format!(
-                    "more than {cap} lookups were open at once (a flood of unanswered queries?); a shorter --timeout ends them sooner"
-                ))
-                .detail(format!(
-                    "evicted: {cap} live lookups at the cap; {qdesc} was last seen at {}",
-                    self.at(last)
-                ));
-        }
-
-        // dropped
-        let drops = lk
-            .legs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| l.hop(l.drop).map(|h| (i, h)));
-        let mut folded_query_drop = false;
-        let mut folded_reply_drop = false;
-        for (i, h) in drops {
-            if self.folded(lk, i, h, latest_client) {
-                if h.is_query() {
-                    folded_query_drop = true;
-                } else if lk.legs[i].unexpected.is_some() {
-                    folded_reply_drop = true;
-                }
-                continue;
-            }
-            let what = if h.is_response() { "reply" } else { "query" };
-            let iface = self.ifaces.get(h.iface);
-            let reason = self.reason(h);
-            return Judgement::new(
-                Verdict::Dropped,
-                Some(format!("{iface} ({reason})")),
-                Some(self.at(h)),
-            )
-            .hint(drop_hint(reason, h))
-            .detail(format!(
-                "the kernel dropped the {what} {} → {} at {iface}: {reason}",
-                h.src, h.dst
-            ));
-        }
-
-        // loopback_nameserver
-        if self.pod_loopback(lk) {
-            let refused = reply.is_some_and(|h| h.rcode == REFUSED);
-            if refused || !answered {
-                let why = if refused {
-                    "it was refused (REFUSED)"
-                } else if folded_query_drop {
-                    "nothing listens there (NO_SOCKET)"
-                } else {
-                    "no reply"
-                };
-                let last = root.query_hops().last().copied().unwrap_or(root.hops[0]);
-                let says = format!(
-                    "the pod (netns {}) queries the loopback nameserver {}; nothing on the node ever sees the query",
-                    root.first.netns, root.server
-                );
-                if !refused && !folded_query_drop && (lost > 0 || premature) {
-                    return self.unknown(lk, lost, end, &last, &says);
-                }
-                return Judgement::new(
-                    Verdict::LoopbackNameserver,
-                    Some(root.server.to_string()),
-                    Some(self.at(&last)),
-                )
-                .hint(
-                    "the pod's resolv.conf points at a loopback stub (systemd-resolved's 127.0.0.53 \
-                     copied from the host): set kubelet --resolv-conf=/run/systemd/resolve/resolv.conf",
-                )
-                .detail(format!("{says}; {why}"));
-            }
-        }
-
-        // left_via_uplink
-        let uplinked = lk
-            .legs
-            .iter()
-            .filter(|l| is_link_local(l.server.ip()))
-            .find_map(|l| l.hop(l.uplink).map(|h| (l, h)));
-        if let Some((leg, h)) = uplinked {
-            let iface = self.ifaces.get(h.iface);
-            let snat = if h.src == leg.client {
-                String::new()
-            } else {
-                format!(" (SNAT to {})", h.src)
-            };
-            let outcome = if leg.resp.is_some() {
-                "a reply came back from the network"
-            } else {
-                "no reply"
-            };
-            return Judgement::new(Verdict::LeftViaUplink, Some(iface.to_owned()), Some(self.at(h)))
-                .hint(format!(
-                    "traffic to the node-local address {} is masqueraded out of the node: exclude it from \
-                     (BPF) masquerading (e.g. Cilium bpf.masquerade, ip-masq-agent nonMasqueradeCIDRs) so it is delivered locally",
-                    leg.server.ip()
-                ))
-                .detail(format!(
-                    "query to {} left via {iface}{snat}; never delivered to the local server; {outcome}",
-                    leg.server
-                ));
-        }
-
-        // forwarding_loop: report the deepest looping leg.
-        let looping = (0..lk.legs.len())
-            .filter(|&i| is_looping(lk, i))
-            .max_by_key(|&i| (lk.legs[i].depth, lk.legs[i].first_ts));
-        if let Some(i) = looping {
-            let leg = &lk.legs[i];
-            let (a, b) = (leg.client.ip(), leg.server);
-            let copies = lk
-                .legs
-                .iter()
-                .filter(|l| l.depth >= 1 && pair(l) == pair(leg))
-                .count();
-            let netns = if b.ip().is_loopback() {
-                format!(" in netns {}", leg.first.netns)
-            } else {
-                String::new()
-            };
-            let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
-            let outcome = match reply {
-                Some(h) if answered => format!("the client got {}", rcode_name(h.rcode)),
-                _ => "the client got no answer".to_owned(),
-            };
-            return Judgement::new(
-                Verdict::ForwardingLoop,
-                Some(format!("{a} <-> {b}{netns}")),
-                Some(self.at(&last)),
-            )
-            .hint(
-                "a forwarder forwards back to itself: point its `forward` at a real upstream instead of \
-                 a resolv.conf that lists 127.0.0.x (kubelet --resolv-conf), or enable CoreDNS's `loop` plugin",
-            )
-            .detail(format!(
-                "the same question circulates between {a} and {b}{netns}: {copies} forwarded copies, nested {} deep{}; {outcome}",
-                leg.depth,
-                if lk.legs_omitted > 0 {
-                    format!(" (+{} not kept)", lk.legs_omitted)
-                } else {
-                    String::new()
-                },
-            ));
-        }
-
-        // reply_from_unexpected_source
-        let misaddressed = client_legs().find_map(|l| l.hop(l.unexpected).map(|h| (l, h)));
-        if let Some((leg, h)) = misaddressed {
-            let fate = if folded_reply_drop {
-                "; the client's socket dropped it (NO_SOCKET)"
-            } else if leg.final_reply.is_none() {
-                "; the client never accepted it"
-            } else {
-                ""
-            };
-            return Judgement::new(
-                Verdict::ReplyFromUnexpectedSource,
-                Some(h.src.to_string()),
-                Some(self.at(h)),
-            )
-            .hint("DNAT not reversed: load br_netfilter / set net.bridge.bridge-nf-call-iptables=1")
-            .detail(format!(
-                "the reply to {} came from {}, not from {} that it queried: DNAT was not reversed{fate}",
-                leg.client, h.src, leg.server
-            ));
-        }
-
-        // upstream_rejects_edns: the deepest query with OPT that got FORMERR/BADVERS/NOTIMP.
-        let rejected = lk
-            .legs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let (udp, dnssec_ok) = l.edns()?;
-                let h = l.hop(l.resp)?;
-                is_edns_rejection(h.rcode).then_some((i, l, h, udp, dnssec_ok))
-            })
-            .max_by_key(|(_, l, ..)| (l.depth, std::cmp::Reverse(l.first_ts)));
-        if let Some((i, leg, h, udp, dnssec_ok)) = rejected {
-            let retry = lk
-                .legs
-                .iter()
-                .enumerate()
-                .filter(|(j, l)| {
-                    *j != i
-                        && l.parent == leg.parent
-                        && l.depth == leg.depth
-                        && l.edns().is_none()
-                        && l.first_ts >= leg.first_ts
-                })
-                .find_map(|(_, l)| l.hop(l.resp));
-            let retried = match retry {
-                Some(r) => format!("the retry without OPT got {}", rcode_name(r.rcode)),
-                None => "no retry without OPT was seen".to_owned(),
-            };
-            return Judgement::new(
-                Verdict::UpstreamRejectsEdns,
-                Some(leg.server.to_string()),
-                Some(self.at(h)),
-            )
-            .hint(
-                "the upstream rejects EDNS0: forward to a resolver that supports EDNS0, \
-                 or disable EDNS towards that upstream",
-            )
-            .detail(format!(
-                "upstream {} answers {} to queries with OPT (udp={udp}, DO={}); {retried}",
-                leg.server,
-                rcode_name(h.rcode),
-                u8::from(dnssec_ok)
-            ));
-        }
-
-        // truncated_no_tcp
-        if lk.await_tcp.is_some() && !answered {
-            let tcp_last = lk
-                .legs
-                .iter()
-                .filter(|l| l.kind == LegKind::Tcp)
-                .flat_map(|l| l.hops.iter())
-                .chain(lk.tcp_hops.iter())
-                .max_by_key(|h| h.ts);
-            let tc_reply = reply.copied().unwrap_or(root.hops[0]);
-            let says = format!("the answer from {} was truncated (TC=1)", root.server);
-            if lost > 0 || premature {
-                return self.unknown(lk, lost, end, tcp_last.unwrap_or(&tc_reply), &says);
-            }
-            let j = match tcp_last {
-                Some(t) => Judgement::new(
-                    Verdict::TruncatedNoTcp,
-                    Some(format!("{} (tcp)", t.dst)),
-                    Some(self.at(t)),
-                )
-                .detail(format!(
-                    "{says}; the TCP retry was last seen at {} and never answered",
-                    self.at(t)
-                )),
-                None => Judgement::new(
-                    Verdict::TruncatedNoTcp,
-                    Some(root.client.ip().to_string()),
-                    Some(self.at(&tc_reply)),
-                )
-                .detail(format!(
-                    "{says}; no TCP retry from {} followed within {:.0} ms",
-                    root.client.ip(),
-                    ms(self.cfg.forward_window_ns)
-                )),
-            };
-            return j.hint(
-                "allow DNS over TCP port 53 to the server (NetworkPolicy, firewall), \
-                 and use a client that retries over TCP",
-            );
-        }
-
-        // upstream_disagreement: only lookups that involve an answering upstream (the
-        // last one to answer is the one whose answer the client got).
-        let own = lk
-            .legs
-            .iter()
-            .filter(|l| self.leaves_node(l))
-            .filter_map(|l| l.hop(l.resp).map(|h| (l, h)))
-            .max_by_key(|(_, h)| h.ts);
-        if let Some((leg, h)) = own
-            && let Some(answers) = self.upstreams.disagreement(lk.qhash, end)
-        {
-            let mut list = String::new();
-            for (n, a) in answers.iter().enumerate() {
-                let sep = if n == 0 { "" } else { ", " };
-                let _ = write!(list, "{sep}{} {}", a.upstream, rcode_name(a.rcode));
-            }
-            let failing: Vec<_> = answers.iter().filter(|a| a.rcode != 0).collect();
-            let culprit = failing
-                .iter()
-                .max_by_key(|a| a.ts)
-                .map_or(leg.server, |a| a.upstream);
-            let only = if failing.iter().all(|a| a.upstream == culprit)
-                && answers.iter().any(|a| a.rcode == 0)
+        let facts = Facts {
+            c: self,
+            lk,
+            end,
+            how,
+            reply,
+            answered: reply.is_some_and(|h| !h.has(B_TC)),
+            lost: self.lost_during(lk.start, end),
+            // Capture stopped before the client's timeout ran out, or missed bytes of a
+            // TCP stream that could hold the reply: no reply seen proves nothing.
+            premature: how == End::Stopped && end < lk.deadline || self.tcp_gap(lk, end).is_some(),
+            latest_client,
+            qdesc: format!("{} {}", lk.qname, lk.qtype),
+        };
+        let mut best: Option<Finding> = None;
+        for v in RULES {
+            if let Some(f) = rule(v)(&facts)
+                && best.as_ref().is_none_or(|b| f.at < b.at)
             {
-                format!("; it fails only when forwarded to {culprit}")
-            } else {
-                String::new()
-            };
-            return Judgement::new(
-                Verdict::UpstreamDisagreement,
-                Some(culprit.to_string()),
-                Some(self.at(h)),
-            )
-            .hint(
-                "upstreams disagree on this name: forward internal zones only to resolvers that serve them \
-                 (a separate `forward` per zone), not to a random mix of public and internal resolvers",
-            )
-            .detail(format!(
-                "upstreams disagree on {qdesc} within {:.0} s: {list}; this lookup got {} from {}{only}",
-                self.cfg.disagreement_window_ns as f64 / 1e9,
-                rcode_name(h.rcode),
-                leg.server
-            ));
-        }
-
-        // server_error: follow the error rcode down to where it first comes out.
-        if let Some(h) = reply.filter(|h| answered && is_server_error(h.rcode)) {
-            let mut cur = lk
-                .legs
-                .iter()
-                .position(|l| l.depth == 0 && l.hop(l.final_reply).is_some_and(|f| f.ts == h.ts))
-                .unwrap_or(0);
-            while let Some(next) = lk
-                .legs
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.parent == Some(cur as u8))
-                .filter(|(_, l)| l.hop(l.resp).is_some_and(|r| r.rcode == h.rcode))
-                .max_by_key(|(_, l)| l.first_ts)
-                .map(|(i, _)| i)
-            {
-                cur = next;
+                best = Some(f);
             }
-            let origin = &lk.legs[cur];
-            let out = origin.hop(origin.resp).copied().unwrap_or(*h);
-            let rcode = rcode_name(h.rcode);
-            let mut detail = format!("{} answered {rcode}", out.src);
-            let below: Vec<String> = lk
-                .legs
-                .iter()
-                .filter(|l| l.parent == Some(cur as u8))
-                .map(|l| match l.hop(l.resp) {
-                    Some(r) => format!("{} {}", l.server, rcode_name(r.rcode)),
-                    None => format!("{} no reply", l.server),
-                })
-                .collect();
-            if below.is_empty() {
-                detail.push_str(" itself (no forwarded query seen)");
-            } else {
-                let _ = write!(detail, "; its forwarded queries: {}", below.join(", "));
-            }
-            let hint = match h.rcode {
-                REFUSED => format!(
-                    "{} refuses this query: check its ACLs (allow-query, CoreDNS acl) and that it serves this zone",
-                    out.src
-                ),
-                NOTIMP => format!("{} does not implement this query", out.src),
-                _ => format!(
-                    "{} failed to resolve it: check its logs and its own upstreams",
-                    out.src
-                ),
-            };
-            return Judgement::new(
-                Verdict::ServerError,
-                Some(out.src.to_string()),
-                Some(self.at(&out)),
-            )
-            .hint(hint)
-            .detail(detail);
         }
-
-        if let Some(h) = reply.filter(|_| answered) {
-            let retried = match lk.retries {
-                0 => String::new(),
-                1 => ", after 1 retry".to_owned(),
-                n => format!(", after {n} retries"),
-            };
-            return Judgement::new(Verdict::Ok, None, Some(self.at(h))).detail(format!(
-                "answered {} in {:.3} ms{retried}",
-                rcode_name(h.rcode),
-                ms(h.ts.saturating_sub(lk.start))
-            ));
-        }
-
-        // No reply: name the last place anything of this lookup was seen.
-        let last = lk
-            .legs
-            .iter()
-            .flat_map(|l| l.hops.iter())
-            .filter(|h| h.point != Point::Drop)
-            .max_by_key(|h| h.ts)
-            .copied()
-            .unwrap_or(root.hops[0]);
-        let says = format!("no reply to {} from {}", root.client, root.server);
-        if lost > 0 || premature {
-            return self.unknown(lk, lost, end, &last, &says);
-        }
-        if let Some(gap) = self.coverage_gap(&last) {
-            return Judgement::new(Verdict::Unknown, None, Some(self.at(&last)))
-                .hint("watch the missing hop (enable the socket hop and hook every interface)")
-                .detail(format!(
-                    "{says}; last seen at {}, but {gap}",
-                    self.at(&last)
-                ));
-        }
-        let what = if last.is_response() { "reply" } else { "query" };
-        Judgement::new(
-            Verdict::Unanswered,
-            Some(last.dst.to_string()),
-            Some(self.at(&last)),
+        // `no_reply` always finds something when nothing else did.
+        best.map_or_else(
+            || Judgement::new(Verdict::Unknown, None, None).detail("no rule applied"),
+            |f| f.judgement,
         )
-        .hint(format!(
-            "nothing answered within {:.0} s: check that {} is up and reachable from {}",
-            ms(self.cfg.timeout_ns) / 1e3,
-            last.dst,
-            self.at(&last)
-        ))
-        .detail(format!(
-            "{says} within {:.0} s; the {what} was last seen at {} ({} → {})",
-            ms(self.cfg.timeout_ns) / 1e3,
-            self.at(&last),
-            last.src,
-            last.dst
-        ))
     }
 
     fn unknown(
@@ -707,7 +420,520 @@ impl Correlator {
             .hint(hint)
             .detail(format!("{says}; last seen at {}, but {why}", self.at(last)))
     }
+}
 
+/// `unknown`: cut short at the lookup cap, whatever it had shown so far. It says nothing
+/// about the path, so it comes before every place on it.
+fn cut_short(f: &Facts) -> Option<Finding> {
+    if f.how != End::Evicted {
+        return None;
+    }
+    let lk = f.lk;
+    let last = lk
+        .legs
+        .iter()
+        .flat_map(|l| l.hops.iter())
+        .chain(lk.tcp_hops.iter())
+        .max_by_key(|h| h.ts)
+        .unwrap_or(&f.root().hops[0]);
+    let cap = f.c.cfg.max_lookups;
+    let j = Judgement::new(Verdict::Unknown, None, Some(f.c.at(last)))
+        .hint(format!(
+            "more than {cap} lookups were open at once (a flood of unanswered queries?); a shorter --timeout ends them sooner"
+        ))
+        .detail(format!(
+            "evicted: {cap} live lookups at the cap; {} was last seen at {}",
+            f.qdesc,
+            f.c.at(last)
+        ));
+    Some(j.at(0))
+}
+
+/// `loopback_nameserver`: a pod asked a loopback address and got nothing (or REFUSED).
+/// Shown at the pod's own query.
+fn loopback_nameserver(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    let root = f.root();
+    if !f.c.pod_loopback(lk) {
+        return None;
+    }
+    let refused = f.reply.is_some_and(|h| h.rcode == Rcode::REFUSED);
+    if !refused && f.answered {
+        return None;
+    }
+    let nothing_listens = lk.legs.iter().enumerate().any(|(i, l)| {
+        l.hop(l.drop)
+            .is_some_and(|h| h.is_query() && f.folded(i, h))
+    });
+    let why = if refused {
+        "it was refused (REFUSED)"
+    } else if nothing_listens {
+        "nothing listens there (NO_SOCKET)"
+    } else {
+        "no reply"
+    };
+    let last = root.query_hops().last().copied().unwrap_or(root.hops[0]);
+    let says = format!(
+        "the pod (netns {}) queries the loopback nameserver {}; nothing on the node ever sees the query",
+        root.first.netns, root.server
+    );
+    if !refused && !nothing_listens && (f.lost > 0 || f.premature) {
+        return Some(f.c.unknown(lk, f.lost, f.end, &last, &says).outcome());
+    }
+    let j = Judgement::new(
+        Verdict::LoopbackNameserver,
+        Some(root.server.to_string()),
+        Some(f.c.at(&last)),
+    )
+    .hint(
+        "the pod's resolv.conf points at a loopback stub (systemd-resolved's 127.0.0.53 \
+         copied from the host): set kubelet --resolv-conf=/run/systemd/resolve/resolv.conf",
+    )
+    .detail(format!("{says}; {why}"));
+    Some(j.at(root.first_ts))
+}
+
+/// `dropped`: the kernel dropped a packet of the lookup on this node. Not a drop that a
+/// more specific finding explains (see [`Facts::folded`]), nor one after the query left
+/// the node. Shown at the drop.
+fn dropped(f: &Facts) -> Option<Finding> {
+    let h =
+        f.lk.legs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.hops
+                    .iter()
+                    .filter(|h| h.point == Point::Drop)
+                    .map(move |h| (i, l, h))
+            })
+            .filter(|&(i, l, h)| !f.folded(i, h) && !f.beyond_node(l, h))
+            .map(|(_, _, h)| h)
+            .min_by_key(|h| h.ts)?;
+    let what = if h.is_response() { "reply" } else { "query" };
+    let iface = f.c.ifaces.get(h.iface);
+    let reason = f.c.reason(h);
+    let j = Judgement::new(
+        Verdict::Dropped,
+        Some(format!("{iface} ({reason})")),
+        Some(f.c.at(h)),
+    )
+    .hint(drop_hint(reason, h))
+    .detail(format!(
+        "the kernel dropped the {what} {} → {} at {iface}: {reason}",
+        h.src, h.dst
+    ));
+    Some(j.at(h.ts))
+}
+
+/// `left_via_uplink`: a query to a node-local (link-local) address left through an
+/// uplink instead of being delivered locally. Shown where it left.
+fn left_via_uplink(f: &Facts) -> Option<Finding> {
+    let (leg, h) =
+        f.lk.legs
+            .iter()
+            .filter(|l| is_link_local(l.server.ip()))
+            .filter_map(|l| l.hop(l.uplink).map(|h| (l, h)))
+            .min_by_key(|(_, h)| h.ts)?;
+    let iface = f.c.ifaces.get(h.iface);
+    let snat = if h.src == leg.client {
+        String::new()
+    } else {
+        format!(" (SNAT to {})", h.src)
+    };
+    let outcome = if leg.resp.is_some() {
+        "a reply came back from the network"
+    } else {
+        "no reply"
+    };
+    let j = Judgement::new(Verdict::LeftViaUplink, Some(iface.to_owned()), Some(f.c.at(h)))
+        .hint(format!(
+            "traffic to the node-local address {} is masqueraded out of the node: exclude it from \
+             (BPF) masquerading (e.g. Cilium bpf.masquerade, ip-masq-agent nonMasqueradeCIDRs) so it is delivered locally",
+            leg.server.ip()
+        ))
+        .detail(format!(
+            "query to {} left via {iface}{snat}; never delivered to the local server; {outcome}{}",
+            leg.server,
+            f.downstream_drops()
+        ));
+    Some(j.at(h.ts))
+}
+
+/// `forwarding_loop`: a forwarded query reaches a server that is already on its own
+/// ancestor path (compared as addressed and after DNAT), at its first repetition. Shown
+/// where that copy was first seen.
+fn forwarding_loop(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    let i = (0..lk.legs.len())
+        .filter(|&i| is_looping(lk, i))
+        .min_by_key(|&i| lk.legs[i].first_ts)?;
+    let leg = &lk.legs[i];
+    // The forwarder that sent the copy, by the address it serves on, and the server it
+    // reached again.
+    let from = leg
+        .parent
+        .map_or(leg.client, |p| served_at(&lk.legs[usize::from(p)]));
+    let again = repeated_ancestor(lk, i).map_or(leg.server, |a| served_at(&lk.legs[a]));
+    let netns = if again.ip().is_loopback() {
+        format!(" in netns {}", leg.first.netns)
+    } else {
+        String::new()
+    };
+    let copies = lk.legs.iter().filter(|l| l.depth >= 1).count();
+    let deepest = lk.legs.iter().map(|l| l.depth).max().unwrap_or(0);
+    let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
+    let outcome = match f.reply {
+        Some(h) if f.answered => format!("the client got {}", h.rcode),
+        _ => "the client got no answer".to_owned(),
+    };
+    let (culprit, between) = if from == again {
+        (
+            format!("{again} -> itself{netns}"),
+            format!("through {again}{netns}, which forwards to itself"),
+        )
+    } else {
+        (
+            format!("{from} <-> {again}{netns}"),
+            format!("between {from} and {again}{netns}"),
+        )
+    };
+    let not_kept = if lk.legs_omitted > 0 {
+        format!(" (+{} not kept)", lk.legs_omitted)
+    } else {
+        String::new()
+    };
+    let depth = repeated_ancestor(lk, i).map_or(0, |a| lk.legs[a].depth);
+    let j = Judgement::new(Verdict::ForwardingLoop, Some(culprit), Some(f.c.at(&last)))
+        .hint(
+            "a forwarder forwards back to itself: point its `forward` at a real upstream instead of \
+             a resolv.conf that lists 127.0.0.x or node-local-dns (kubelet --resolv-conf), or enable CoreDNS's `loop` plugin",
+        )
+        .detail(format!(
+            "the same question circulates {between}: the copy sent to {} at depth {} reaches a server already asked at depth {depth}; \
+             {copies} forwarded copies, nested {deepest} deep{not_kept}; {outcome}",
+            leg.server, leg.depth,
+        ));
+    Some(j.at(leg.first_ts))
+}
+
+/// `upstream_rejects_edns`: the deepest query with OPT that got FORMERR/BADVERS/NOTIMP.
+/// Shown at that answer.
+fn upstream_rejects_edns(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    let (i, leg, h, udp, dnssec_ok) = lk
+        .legs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let (udp, dnssec_ok) = l.edns()?;
+            let h = l.hop(l.resp)?;
+            h.rcode
+                .is_edns_rejection()
+                .then_some((i, l, h, udp, dnssec_ok))
+        })
+        .max_by_key(|(_, l, ..)| (l.depth, std::cmp::Reverse(l.first_ts)))?;
+    let retry = lk
+        .legs
+        .iter()
+        .enumerate()
+        .filter(|(j, l)| {
+            *j != i
+                && l.parent == leg.parent
+                && l.depth == leg.depth
+                && l.edns().is_none()
+                && l.first_ts >= leg.first_ts
+        })
+        .find_map(|(_, l)| l.hop(l.resp));
+    let retried = match retry {
+        Some(r) => format!("the retry without OPT got {}", r.rcode),
+        None => "no retry without OPT was seen".to_owned(),
+    };
+    let j = Judgement::new(
+        Verdict::UpstreamRejectsEdns,
+        Some(leg.server.to_string()),
+        Some(f.c.at(h)),
+    )
+    .hint(
+        "the upstream rejects EDNS0: forward to a resolver that supports EDNS0, \
+         or disable EDNS towards that upstream",
+    )
+    .detail(format!(
+        "upstream {} answers {} to queries with OPT (udp={udp}, DO={}); {retried}",
+        leg.server,
+        h.rcode,
+        u8::from(dnssec_ok)
+    ));
+    Some(j.at(h.ts))
+}
+
+/// `reply_from_unexpected_source`: the reply reached the client from an address it did
+/// not ask (see `Correlator::on_response` for when that can be decided). Shown there.
+fn reply_from_unexpected_source(f: &Facts) -> Option<Finding> {
+    let (leg, h) = f
+        .client_legs()
+        .find_map(|l| l.hop(l.unexpected).map(|h| (l, h)))?;
+    let refused = f.lk.legs.iter().enumerate().any(|(i, l)| {
+        l.hop(l.drop)
+            .is_some_and(|d| d.is_response() && f.folded(i, d) && l.unexpected.is_some())
+    });
+    let fate = if refused {
+        "; the client's socket dropped it (NO_SOCKET)"
+    } else if leg.final_reply.is_none() {
+        "; the client never accepted it"
+    } else {
+        ""
+    };
+    let j = Judgement::new(
+        Verdict::ReplyFromUnexpectedSource,
+        Some(h.src.to_string()),
+        Some(f.c.at(h)),
+    )
+    .hint("DNAT not reversed: load br_netfilter / set net.bridge.bridge-nf-call-iptables=1")
+    .detail(format!(
+        "the reply to {} came from {}, not from {} that it queried: DNAT was not reversed{fate}",
+        leg.client, h.src, leg.server
+    ));
+    Some(j.at(h.ts))
+}
+
+/// `truncated_no_tcp`: a TC=1 answer and no TCP retry that got an answer. Shown at the
+/// truncated answer.
+fn truncated_no_tcp(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    if lk.await_tcp.is_none() || f.answered {
+        return None;
+    }
+    let root = f.root();
+    let tcp_last = lk
+        .legs
+        .iter()
+        .filter(|l| l.kind == LegKind::Tcp)
+        .flat_map(|l| l.hops.iter())
+        .chain(lk.tcp_hops.iter())
+        .max_by_key(|h| h.ts);
+    let tc_reply = f.reply.copied().unwrap_or(root.hops[0]);
+    let says = format!("the answer from {} was truncated (TC=1)", root.server);
+    if f.lost > 0 || f.premature {
+        let last = tcp_last.unwrap_or(&tc_reply);
+        return Some(f.c.unknown(lk, f.lost, f.end, last, &says).outcome());
+    }
+    let j = match tcp_last {
+        Some(t) => Judgement::new(
+            Verdict::TruncatedNoTcp,
+            Some(format!("{} (tcp)", t.dst)),
+            Some(f.c.at(t)),
+        )
+        .detail(format!(
+            "{says}; the TCP retry was last seen at {} and never answered",
+            f.c.at(t)
+        )),
+        None => Judgement::new(
+            Verdict::TruncatedNoTcp,
+            Some(root.client.ip().to_string()),
+            Some(f.c.at(&tc_reply)),
+        )
+        .detail(format!(
+            "{says}; no TCP retry from {} followed within {:.0} ms",
+            root.client.ip(),
+            ms(f.c.cfg.forward_window_ns)
+        )),
+    };
+    let j = j.hint(
+        "allow DNS over TCP port 53 to the server (NetworkPolicy, firewall), \
+         and use a client that retries over TCP",
+    );
+    Some(j.at(tc_reply.ts))
+}
+
+/// `upstream_disagreement`: a forwarder of this lookup got different rcodes for this
+/// question from different servers within the window (this lookup's answers included).
+/// Needs no uplink: the servers may be anywhere.
+fn upstream_disagreement(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    // The latest answered forwarded query whose forwarder disagrees with itself.
+    let (leg, h, answers) = lk
+        .legs
+        .iter()
+        .filter_map(|l| {
+            let p = l.parent?;
+            let h = l.hop(l.resp)?;
+            Some((l, h, served_at(&lk.legs[usize::from(p)])))
+        })
+        .filter_map(|(l, h, fwd)| {
+            let answers = f.c.upstreams.disagreement((fwd, lk.qhash), f.end)?;
+            Some((l, h, answers))
+        })
+        .max_by_key(|(_, h, _)| h.ts)?;
+    let forwarder = leg
+        .parent
+        .map_or(leg.client, |p| served_at(&lk.legs[usize::from(p)]));
+    let mut list = String::new();
+    for (n, a) in answers.iter().enumerate() {
+        let sep = if n == 0 { "" } else { ", " };
+        let _ = write!(list, "{sep}{} {}", a.upstream, a.rcode);
+    }
+    let failing: Vec<_> = answers
+        .iter()
+        .filter(|a| a.rcode != Rcode::NOERROR)
+        .collect();
+    let culprit = failing
+        .iter()
+        .max_by_key(|a| a.ts)
+        .map_or(leg.server, |a| a.upstream);
+    let only = if failing.iter().all(|a| a.upstream == culprit)
+        && answers.iter().any(|a| a.rcode == Rcode::NOERROR)
+    {
+        format!("; it fails only when forwarded to {culprit}")
+    } else {
+        String::new()
+    };
+    let j = Judgement::new(
+        Verdict::UpstreamDisagreement,
+        Some(culprit.to_string()),
+        Some(f.c.at(h)),
+    )
+    .hint(
+        "upstreams disagree on this name: forward internal zones only to resolvers that serve them \
+         (a separate `forward` per zone), not to a random mix of public and internal resolvers",
+    )
+    .detail(format!(
+        "the upstreams of {forwarder} disagree on {} within {:.0} s: {list}; this lookup got {} from {}{only}",
+        f.qdesc,
+        f.c.cfg.disagreement_window_ns as f64 / 1e9,
+        h.rcode,
+        leg.server
+    ));
+    Some(j.outcome())
+}
+
+/// `server_error`: the client got SERVFAIL/REFUSED/NOTIMP; follow the rcode down the
+/// forwarders to where it first comes out.
+fn server_error(f: &Facts) -> Option<Finding> {
+    let lk = f.lk;
+    let h = f
+        .reply
+        .filter(|h| f.answered && h.rcode.is_server_error())?;
+    let mut cur = lk
+        .legs
+        .iter()
+        .position(|l| l.depth == 0 && l.hop(l.final_reply).is_some_and(|r| r.ts == h.ts))
+        .unwrap_or(0);
+    while let Some(next) = lk
+        .legs
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.parent == Some(cur as u8))
+        .filter(|(_, l)| l.hop(l.resp).is_some_and(|r| r.rcode == h.rcode))
+        .max_by_key(|(_, l)| l.first_ts)
+        .map(|(i, _)| i)
+    {
+        cur = next;
+    }
+    let origin = &lk.legs[cur];
+    let out = origin.hop(origin.resp).copied().unwrap_or(*h);
+    let mut detail = format!("{} answered {}", out.src, h.rcode);
+    let below: Vec<String> = lk
+        .legs
+        .iter()
+        .filter(|l| l.parent == Some(cur as u8))
+        .map(|l| match l.hop(l.resp) {
+            Some(r) => format!("{} {}", l.server, r.rcode),
+            None => format!("{} no reply", l.server),
+        })
+        .collect();
+    if below.is_empty() {
+        detail.push_str(" itself (no forwarded query seen)");
+    } else {
+        let _ = write!(detail, "; its forwarded queries: {}", below.join(", "));
+    }
+    let hint = match h.rcode {
+        Rcode::REFUSED => format!(
+            "{} refuses this query: check its ACLs (allow-query, CoreDNS acl) and that it serves this zone",
+            out.src
+        ),
+        Rcode::NOTIMP => format!("{} does not implement this query", out.src),
+        _ => format!(
+            "{} failed to resolve it: check its logs and its own upstreams",
+            out.src
+        ),
+    };
+    let j = Judgement::new(
+        Verdict::ServerError,
+        Some(out.src.to_string()),
+        Some(f.c.at(&out)),
+    )
+    .hint(hint)
+    .detail(detail);
+    Some(j.outcome())
+}
+
+/// `ok`: answered, and no rule above found anything.
+fn answered(f: &Facts) -> Option<Finding> {
+    let h = f.reply.filter(|_| f.answered)?;
+    let retried = match f.lk.retries {
+        0 => String::new(),
+        1 => ", after 1 retry".to_owned(),
+        n => format!(", after {n} retries"),
+    };
+    let j = Judgement::new(Verdict::Ok, None, Some(f.c.at(h))).detail(format!(
+        "answered {} in {:.3} ms{retried}",
+        h.rcode,
+        ms(h.ts.saturating_sub(f.lk.start))
+    ));
+    Some(j.outcome())
+}
+
+/// `unanswered`, or `unknown` when the tracer could not have seen the answer: no reply,
+/// named by the last place anything of this lookup was seen.
+fn no_reply(f: &Facts) -> Option<Finding> {
+    if f.answered {
+        return None;
+    }
+    let lk = f.lk;
+    let root = f.root();
+    let last = lk
+        .legs
+        .iter()
+        .flat_map(|l| l.hops.iter())
+        .filter(|h| h.point != Point::Drop)
+        .max_by_key(|h| h.ts)
+        .copied()
+        .unwrap_or(root.hops[0]);
+    let c = f.c;
+    let says = format!("no reply to {} from {}", root.client, root.server);
+    if f.lost > 0 || f.premature {
+        return Some(c.unknown(lk, f.lost, f.end, &last, &says).outcome());
+    }
+    if let Some(gap) = c.coverage_gap(&last) {
+        let j = Judgement::new(Verdict::Unknown, None, Some(c.at(&last)))
+            .hint("watch the missing hop (enable the socket hop and hook every interface)")
+            .detail(format!("{says}; last seen at {}, but {gap}", c.at(&last)));
+        return Some(j.outcome());
+    }
+    let what = if last.is_response() { "reply" } else { "query" };
+    let timeout = ms(c.cfg.timeout_ns) / 1e3;
+    let j = Judgement::new(
+        Verdict::Unanswered,
+        Some(last.dst.to_string()),
+        Some(c.at(&last)),
+    )
+    .hint(format!(
+        "nothing answered within {timeout:.0} s: check that {} is up and reachable from {}",
+        last.dst,
+        c.at(&last)
+    ))
+    .detail(format!(
+        "{says} within {timeout:.0} s; the {what} was last seen at {} ({} → {}){}",
+        c.at(&last),
+        last.src,
+        last.dst,
+        f.downstream_drops()
+    ));
+    Some(j.outcome())
+}
+
+impl Correlator {
     fn hop_out(&self, h: &HopRec) -> Hop {
         let dns = h.has(super::B_DNS);
         Hop {
@@ -719,11 +945,11 @@ impl Correlator {
             dst: h.dst,
             id: dns.then_some(h.id),
             qr: dns.then_some(h.is_response()),
-            rcode: (dns && h.is_response()).then(|| rcode_name(h.rcode)),
+            rcode: (dns && h.is_response()).then_some(h.rcode),
             edns: h.edns().map(|(udp, dnssec_ok)| HopEdns { udp, dnssec_ok }),
             tc: h.has(B_TC),
             proto: h.proto(),
-            tcp_flags: (h.proto() == crate::decode::Proto::Tcp).then(|| tcp_flags(h.tcp)),
+            tcp_flags: (h.proto() == crate::decode::Proto::Tcp).then(|| h.tcp.short()),
             drop_reason: (h.drop_reason != 0).then(|| self.reason(h).to_owned()),
         }
     }
@@ -740,7 +966,7 @@ impl Correlator {
             server: socket_addr_string(&leg.server),
             qname: lk.qname.clone(),
             qtype: lk.qtype.clone(),
-            rcode: resp.map(|h| rcode_name(h.rcode)),
+            rcode: resp.map(|h| h.rcode),
             verdict,
             culprit,
             last_hop: last_hop.or_else(|| Some(self.at(&last))),
@@ -793,11 +1019,15 @@ impl Correlator {
             );
         }
         if is_looping(lk, i) {
+            let again = repeated_ancestor(lk, i).map_or(leg.server, |a| served_at(&lk.legs[a]));
             return (
                 Verdict::ForwardingLoop,
-                Some(format!("{} <-> {}", leg.client.ip(), leg.server)),
+                Some(format!("{} <-> {again}", leg.client.ip())),
                 None,
-                format!("forwarded copy at depth {}", leg.depth),
+                format!(
+                    "forwarded copy at depth {}: {again} was already asked on its path",
+                    leg.depth
+                ),
             );
         }
         let Some(h) = leg.hop(leg.resp) else {
@@ -823,9 +1053,9 @@ impl Correlator {
                 ),
             );
         };
-        let rcode = rcode_name(h.rcode);
+        let rcode = h.rcode;
         let took = ms(h.ts.saturating_sub(leg.first_ts));
-        if let Some((udp, dnssec_ok)) = leg.edns().filter(|_| is_edns_rejection(h.rcode)) {
+        if let Some((udp, dnssec_ok)) = leg.edns().filter(|_| h.rcode.is_edns_rejection()) {
             return (
                 Verdict::UpstreamRejectsEdns,
                 Some(leg.server.to_string()),
@@ -837,7 +1067,7 @@ impl Correlator {
                 ),
             );
         }
-        let verdict = if is_server_error(h.rcode) {
+        let verdict = if h.rcode.is_server_error() {
             Verdict::ServerError
         } else {
             Verdict::Ok
@@ -876,18 +1106,15 @@ fn drop_hint(reason: &str, h: &HopRec) -> String {
     }
 }
 
-/// tcpdump's notation: "S", "S.", "P.", "F.", "R".
-fn tcp_flags(bits: u8) -> String {
-    let text: String = [
-        (T_FIN, 'F'),
-        (T_SYN, 'S'),
-        (T_RST, 'R'),
-        (T_PSH, 'P'),
-        (T_ACK, '.'),
-    ]
-    .iter()
-    .filter(|(b, _)| bits & b != 0)
-    .map(|(_, c)| *c)
-    .collect();
-    if text.is_empty() { "none".into() } else { text }
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    #[test]
+    fn every_verdict_has_exactly_one_place_in_the_precedence() {
+        for v in Verdict::ALL {
+            assert_eq!(RULES.iter().filter(|r| *r == v).count(), 1, "{v}");
+        }
+        assert_eq!(RULES.len(), Verdict::ALL.len());
+    }
 }

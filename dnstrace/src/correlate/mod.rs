@@ -29,10 +29,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::decode::{Packet, Point, Proto, TcpFlags, dns};
+use crate::decode::{Packet, Point, Proto, dns, dns::Rcode};
 use state::{
     B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Interner, Leg, LegKind, LegRef,
-    LookupState, Refs, T_ACK, T_FIN, T_PSH, T_RST, T_SYN,
+    LookupState, Refs,
 };
 use upstream::Upstreams;
 
@@ -110,22 +110,67 @@ impl Default for Config {
     }
 }
 
-/// How a lookup ended. The serialized names are the user-facing API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Ok,
-    UpstreamRejectsEdns,
-    UpstreamDisagreement,
-    LoopbackNameserver,
-    ReplyFromUnexpectedSource,
-    LeftViaUplink,
-    ForwardingLoop,
-    TruncatedNoTcp,
-    Dropped,
-    ServerError,
-    Unanswered,
-    Unknown,
+/// Defines [`Verdict`] and every fact about each verdict in one table: the variant, its
+/// user-facing name (JSON, text, `--verdict`), the short label for narrow columns, and
+/// its severity. `ALL` lists them in this order. The judge's rule for each verdict lives in
+/// `judge.rs` (`RULES`), matched exhaustively, so a new line here is a compile error there
+/// until its rule exists.
+macro_rules! verdicts {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $short:literal, $severity:ident; )*) => {
+        /// How a lookup ended. The serialized names are the user-facing API.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        pub enum Verdict {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl Verdict {
+            /// Every verdict, in definition order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            /// The user-facing name: `upstream_rejects_edns`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name,)* }
+            }
+
+            /// A label that fits a narrow column: `rejects-edns`.
+            pub fn short(self) -> &'static str {
+                match self { $(Self::$variant => $short,)* }
+            }
+
+            /// How loud it is. `unknown` is information about the tracer, not the path;
+            /// EDNS rejection and disagreement may still have given the client an answer.
+            pub fn severity(self) -> Severity {
+                match self { $(Self::$variant => Severity::$severity,)* }
+            }
+        }
+    };
+}
+
+verdicts! {
+    /// Answered, and nothing on its path went wrong.
+    Ok = "ok", "ok", Ok;
+    /// An upstream answered FORMERR/BADVERS/NOTIMP to a query with OPT.
+    UpstreamRejectsEdns = "upstream_rejects_edns", "rejects-edns", Warning;
+    /// One forwarder's upstreams gave different rcodes for the same question.
+    UpstreamDisagreement = "upstream_disagreement", "disagreement", Warning;
+    /// A pod asked a loopback address in its own netns.
+    LoopbackNameserver = "loopback_nameserver", "loopback-ns", Error;
+    /// The reply came back from an address the client did not ask (DNAT not reversed).
+    ReplyFromUnexpectedSource = "reply_from_unexpected_source", "odd-source", Error;
+    /// A query to a node-local (link-local) address left through the uplink.
+    LeftViaUplink = "left_via_uplink", "left-uplink", Error;
+    /// A forwarded copy of the question reached a server already on its path.
+    ForwardingLoop = "forwarding_loop", "forward-loop", Error;
+    /// TC=1 answer and no TCP retry that got an answer.
+    TruncatedNoTcp = "truncated_no_tcp", "trunc-no-tcp", Error;
+    /// The kernel dropped a packet of the lookup on this node.
+    Dropped = "dropped", "dropped", Error;
+    /// SERVFAIL/REFUSED/NOTIMP, followed down to where it came from.
+    ServerError = "server_error", "server-error", Error;
+    /// No reply, with every hop watched and nothing lost.
+    Unanswered = "unanswered", "unanswered", Error;
+    /// The tracer cannot tell: events lost, a hop not watched, capture cut short.
+    Unknown = "unknown", "unknown", Info;
 }
 
 /// How loud a verdict is.
@@ -136,51 +181,6 @@ pub enum Severity {
     Info = 1,
     Warning = 2,
     Error = 3,
-}
-
-impl Verdict {
-    pub const ALL: [Self; 12] = [
-        Self::Ok,
-        Self::UpstreamRejectsEdns,
-        Self::UpstreamDisagreement,
-        Self::LoopbackNameserver,
-        Self::ReplyFromUnexpectedSource,
-        Self::LeftViaUplink,
-        Self::ForwardingLoop,
-        Self::TruncatedNoTcp,
-        Self::Dropped,
-        Self::ServerError,
-        Self::Unanswered,
-        Self::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::UpstreamRejectsEdns => "upstream_rejects_edns",
-            Self::UpstreamDisagreement => "upstream_disagreement",
-            Self::LoopbackNameserver => "loopback_nameserver",
-            Self::ReplyFromUnexpectedSource => "reply_from_unexpected_source",
-            Self::LeftViaUplink => "left_via_uplink",
-            Self::ForwardingLoop => "forwarding_loop",
-            Self::TruncatedNoTcp => "truncated_no_tcp",
-            Self::Dropped => "dropped",
-            Self::ServerError => "server_error",
-            Self::Unanswered => "unanswered",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    /// `unknown` is information about the tracer, not the path; EDNS rejection and
-    /// disagreement may still have given the client an answer.
-    pub fn severity(self) -> Severity {
-        match self {
-            Self::Ok => Severity::Ok,
-            Self::Unknown => Severity::Info,
-            Self::UpstreamRejectsEdns | Self::UpstreamDisagreement => Severity::Warning,
-            _ => Severity::Error,
-        }
-    }
 }
 
 impl std::fmt::Display for Verdict {
@@ -218,7 +218,7 @@ pub struct Hop {
     /// None for TCP segments without a DNS message (SYN, SYN-ACK, RST).
     pub id: Option<u16>,
     pub qr: Option<bool>,
-    pub rcode: Option<String>,
+    pub rcode: Option<Rcode>,
     pub edns: Option<HopEdns>,
     pub tc: bool,
     pub proto: Proto,
@@ -239,7 +239,7 @@ pub struct Lookup {
     pub qname: String,
     pub qtype: String,
     /// What the client finally got, or None.
-    pub rcode: Option<String>,
+    pub rcode: Option<Rcode>,
     pub verdict: Verdict,
     /// The hop or address blamed.
     pub culprit: Option<String>,
@@ -389,7 +389,7 @@ impl Correlator {
     pub fn new(cfg: Config) -> Self {
         // Grace after the timeout, so that a client's retry sent exactly at its own timeout
         // still joins the lookup, and a reply arriving just late still counts.
-        let ttl_ns = cfg.timeout_ns + cfg.timeout_ns / 10;
+        let ttl_ns = lookup_lifetime_ns(cfg.timeout_ns);
         let upstreams = Upstreams::new(cfg.disagreement_window_ns, cfg.max_lookups);
         Self {
             cfg,
@@ -456,7 +456,7 @@ impl Correlator {
             dst,
             iface,
             drop_reason,
-            rcode: 0,
+            rcode: Rcode::NOERROR,
             edns_udp: 0,
             id: 0,
             point: if drop_reason != 0 {
@@ -465,7 +465,7 @@ impl Correlator {
                 meta.point
             },
             bits: if proto == Some(Proto::Tcp) { B_TCP } else { 0 },
-            tcp: tcp_flags.map_or(0, tcp_bits),
+            tcp: tcp_flags.unwrap_or_default(),
         };
         let Some(msg) = dns else {
             self.on_segment(hop);
@@ -497,7 +497,7 @@ impl Correlator {
         }
         let qhash = state::question_hash(&q.name, &q.qtype, &q.qclass);
         if qr {
-            hop.rcode = state::rcode_code(&rcode);
+            hop.rcode = rcode;
             if let Some(done) = self.on_response(hop, qhash, &q.name) {
                 out.push(done);
             }
@@ -637,6 +637,8 @@ impl Correlator {
             if leg.proto != hop.proto()
                 || !lk.qname.eq_ignore_ascii_case(qname)
                 || hop.ts > leg.last_query_ts + self.ttl_ns
+                // Sent after this message's reply reached its client: a new query reusing the ID.
+                || leg.hop(leg.final_reply).is_some_and(|r| r.ts < hop.ts && hop.point != Point::Drop)
             {
                 continue;
             }
@@ -753,6 +755,15 @@ impl Correlator {
         // The client asking again: same socket, or same address from the same place. The
         // same socket asking another server is a parallel attempt, whatever the gap.
         for (lid, lk) in open() {
+            // A retry is a resend while unanswered: after an answer reached the client,
+            // the same socket asking again is a new lookup.
+            if lk
+                .legs
+                .iter()
+                .any(|l| l.depth == 0 && l.hop(l.final_reply).is_some_and(|r| !r.has(B_TC)))
+            {
+                continue;
+            }
             let root = &lk.legs[0];
             let gap = hop.ts.saturating_sub(lk.last_client_ts);
             let parallel = lk
@@ -955,7 +966,8 @@ impl Correlator {
         let at_client = client_leg && here == leg.first.mirror();
         // …or passing the client's veth on the way there.
         let near_client = client_leg && leg.client_tc.is_some_and(|s| here == s.mirror());
-        let unexpected = (at_client || near_client) && hop.src != leg.server;
+        let unexpected =
+            (at_client || near_client) && unexpected_source(leg, &hop, self.cfg.host_netns);
         let fact = (is_drop && leg.drop.is_none())
             || (!is_drop && leg.resp.is_none())
             || at_client
@@ -995,7 +1007,7 @@ impl Correlator {
     /// A TCP segment without a DNS message: only SYN and RST matter, to show how far a
     /// client's TCP retry after TC=1 got.
     fn on_segment(&mut self, hop: HopRec) {
-        if hop.proto() != Proto::Tcp || hop.tcp & (T_SYN | T_RST) == 0 {
+        if hop.proto() != Proto::Tcp || !(hop.tcp.syn || hop.tcp.rst) {
             self.stats.ignored += 1;
             return;
         }
@@ -1006,7 +1018,7 @@ impl Correlator {
             .copied();
         let lid = match known {
             Some(lid) => lid,
-            None if hop.tcp & (T_SYN | T_ACK) == T_SYN => {
+            None if hop.tcp.syn && !hop.tcp.ack => {
                 let waiting = self.tc_wait.get(&hop.src.ip()).and_then(|v| v.last());
                 let Some(&lid) = waiting else {
                     self.stats.ignored += 1;
@@ -1139,14 +1151,18 @@ impl Correlator {
 
     fn record_upstreams(&mut self, lk: &LookupState, end: u64) {
         for leg in &lk.legs {
-            if !self.leaves_node(leg) {
-                continue;
+            let reply = leg.hop(leg.resp);
+            // What each forwarder got, wherever its server is (for disagreement).
+            if let (Some(p), Some(r)) = (leg.parent, reply) {
+                let forwarder = judge::served_at(&lk.legs[usize::from(p)]);
+                self.upstreams
+                    .answer((forwarder, lk.qhash), leg.server, r.rcode, end);
             }
-            let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);
-            let reply = leg
-                .hop(leg.resp)
-                .map(|h| (h.rcode, h.ts.saturating_sub(sent)));
-            self.upstreams.record(leg.server, lk.qhash, reply, end);
+            if self.leaves_node(leg) {
+                let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);
+                let reply = reply.map(|h| (h.rcode, h.ts.saturating_sub(sent)));
+                self.upstreams.record(leg.server, reply);
+            }
         }
     }
 
@@ -1167,6 +1183,12 @@ impl Correlator {
     }
 }
 
+/// How long a lookup stays open after its client's last query: the timeout plus 10 % of
+/// grace, for a reply that races the client's own timer.
+pub fn lookup_lifetime_ns(timeout_ns: u64) -> u64 {
+    timeout_ns + timeout_ns / 10
+}
+
 fn set_id(l: &mut Lookup, id: u64) {
     l.id = id;
     for c in &mut l.children {
@@ -1174,17 +1196,29 @@ fn set_id(l: &mut Lookup, id: u64) {
     }
 }
 
-fn tcp_bits(f: TcpFlags) -> u8 {
-    [
-        (f.syn, T_SYN),
-        (f.ack, T_ACK),
-        (f.fin, T_FIN),
-        (f.rst, T_RST),
-        (f.psh, T_PSH),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .fold(0, |bits, (_, b)| bits | b)
+/// Whether a reply reaching the client (or its veth) from `reply.src` shows that NAT was
+/// not reversed. Expected is the address the client's socket sent to. Unexpected for
+/// certain is an address the query was DNATed to on the way: the reverse NAT did not
+/// happen. Any other source is only decided when the first sighting shows the address as
+/// the client addressed it: tc ingress from the client (before PREROUTING), or a pod's
+/// socket sending to a non-loopback address. The host's own sockets are seen after
+/// kube-proxy's OUTPUT DNAT, and a loopback destination is a local redirect (a mesh's DNS
+/// proxy): there a reply from the original address is the correct reverse NAT, which the
+/// tracer cannot tell from a stray source, so it is not flagged.
+fn unexpected_source(leg: &Leg, reply: &HopRec, host_netns: u64) -> bool {
+    if reply.src == leg.server {
+        return false;
+    }
+    let natted_to = leg
+        .query_hops()
+        .filter(|h| h.point != Point::Drop)
+        .any(|h| h.dst == reply.src);
+    let as_addressed = match leg.first.point {
+        Point::TcIngress => true,
+        Point::SocketOut => leg.first.netns != host_netns && !leg.server.ip().is_loopback(),
+        _ => false,
+    };
+    natted_to || as_addressed
 }
 
 /// How strongly a new query looks like `leg`'s forwarder asking on its behalf.

@@ -225,10 +225,9 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
         id,
         qr,
         opcode: "QUERY".into(),
-        rcode: if qr {
-            row.rcode.clone().unwrap_or_else(|| "NOERROR".into())
-        } else {
-            "NOERROR".into()
+        rcode: match (qr, &row.rcode) {
+            (true, Some(name)) => dns::Rcode::from_name(name).expect("an rcode name"),
+            _ => dns::Rcode::NOERROR,
         },
         flags: dns::Flags {
             tc: row.tc.unwrap_or(false),
@@ -463,7 +462,7 @@ fn check(l: &Lookup, e: &Expect) -> Result<(), String> {
     ));
     push(check_opt(
         "rcode",
-        l.rcode.as_deref(),
+        l.rcode.map(|r| r.name()).as_deref(),
         e.rcode.as_deref(),
         false,
     ));

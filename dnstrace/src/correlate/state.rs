@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
-use crate::decode::{Point, Proto};
+use crate::decode::{Point, Proto, TcpFlags, dns::Rcode};
 
 /// Hops kept per leg; later ones are counted, except the few that establish a fact.
 pub(super) const MAX_HOPS: usize = 64;
@@ -25,12 +25,6 @@ pub(super) const B_TC: u8 = 4;
 pub(super) const B_EDNS: u8 = 8;
 pub(super) const B_DO: u8 = 16;
 pub(super) const B_TCP: u8 = 32;
-// HopRec::tcp
-pub(super) const T_SYN: u8 = 1;
-pub(super) const T_ACK: u8 = 2;
-pub(super) const T_FIN: u8 = 4;
-pub(super) const T_RST: u8 = 8;
-pub(super) const T_PSH: u8 = 16;
 
 /// One sighting of a packet, reduced to what correlation and output need (no heap).
 #[derive(Clone, Copy, Debug)]
@@ -42,12 +36,12 @@ pub(super) struct HopRec {
     pub iface: u16,
     /// Interned drop reason; 0 = not a drop.
     pub drop_reason: u16,
-    pub rcode: u16,
+    pub rcode: Rcode,
     pub edns_udp: u16,
     pub id: u16,
     pub point: Point,
     pub bits: u8,
-    pub tcp: u8,
+    pub tcp: TcpFlags,
 }
 
 impl HopRec {
@@ -407,69 +401,9 @@ pub(super) fn question_hash(name: &str, qtype: &str, qclass: &str) -> u64 {
     h
 }
 
-/// IANA DNS RCODEs as decode names them (OPT extended bits included).
-const RCODES: [(u16, &str); 20] = [
-    (0, "NOERROR"),
-    (1, "FORMERR"),
-    (2, "SERVFAIL"),
-    (3, "NXDOMAIN"),
-    (4, "NOTIMP"),
-    (5, "REFUSED"),
-    (6, "YXDOMAIN"),
-    (7, "YXRRSET"),
-    (8, "NXRRSET"),
-    (9, "NOTAUTH"),
-    (10, "NOTZONE"),
-    (11, "DSOTYPENI"),
-    (16, "BADVERS"),
-    (17, "BADKEY"),
-    (18, "BADTIME"),
-    (19, "BADMODE"),
-    (20, "BADNAME"),
-    (21, "BADALG"),
-    (22, "BADTRUNC"),
-    (23, "BADCOOKIE"),
-];
-
-pub(super) const FORMERR: u16 = 1;
-pub(super) const SERVFAIL: u16 = 2;
-pub(super) const NOTIMP: u16 = 4;
-pub(super) const REFUSED: u16 = 5;
-pub(super) const BADVERS: u16 = 16;
-
-pub(super) fn rcode_code(name: &str) -> u16 {
-    if let Some((code, _)) = RCODES.iter().find(|(_, n)| *n == name) {
-        return *code;
-    }
-    name.strip_prefix("RCODE")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(u16::MAX)
-}
-
-pub(super) fn rcode_name(code: u16) -> String {
-    RCODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map_or_else(|| format!("RCODE{code}"), |(_, n)| (*n).to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rcode_names_round_trip() {
-        for name in [
-            "NOERROR",
-            "FORMERR",
-            "SERVFAIL",
-            "NXDOMAIN",
-            "BADVERS",
-            "RCODE3841",
-        ] {
-            assert_eq!(rcode_name(rcode_code(name)), name);
-        }
-    }
 
     #[test]
     fn question_hash_ignores_name_case_only() {

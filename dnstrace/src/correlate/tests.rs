@@ -155,7 +155,7 @@ fn a_reply_matches_whatever_its_source() {
     let l = only(&out);
     assert_eq!(l.verdict, Verdict::ReplyFromUnexpectedSource);
     assert_eq!(l.culprit.as_deref(), Some("192.0.2.99:5353"));
-    assert_eq!(l.rcode.as_deref(), Some("NOERROR"));
+    assert_eq!(l.rcode.map(|r| r.name()).as_deref(), Some("NOERROR"));
     assert_eq!(
         l.hint.as_deref().map(|h| h.contains("br_netfilter")),
         Some(true)
@@ -409,9 +409,104 @@ fn loop_between_two_forwarders() {
     assert_eq!(l.verdict, Verdict::ForwardingLoop, "{}", l.detail);
     assert_eq!(l.descendants(), 6);
     assert!(
-        l.detail.contains("3 forwarded copies, nested 6 deep"),
+        l.detail.contains("6 forwarded copies, nested 6 deep"),
         "{}",
         l.detail
+    );
+}
+
+/// Forwarders that coalesce identical in-flight questions (dnsmasq, BIND): the question
+/// goes node-local-dns → ClusterIP (CoreDNS) → node-local-dns → ClusterIP once, and then
+/// each forwarder only retransmits its pending query (same ID) until a fetch timeout ends
+/// in SERVFAIL. No storm: two copies per address pair. CoreDNS's copy to node-local-dns,
+/// which the pod asked first (a server already on its path), is the loop.
+#[test]
+fn loop_between_coalescing_forwarders_is_caught_at_the_first_repetition() {
+    let nld = "169.254.25.10:53";
+    let node = "198.51.100.10";
+    let mut rows = vec![
+        q(0.00, "socket-out 2", POD, nld, 1),
+        q(0.01, "lxcpod0 ingress", POD, nld, 1),
+        q(0.02, "socket-in 1", POD, nld, 1),
+    ];
+    // node-local-dns (host netns 1) → ClusterIP, DNATed to CoreDNS (netns 3).
+    let to_cdns = |rows: &mut Vec<Row>, t: f64, port: u16, id: u16| {
+        let src = format!("{node}:{port}");
+        rows.push(q(t, "socket-out 1", &src, CIP, id));
+        rows.push(q(t + 0.01, "lxccdns0 egress", &src, CDNS, id));
+        rows.push(q(t + 0.02, "socket-in 3", &src, CDNS, id));
+    };
+    // CoreDNS (netns 3) → node-local-dns, as the node's resolv.conf says.
+    let to_nld = |rows: &mut Vec<Row>, t: f64, port: u16, id: u16| {
+        let src = format!("10.244.1.10:{port}");
+        rows.push(q(t, "socket-out 3", &src, nld, id));
+        rows.push(q(t + 0.01, "lxccdns0 ingress", &src, nld, id));
+        rows.push(q(t + 0.02, "socket-in 1", &src, nld, id));
+    };
+    to_cdns(&mut rows, 0.1, 51000, 0x10);
+    to_nld(&mut rows, 0.2, 52000, 0x20);
+    to_cdns(&mut rows, 0.3, 51001, 0x11);
+    to_nld(&mut rows, 0.4, 52001, 0x21);
+    // Then only retransmissions of the pending queries, same IDs, every ~1.5 s.
+    for k in 1..=3u16 {
+        let t = f64::from(k) * 1400.0;
+        to_cdns(&mut rows, t, 51000, 0x10);
+        to_nld(&mut rows, t + 100.0, 52000, 0x20);
+    }
+    let out = run(rows);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::ForwardingLoop, "{}", l.detail);
+    assert_eq!(
+        l.culprit.as_deref(),
+        Some("10.244.1.10:53 <-> 169.254.25.10:53"),
+        "{}",
+        l.detail
+    );
+    // CoreDNS's copy reaches node-local-dns, which the pod itself asked.
+    assert!(
+        l.detail.contains(
+            "the copy sent to 169.254.25.10:53 at depth 2 reaches a server already asked at depth 0"
+        ),
+        "{}",
+        l.detail
+    );
+    assert_eq!(l.last_hop.as_deref(), Some("socket-in (netns 1)"));
+}
+
+/// A client asking a forwarder that asks the same server the client could have asked is
+/// no loop: only a server already on the copy's own path counts.
+#[test]
+fn the_same_upstream_under_two_lookups_is_no_loop() {
+    let up = "203.0.113.53:53";
+    let mut rows = pod_to_coredns(0.0, 7);
+    rows.push(q(0.1, "socket-out 3", "10.244.1.10:52000", up, 70));
+    rows.push(q(0.2, "eth0 egress", "198.51.100.10:52000", up, 70));
+    rows.push(r(
+        0.5,
+        "eth0 ingress",
+        up,
+        "198.51.100.10:52000",
+        70,
+        "NOERROR",
+    ));
+    rows.push(r(
+        0.6,
+        "socket-in 3",
+        up,
+        "10.244.1.10:52000",
+        70,
+        "NOERROR",
+    ));
+    rows.extend(coredns_to_pod(0.7, 7, "NOERROR"));
+    // The pod then asks the upstream itself.
+    rows.push(q(10.0, "socket-out 2", POD, up, 8));
+    rows.push(r(10.5, "socket-in 2", up, POD, 8, "NOERROR"));
+    let out = run(rows);
+    assert_eq!(out.lookups.len(), 2);
+    assert!(
+        out.lookups.iter().all(|l| l.verdict == Verdict::Ok),
+        "{:?}",
+        out.lookups.iter().map(|l| &l.detail).collect::<Vec<_>>()
     );
 }
 
@@ -688,7 +783,7 @@ fn loop_storm_past_the_leg_cap_is_one_lookup() {
     let out = run(rows);
     let l = only(&out);
     assert_eq!(l.verdict, Verdict::ForwardingLoop, "{}", l.detail);
-    assert_eq!(l.rcode.as_deref(), Some("REFUSED"));
+    assert_eq!(l.rcode.map(|r| r.name()).as_deref(), Some("REFUSED"));
     assert!(
         out.stats.legs_omitted > 0,
         "the storm went past the leg cap"
@@ -697,4 +792,179 @@ fn loop_storm_past_the_leg_cap_is_one_lookup() {
         out.stats.orphan_responses, 0,
         "every refusal belongs to the lookup"
     );
+}
+
+/// A drop beyond the node (the router's netns, on a machine that also hosts it) after the
+/// query left through the uplink is a consequence: the first fault in path order is the
+/// query to the node-local address leaving the node.
+#[test]
+fn left_via_uplink_then_dropped_further_on_is_left_via_uplink() {
+    let nld = "169.254.25.10:53";
+    let snat = "198.51.100.10:40000";
+    let rows = vec![
+        q(0.00, "socket-out 2", POD, nld, 1),
+        q(0.01, "lxcpod0 ingress", POD, nld, 1),
+        q(0.03, "eth0 egress", snat, nld, 1),
+        Row {
+            netns: Some(9),
+            drop_reason: Some("NETFILTER_DROP".into()),
+            ..q(0.05, "eth0 drop", snat, nld, 1)
+        },
+    ];
+    let out = run(rows);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::LeftViaUplink, "{}", l.detail);
+    assert_eq!(l.culprit.as_deref(), Some("eth0"));
+    assert_eq!(l.last_hop.as_deref(), Some("eth0 egress"));
+    assert!(
+        l.detail
+            .contains("further on it was dropped at eth0 drop (netns 9): NETFILTER_DROP"),
+        "{}",
+        l.detail
+    );
+}
+
+/// A drop on the node before the query could leave is still the cause.
+#[test]
+fn a_drop_on_the_node_before_the_uplink_is_dropped() {
+    let up = "203.0.113.53:53";
+    let mut rows = pod_to_coredns(0.0, 7);
+    rows.push(q(0.1, "socket-out 3", "10.244.1.10:52000", up, 70));
+    rows.push(Row {
+        drop_reason: Some("NETFILTER_DROP".into()),
+        ..q(0.2, "lxccdns0 drop", "10.244.1.10:52000", up, 70)
+    });
+    let out = run_with(
+        Scenario {
+            end_ms: Some(20_000.0),
+            ..Scenario::default()
+        },
+        rows,
+    );
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Dropped, "{}", l.detail);
+    assert_eq!(l.culprit.as_deref(), Some("lxccdns0 (NETFILTER_DROP)"));
+}
+
+/// One forwarder, the same question, different servers, different rcodes: disagreement,
+/// with no uplink known and the upstreams' own netns visible to the socket hop (so the
+/// forwarded queries end in a socket-in, not a departure).
+fn random_upstream_without_uplink(first: &str, second: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (k, (up, rcode)) in [(first, "NOERROR"), (second, "NXDOMAIN"), (first, "NOERROR")]
+        .into_iter()
+        .enumerate()
+    {
+        let t = k as f64 * 1000.0;
+        let id = 10 + k as u16;
+        let pod = format!("10.244.0.10:{}", 40100 + k);
+        let fwd = format!("10.244.1.10:{}", 52100 + k);
+        let node = format!("198.51.100.10:{}", 52100 + k);
+        rows.extend([
+            q(t, "socket-out 2", &pod, CIP, id),
+            q(t + 0.02, "lxccdns0 egress", &pod, CDNS, id),
+            q(t + 0.03, "socket-in 3", &pod, CDNS, id),
+            q(t + 0.1, "socket-out 3", &fwd, up, 100 + id),
+            q(t + 0.12, "up0 egress", &node, up, 100 + id),
+            q(t + 0.15, "socket-in 9", &node, up, 100 + id),
+            r(t + 1.0, "socket-out 9", up, &node, 100 + id, rcode),
+            r(t + 1.02, "up0 ingress", up, &node, 100 + id, rcode),
+            r(t + 1.05, "socket-in 3", up, &fwd, 100 + id, rcode),
+            r(t + 1.1, "socket-out 3", CDNS, &pod, id, rcode),
+            r(t + 1.2, "socket-in 2", CIP, &pod, id, rcode),
+        ]);
+    }
+    rows
+}
+
+#[test]
+fn disagreement_needs_no_uplink() {
+    let no_uplink = || Scenario {
+        config: scenario::ConfigRow {
+            uplinks: Some(Vec::new()),
+            ..Default::default()
+        },
+        ..Scenario::default()
+    };
+    let rows = random_upstream_without_uplink("203.0.113.53:53", "203.0.113.54:53");
+    let out = run_with(no_uplink(), rows);
+    let verdicts: Vec<Verdict> = out.lookups.iter().map(|l| l.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Ok,
+            Verdict::UpstreamDisagreement,
+            Verdict::UpstreamDisagreement
+        ],
+        "{}",
+        scenario::summary(&out.lookups)
+    );
+    let l = &out.lookups[1];
+    assert_eq!(l.culprit.as_deref(), Some("203.0.113.54:53"));
+    assert!(
+        l.detail
+            .contains("it fails only when forwarded to 203.0.113.54:53"),
+        "{}",
+        l.detail
+    );
+    // The same answers from one server only: no disagreement.
+    let rows = random_upstream_without_uplink("203.0.113.53:53", "203.0.113.53:53");
+    let out = run_with(no_uplink(), rows);
+    assert!(
+        out.lookups.iter().all(|l| l.verdict == Verdict::Ok),
+        "{}",
+        scenario::summary(&out.lookups)
+    );
+}
+
+/// node-local-dns's own query to the ClusterIP, seen first at the socket hop after the
+/// host's OUTPUT DNAT (so already addressed to the CoreDNS pod), whose reply comes back
+/// correctly reverse-NATed from the ClusterIP: not a reply from an unexpected source,
+/// even when it could not be attached to a client lookup.
+#[test]
+fn a_host_query_seen_after_output_dnat_takes_its_reverse_nat_reply() {
+    let src = "198.51.100.10:51000";
+    let rows = vec![
+        q(0.00, "socket-out 1", src, CDNS, 9),
+        q(0.01, "lxccdns0 egress", src, CDNS, 9),
+        q(0.02, "socket-in 3", src, CDNS, 9),
+        r(0.30, "socket-out 3", CDNS, src, 9, "NOERROR"),
+        r(0.31, "lxccdns0 ingress", CDNS, src, 9, "NOERROR"),
+        r(0.32, "socket-in 1", CIP, src, 9, "NOERROR"),
+    ];
+    let out = run(rows);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Ok, "{}", l.detail);
+    // A pod's socket is seen before any NAT: there a stray source is still flagged.
+    let rows = vec![
+        q(0.00, "socket-out 2", POD, CIP, 9),
+        q(0.01, "lxcpod0 ingress", POD, CIP, 9),
+        r(0.32, "lxcpod0 egress", "10.244.9.9:53", POD, 9, "NOERROR"),
+        r(0.33, "socket-in 2", "10.244.9.9:53", POD, 9, "NOERROR"),
+    ];
+    let out = run(rows);
+    assert_eq!(only(&out).verdict, Verdict::ReplyFromUnexpectedSource);
+}
+
+/// dnsperf: after an answer, the same socket asks the same question again with a new ID
+/// (or the same ID, reused): a new lookup each time, never a retry of the answered one.
+#[test]
+fn a_new_query_after_an_answer_is_a_new_lookup() {
+    let mut rows = Vec::new();
+    for (k, id) in [7u16, 8, 8].into_iter().enumerate() {
+        let t = k as f64 * 300.0;
+        rows.extend(pod_to_coredns(t, id));
+        rows.extend(coredns_to_pod(t + 0.5, id, "NOERROR"));
+    }
+    let out = run(rows);
+    assert_eq!(out.lookups.len(), 3, "{}", scenario::summary(&out.lookups));
+    for l in &out.lookups {
+        assert_eq!((l.verdict, l.retries), (Verdict::Ok, 0), "{}", l.detail);
+        assert!(
+            l.latency_ms.is_some_and(|ms| ms < 1.0),
+            "{:?}",
+            l.latency_ms
+        );
+    }
+    assert_eq!(out.stats.orphan_responses, 0);
 }

@@ -1,15 +1,17 @@
-//! Per-upstream counters, and recent upstream answers per question (for disagreement).
+//! Per-upstream counters, and the recent answers each forwarder got per question (for
+//! disagreement).
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use super::UpstreamStats;
-use super::state::{Fx, rcode_name};
+use super::state::Fx;
+use crate::decode::dns::Rcode;
 
 /// Upstream addresses tracked; more are counted in `dropped`.
 const MAX_UPSTREAMS: usize = 1024;
 /// Latency samples kept per upstream for the percentiles.
 const LATENCY_SAMPLES: usize = 1024;
-/// Distinct (upstream, rcode) results kept per question.
+/// Distinct (upstream, rcode) results kept per forwarder and question.
 const RESULTS_PER_QUESTION: usize = 8;
 
 #[derive(Debug, Default)]
@@ -17,26 +19,29 @@ struct Acc {
     queries: u64,
     answered: u64,
     unanswered: u64,
-    rcodes: Vec<(u16, u64)>,
+    rcodes: Vec<(Rcode, u64)>,
     latency_ms: Vec<f32>,
     next_sample: usize,
 }
 
-/// One upstream's answer to one question.
+/// One server's answer to one question that a forwarder forwarded to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Answer {
     pub upstream: SocketAddr,
-    pub rcode: u16,
+    pub rcode: Rcode,
     pub ts: u64,
 }
+
+/// Whose answers are compared: one forwarder (by the address it serves on), one question.
+pub(super) type AnswerKey = (SocketAddr, u64);
 
 #[derive(Debug)]
 pub(super) struct Upstreams {
     window_ns: u64,
     max_questions: usize,
     by_addr: HashMap<SocketAddr, Acc, Fx>,
-    /// Question hash → recent answers from upstreams.
-    history: HashMap<u64, Vec<Answer>, Fx>,
+    /// (forwarder, question hash) → recent answers from the servers it forwarded to.
+    history: HashMap<AnswerKey, Vec<Answer>, Fx>,
     pub dropped: u64,
 }
 
@@ -51,47 +56,45 @@ impl Upstreams {
         }
     }
 
-    /// One query to `upstream`; `reply` is (rcode, latency ns) when it was answered.
-    pub fn record(
-        &mut self,
-        upstream: SocketAddr,
-        qhash: u64,
-        reply: Option<(u16, u64)>,
-        now: u64,
-    ) {
+    /// One query that left the node for `upstream`; `reply` is (rcode, latency ns) when it
+    /// was answered. Feeds the per-upstream table.
+    pub fn record(&mut self, upstream: SocketAddr, reply: Option<(Rcode, u64)>) {
         if !self.by_addr.contains_key(&upstream) && self.by_addr.len() >= MAX_UPSTREAMS {
             self.dropped += 1;
-        } else {
-            let acc = self.by_addr.entry(upstream).or_default();
-            acc.queries += 1;
-            match reply {
-                Some((rcode, latency_ns)) => {
-                    acc.answered += 1;
-                    match acc.rcodes.iter_mut().find(|(c, _)| *c == rcode) {
-                        Some((_, n)) => *n += 1,
-                        None => acc.rcodes.push((rcode, 1)),
-                    }
-                    let ms = latency_ns as f32 / 1e6;
-                    if acc.latency_ms.len() < LATENCY_SAMPLES {
-                        acc.latency_ms.push(ms);
-                    } else {
-                        acc.latency_ms[acc.next_sample] = ms;
-                        acc.next_sample = (acc.next_sample + 1) % LATENCY_SAMPLES;
-                    }
-                }
-                None => acc.unanswered += 1,
-            }
+            return;
         }
-        let Some((rcode, _)) = reply else { return };
-        if !self.history.contains_key(&qhash) && self.history.len() >= self.max_questions {
+        let acc = self.by_addr.entry(upstream).or_default();
+        acc.queries += 1;
+        let Some((rcode, latency_ns)) = reply else {
+            acc.unanswered += 1;
+            return;
+        };
+        acc.answered += 1;
+        match acc.rcodes.iter_mut().find(|(c, _)| *c == rcode) {
+            Some((_, n)) => *n += 1,
+            None => acc.rcodes.push((rcode, 1)),
+        }
+        let ms = latency_ns as f32 / 1e6;
+        if acc.latency_ms.len() < LATENCY_SAMPLES {
+            acc.latency_ms.push(ms);
+        } else {
+            acc.latency_ms[acc.next_sample] = ms;
+            acc.next_sample = (acc.next_sample + 1) % LATENCY_SAMPLES;
+        }
+    }
+
+    /// The forwarder of `key` got `rcode` from `server`. Whether the server is on this node
+    /// or beyond it does not matter, so disagreement needs no uplink.
+    pub fn answer(&mut self, key: AnswerKey, server: SocketAddr, rcode: Rcode, now: u64) {
+        if !self.history.contains_key(&key) && self.history.len() >= self.max_questions {
             return;
         }
         let window = self.window_ns;
-        let answers = self.history.entry(qhash).or_default();
+        let answers = self.history.entry(key).or_default();
         answers.retain(|a| a.ts + window >= now);
         match answers
             .iter_mut()
-            .find(|a| a.upstream == upstream && a.rcode == rcode)
+            .find(|a| a.upstream == server && a.rcode == rcode)
         {
             Some(a) => a.ts = a.ts.max(now),
             None => {
@@ -99,7 +102,7 @@ impl Upstreams {
                     answers.remove(0);
                 }
                 answers.push(Answer {
-                    upstream,
+                    upstream: server,
                     rcode,
                     ts: now,
                 });
@@ -107,11 +110,12 @@ impl Upstreams {
         }
     }
 
-    /// Answers for this question within the window, when two upstreams gave different rcodes.
-    pub fn disagreement(&self, qhash: u64, now: u64) -> Option<Vec<Answer>> {
+    /// The answers one forwarder got for one question within the window, when two of its
+    /// servers gave different rcodes.
+    pub fn disagreement(&self, key: AnswerKey, now: u64) -> Option<Vec<Answer>> {
         let recent: Vec<Answer> = self
             .history
-            .get(&qhash)?
+            .get(&key)?
             .iter()
             .filter(|a| a.ts + self.window_ns >= now)
             .copied()
@@ -147,7 +151,7 @@ impl Upstreams {
                     rcodes: acc
                         .rcodes
                         .iter()
-                        .map(|(c, n)| (rcode_name(*c), *n))
+                        .map(|(c, n)| (c.name().into_owned(), *n))
                         .collect::<BTreeMap<_, _>>(),
                     p50_ms: percentile(&lat, 50),
                     p99_ms: percentile(&lat, 99),
@@ -186,15 +190,39 @@ mod tests {
     }
 
     #[test]
-    fn disagreement_needs_two_upstreams_and_two_rcodes_in_the_window() {
+    fn disagreement_needs_one_forwarder_two_servers_and_two_rcodes_in_the_window() {
         let mut u = Upstreams::new(60, 10);
-        u.record(addr("203.0.113.53:53"), 1, Some((0, 5)), 0);
-        u.record(addr("203.0.113.53:53"), 1, Some((3, 5)), 1);
-        assert!(u.disagreement(1, 1).is_none(), "same upstream flapping");
-        u.record(addr("203.0.113.54:53"), 1, Some((0, 5)), 2);
-        assert_eq!(u.disagreement(1, 2).map(|v| v.len()), Some(3));
-        assert!(u.disagreement(1, 200).is_none(), "outside the window");
+        let (fwd, other) = (addr("10.244.1.10:53"), addr("10.244.2.10:53"));
+        let (a, b) = (addr("203.0.113.53:53"), addr("203.0.113.54:53"));
+        u.answer((fwd, 1), a, Rcode::NOERROR, 0);
+        u.answer((fwd, 1), a, Rcode::NXDOMAIN, 1);
+        assert!(
+            u.disagreement((fwd, 1), 1).is_none(),
+            "same upstream flapping"
+        );
+        u.answer((other, 1), b, Rcode::SERVFAIL, 1);
+        assert!(u.disagreement((fwd, 1), 1).is_none(), "another forwarder");
+        u.answer((fwd, 1), b, Rcode::NOERROR, 2);
+        assert_eq!(u.disagreement((fwd, 1), 2).map(|v| v.len()), Some(3));
+        assert!(u.disagreement((fwd, 2), 2).is_none(), "another question");
+        assert!(
+            u.disagreement((fwd, 1), 200).is_none(),
+            "outside the window"
+        );
         u.prune(200);
         assert!(u.history.is_empty());
+    }
+
+    #[test]
+    fn the_table_counts_rcodes_and_unanswered() {
+        let mut u = Upstreams::new(60, 10);
+        let a = addr("203.0.113.53:53");
+        u.record(a, Some((Rcode::NOERROR, 1_000_000)));
+        u.record(a, Some((Rcode::NXDOMAIN, 3_000_000)));
+        u.record(a, None);
+        let s = &u.stats()[0];
+        assert_eq!((s.queries, s.answered, s.unanswered), (3, 2, 1));
+        assert_eq!(s.rcodes["NXDOMAIN"], 1);
+        assert_eq!(s.p99_ms, Some(3.0));
     }
 }

@@ -26,7 +26,7 @@ pub struct Message {
     /// "QUERY", "NOTIFY", "UPDATE", … or "OPCODE<n>".
     pub opcode: String,
     /// "NOERROR", "NXDOMAIN", … or "RCODE<n>"; includes the OPT extended bits when present.
-    pub rcode: String,
+    pub rcode: Rcode,
     pub flags: Flags,
     /// The first question.
     pub question: Option<Question>,
@@ -207,7 +207,7 @@ impl Header {
             id: self.id,
             qr: self.qr,
             opcode: opcode_name(self.opcode),
-            rcode: rcode_name(u16::from(self.rcode)),
+            rcode: Rcode(u16::from(self.rcode)),
             flags: self.flags,
             question,
             qdcount: self.qdcount,
@@ -228,7 +228,7 @@ fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
         id: header.id,
         qr: header.qr,
         opcode: opcode_name(header.opcode),
-        rcode: rcode_name(rcode),
+        rcode: Rcode(rcode),
         flags: header.flags,
         question: parsed.queries.first().map(question),
         qdcount: header.qdcount,
@@ -339,7 +339,7 @@ fn fast_parse(bytes: &[u8], header: &Header) -> Option<Message> {
         id: header.id,
         qr: header.qr,
         opcode: opcode_name(header.opcode),
-        rcode: rcode_name(rcode),
+        rcode: Rcode(rcode),
         flags: header.flags,
         question: Some(question),
         qdcount: header.qdcount,
@@ -542,32 +542,88 @@ fn opcode_name(opcode: u8) -> String {
     name.to_owned()
 }
 
-/// IANA "DNS RCODEs"; 16 is BADVERS because the extended bits only come from OPT here.
-fn rcode_name(rcode: u16) -> String {
-    let name = match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        11 => "DSOTYPENI",
-        16 => "BADVERS",
-        17 => "BADKEY",
-        18 => "BADTIME",
-        19 => "BADMODE",
-        20 => "BADNAME",
-        21 => "BADALG",
-        22 => "BADTRUNC",
-        23 => "BADCOOKIE",
-        _ => return format!("RCODE{rcode}"),
-    };
-    name.to_owned()
+/// A DNS response code, the OPT extended bits included: one type and one name table
+/// for the decoder, the correlator and every output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rcode(pub u16);
+
+/// IANA "DNS RCODEs" by value; 16 is BADVERS because the extended bits only come from OPT
+/// here (TSIG's BADSIG shares the value).
+const RCODE_NAMES: [(u16, &str); 20] = [
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (6, "YXDOMAIN"),
+    (7, "YXRRSET"),
+    (8, "NXRRSET"),
+    (9, "NOTAUTH"),
+    (10, "NOTZONE"),
+    (11, "DSOTYPENI"),
+    (16, "BADVERS"),
+    (17, "BADKEY"),
+    (18, "BADTIME"),
+    (19, "BADMODE"),
+    (20, "BADNAME"),
+    (21, "BADALG"),
+    (22, "BADTRUNC"),
+    (23, "BADCOOKIE"),
+];
+
+impl Rcode {
+    pub const NOERROR: Self = Self(0);
+    pub const FORMERR: Self = Self(1);
+    pub const SERVFAIL: Self = Self(2);
+    pub const NXDOMAIN: Self = Self(3);
+    pub const NOTIMP: Self = Self(4);
+    pub const REFUSED: Self = Self(5);
+    pub const BADVERS: Self = Self(16);
+
+    /// "NXDOMAIN", or "RCODE<n>" for a value without a name.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match RCODE_NAMES.iter().find(|(c, _)| *c == self.0) {
+            Some((_, n)) => std::borrow::Cow::Borrowed(n),
+            None => std::borrow::Cow::Owned(format!("RCODE{}", self.0)),
+        }
+    }
+
+    /// The inverse of [`Rcode::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        if let Some((c, _)) = RCODE_NAMES.iter().find(|(_, n)| *n == name) {
+            return Some(Self(*c));
+        }
+        name.strip_prefix("RCODE")?.parse().ok().map(Self)
+    }
+
+    /// SERVFAIL, REFUSED, NOTIMP: the server could not or would not answer.
+    pub fn is_server_error(self) -> bool {
+        matches!(self, Self::SERVFAIL | Self::REFUSED | Self::NOTIMP)
+    }
+
+    /// What a server that does not understand EDNS0 answers to a query with OPT.
+    pub fn is_edns_rejection(self) -> bool {
+        matches!(self, Self::FORMERR | Self::BADVERS | Self::NOTIMP)
+    }
+}
+
+impl std::fmt::Display for Rcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl PartialEq<&str> for Rcode {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl serde::Serialize for Rcode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
 }
 
 /// Hand-written DNS messages, shared with the `decode` tests.
@@ -934,8 +990,14 @@ mod tests {
     fn names() {
         assert_eq!(opcode_name(4), "NOTIFY");
         assert_eq!(opcode_name(9), "OPCODE9");
-        assert_eq!(rcode_name(16), "BADVERS");
-        assert_eq!(rcode_name(3841), "RCODE3841");
+        assert_eq!(Rcode(16).name(), "BADVERS");
+        assert_eq!(Rcode(3841).name(), "RCODE3841");
+        for name in ["NOERROR", "SERVFAIL", "BADVERS", "RCODE3841"] {
+            assert_eq!(
+                Rcode::from_name(name).map(Rcode::name).as_deref(),
+                Some(name)
+            );
+        }
         assert_eq!(Flags::default().short(), "");
         let all = Flags {
             aa: true,

@@ -47,7 +47,7 @@ pub fn lookup_text(l: &Lookup) -> String {
         host(&l.server),
         l.qtype,
         l.qname.trim_end_matches('.'),
-        l.rcode.as_deref().unwrap_or("no answer"),
+        l.rcode.map_or("no answer".into(), |r| r.name()),
         l.latency_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms")),
         shout(l.verdict),
@@ -89,7 +89,7 @@ fn timeline(s: &mut String, l: &Lookup, t0: u64, depth: usize) {
             c.qtype,
             c.qname.trim_end_matches('.'),
             c.server,
-            c.rcode.as_deref().unwrap_or("no answer")
+            c.rcode.map_or("no answer".into(), |r| r.name())
         );
         timeline(s, c, t0, depth + 1);
     }

@@ -197,14 +197,17 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// For a lookup timeout: a lookup ends at most timeout + 10 % after its client's last
-    /// query; retries can stretch it, hence twice that plus a second.
+    /// For a lookup timeout: a lookup ends at most [`lookup_lifetime_ns`] after its
+    /// client's last query; retries can stretch it, hence twice that plus a second.
+    ///
+    /// [`lookup_lifetime_ns`]: crate::correlate::lookup_lifetime_ns
     pub fn for_timeout(timeout: Duration) -> Self {
         Self {
             per_lookup: 256,
             packets: 16_384,
             bytes: 32 << 20,
-            hold_ns: 2 * (timeout.as_nanos() as u64 * 11 / 10) + 1_000_000_000,
+            hold_ns: 2 * crate::correlate::lookup_lifetime_ns(timeout.as_nanos() as u64)
+                + 1_000_000_000,
         }
     }
 }

@@ -6,6 +6,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::{Terminal, backend::TestBackend, style::Color};
 
 use super::*;
+use crate::decode::dns::Rcode;
 use crate::{
     correlate::{Coverage, Hop, HopEdns, Lookup, UpstreamStats, Verdict},
     decode::Proto,
@@ -56,7 +57,7 @@ fn hop(t0: u64, h: H) -> Hop {
         dst: h.dst.parse().unwrap(),
         id: Some(h.id),
         qr: Some(h.reply.is_some()),
-        rcode: h.reply.map(str::to_owned),
+        rcode: h.reply.and_then(Rcode::from_name),
         edns: h.edns.map(|(udp, d)| HopEdns { udp, dnssec_ok: d }),
         tc: false,
         proto: Proto::Udp,
@@ -96,7 +97,7 @@ fn base(t0: u64, client: &str, server: &str, qname: &str, qtype: &str, verdict: 
         server: server.to_owned(),
         qname: qname.to_owned(),
         qtype: qtype.to_owned(),
-        rcode: Some("NOERROR".to_owned()),
+        rcode: Rcode::from_name("NOERROR"),
         verdict,
         culprit: None,
         last_hop: None,
@@ -239,7 +240,7 @@ fn ok_lookup(t0: u64) -> Lookup {
 fn server_error(t0: u64) -> Lookup {
     let (pod, cip, cdns) = ("10.244.0.10:51200", "10.96.0.10:53", "10.244.1.10:53");
     let mut l = base(t0, pod, cip, "api.broken.test.", "A", Verdict::ServerError);
-    l.rcode = Some("SERVFAIL".to_owned());
+    l.rcode = Rcode::from_name("SERVFAIL");
     l.latency_ms = Some(12.4);
     l.detail = "203.0.113.53:53 answered SERVFAIL and CoreDNS passed it on".to_owned();
     l.culprit = Some("203.0.113.53:53".to_owned());
@@ -329,7 +330,7 @@ fn rejects_edns(t0: u64) -> Lookup {
         "TXT",
         Verdict::UpstreamRejectsEdns,
     );
-    l.rcode = Some("NOERROR".to_owned());
+    l.rcode = Rcode::from_name("NOERROR");
     l.latency_ms = Some(3.7);
     l.detail = "203.0.113.53:53 answered FORMERR to a query with OPT".to_owned();
     l.hint = Some("the upstream rejects EDNS: upgrade it or disable EDNS towards it".to_owned());
@@ -361,7 +362,7 @@ fn nxdomain(t0: u64) -> Lookup {
         "A",
         Verdict::Ok,
     );
-    l.rcode = Some("NXDOMAIN".to_owned());
+    l.rcode = Rcode::from_name("NXDOMAIN");
     l.latency_ms = Some(0.44);
     l
 }

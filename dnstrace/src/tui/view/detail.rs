@@ -55,7 +55,7 @@ pub fn lines(l: &Lookup, host: u64) -> Vec<Line<'static>> {
     first.push(Span::raw(format!(
         " to {}  {}  {}",
         l.server,
-        l.rcode.as_deref().unwrap_or("no answer"),
+        l.rcode.map_or("no answer".into(), |r| r.name()),
         fmt_ms(l.latency_ms)
     )));
     if l.retries > 0 {
@@ -138,7 +138,7 @@ fn timeline(out: &mut Vec<Line<'static>>, l: &Lookup, t0: u64, depth: usize) {
             Span::raw(format!(
                 " to {}: {} {} ",
                 c.server,
-                c.rcode.as_deref().unwrap_or("no answer"),
+                c.rcode.map_or("no answer".into(), |r| r.name()),
                 fmt_ms(c.latency_ms)
             )),
             Span::styled(c.verdict.as_str(), verdict_style(c.verdict)),

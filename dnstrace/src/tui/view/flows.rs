@@ -8,10 +8,7 @@ use ratatui::{
 };
 
 use super::{bold, dim, fmt_ms, fmt_time, netns_label, verdict_style};
-use crate::{
-    correlate::Verdict,
-    tui::model::{self, Model, scroll},
-};
+use crate::tui::model::{self, Model, scroll};
 
 /// Rows of `area` left for lookups: minus the title and the column header.
 pub fn data_rows(area: Rect) -> u16 {
@@ -94,12 +91,12 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
             cells.extend([
                 Cell::from(l.qname.clone()),
                 Cell::from(l.qtype.clone()),
-                Cell::from(l.rcode.clone().unwrap_or_else(|| "-".to_owned())),
+                Cell::from(l.rcode.map_or_else(|| "-".to_owned(), |r| r.to_string())),
                 Cell::from(Span::styled(
                     if wide {
                         l.verdict.as_str()
                     } else {
-                        short(l.verdict)
+                        l.verdict.short()
                     },
                     verdict_style(l.verdict),
                 )),
@@ -144,22 +141,4 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
 fn host(addr: &str) -> &str {
     let h = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     h.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Verdict names that fit a narrow column.
-fn short(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Ok => "ok",
-        Verdict::UpstreamRejectsEdns => "rejects-edns",
-        Verdict::UpstreamDisagreement => "disagreement",
-        Verdict::LoopbackNameserver => "loopback-ns",
-        Verdict::ReplyFromUnexpectedSource => "odd-source",
-        Verdict::LeftViaUplink => "left-uplink",
-        Verdict::ForwardingLoop => "forward-loop",
-        Verdict::TruncatedNoTcp => "trunc-no-tcp",
-        Verdict::Dropped => "dropped",
-        Verdict::ServerError => "server-error",
-        Verdict::Unanswered => "unanswered",
-        Verdict::Unknown => "unknown",
-    }
 }
