@@ -761,7 +761,8 @@ fn upstream_disagreement(f: &Facts) -> Option<Finding> {
             Some((l, h, served_at(&lk.legs[usize::from(p)])))
         })
         .filter_map(|(l, h, fwd)| {
-            let answers = f.c.upstreams.disagreement((fwd, lk.qhash), f.end)?;
+            let key = (fwd, l.first.netns, lk.qhash);
+            let answers = f.c.upstreams.disagreement(key, f.end)?;
             Some((l, h, answers))
         })
         .max_by_key(|(_, h, _)| h.ts)?;

@@ -1155,8 +1155,8 @@ impl Correlator {
             // What each forwarder got, wherever its server is (for disagreement).
             if let (Some(p), Some(r)) = (leg.parent, reply) {
                 let forwarder = judge::served_at(&lk.legs[usize::from(p)]);
-                self.upstreams
-                    .answer((forwarder, lk.qhash), leg.server, r.rcode, end);
+                let key = (forwarder, leg.first.netns, lk.qhash);
+                self.upstreams.answer(key, leg.server, r.rcode, end);
             }
             if self.leaves_node(leg) {
                 let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);

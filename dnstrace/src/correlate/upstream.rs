@@ -32,8 +32,9 @@ pub(super) struct Answer {
     pub ts: u64,
 }
 
-/// Whose answers are compared: one forwarder (by the address it serves on), one question.
-pub(super) type AnswerKey = (SocketAddr, u64);
+/// Whose answers are compared: one forwarder, by the address it serves on and the netns
+/// its queries were first seen in, and one question.
+pub(super) type AnswerKey = (SocketAddr, u64, u64);
 
 #[derive(Debug)]
 pub(super) struct Upstreams {
@@ -194,19 +195,22 @@ mod tests {
         let mut u = Upstreams::new(60, 10);
         let (fwd, other) = (addr("10.244.1.10:53"), addr("10.244.2.10:53"));
         let (a, b) = (addr("203.0.113.53:53"), addr("203.0.113.54:53"));
-        u.answer((fwd, 1), a, Rcode::NOERROR, 0);
-        u.answer((fwd, 1), a, Rcode::NXDOMAIN, 1);
+        u.answer((fwd, 5, 1), a, Rcode::NOERROR, 0);
+        u.answer((fwd, 5, 1), a, Rcode::NXDOMAIN, 1);
         assert!(
-            u.disagreement((fwd, 1), 1).is_none(),
+            u.disagreement((fwd, 5, 1), 1).is_none(),
             "same upstream flapping"
         );
-        u.answer((other, 1), b, Rcode::SERVFAIL, 1);
-        assert!(u.disagreement((fwd, 1), 1).is_none(), "another forwarder");
-        u.answer((fwd, 1), b, Rcode::NOERROR, 2);
-        assert_eq!(u.disagreement((fwd, 1), 2).map(|v| v.len()), Some(3));
-        assert!(u.disagreement((fwd, 2), 2).is_none(), "another question");
+        u.answer((other, 5, 1), b, Rcode::SERVFAIL, 1);
         assert!(
-            u.disagreement((fwd, 1), 200).is_none(),
+            u.disagreement((fwd, 5, 1), 1).is_none(),
+            "another forwarder"
+        );
+        u.answer((fwd, 5, 1), b, Rcode::NOERROR, 2);
+        assert_eq!(u.disagreement((fwd, 5, 1), 2).map(|v| v.len()), Some(3));
+        assert!(u.disagreement((fwd, 5, 2), 2).is_none(), "another question");
+        assert!(
+            u.disagreement((fwd, 5, 1), 200).is_none(),
             "outside the window"
         );
         u.prune(200);
