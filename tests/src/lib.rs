@@ -17,6 +17,7 @@
 //! This crate must not depend on `dnstrace`: xtask uses it before the eBPF
 //! toolchain exists. Tests find the tracer binary through [`dnstrace_bin`].
 
+mod dig;
 pub mod hostile;
 mod lab;
 pub mod load;
@@ -28,6 +29,7 @@ mod tracer;
 
 use std::path::PathBuf;
 
+pub use dig::DigReply;
 pub use lab::{CmdOutput, Lab, MAX_TAG_LEN, Proc, RUN_DIR, Signal, VethEnd, is_root};
 pub use node::{Family, Layout, Node, NodeOptions, Route, example_zone};
 pub use scenarios::*;

@@ -42,6 +42,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
+    dig::DigReply,
     lab::{CmdOutput, Signal},
     node::{Family, Layout, Node, NodeOptions},
     servers::{Server, Zone},
@@ -531,6 +532,8 @@ pub struct ClientLookup {
     pub command: String,
     pub out: CmdOutput,
     pub elapsed: Duration,
+    /// The last reply it printed, read from `out.stdout`.
+    pub reply: DigReply,
 }
 
 impl ClientLookup {
@@ -541,6 +544,7 @@ impl ClientLookup {
         let out = node.lab.exec(&node.pod_ns, &argv)?;
         Ok(ClientLookup {
             command: argv.join(" "),
+            reply: DigReply::parse(&out.stdout),
             out,
             elapsed: started.elapsed(),
         })
@@ -549,29 +553,12 @@ impl ClientLookup {
     /// The rcode of the last reply the client printed (dig and kdig), e.g.
     /// "NOERROR", or `None` if it printed none.
     pub fn status(&self) -> Option<&str> {
-        self.out.stdout.lines().rev().find_map(|line| {
-            let rest = line.split("status: ").nth(1)?;
-            let end = rest
-                .find(|c: char| !c.is_ascii_alphanumeric())
-                .unwrap_or(rest.len());
-            Some(&rest[..end])
-        })
+        self.reply.status.as_deref()
     }
 
     /// The header flags of the last reply printed (dig `;; flags:`, kdig `;; Flags:`).
     pub fn flags(&self) -> Vec<&str> {
-        self.out
-            .stdout
-            .lines()
-            .rev()
-            .find_map(|line| {
-                let rest = line
-                    .strip_prefix(";; flags: ")
-                    .or_else(|| line.strip_prefix(";; Flags: "))?;
-                Some(rest.split(';').next().unwrap_or("").split_whitespace())
-            })
-            .map(Iterator::collect)
-            .unwrap_or_default()
+        self.reply.flags.iter().map(String::as_str).collect()
     }
 
     /// Both streams, for searching.
@@ -975,6 +962,7 @@ mod tests {
     fn lookup(stdout: &str) -> ClientLookup {
         ClientLookup {
             command: "dig".into(),
+            reply: DigReply::parse(stdout),
             out: CmdOutput {
                 status: std::os::unix::process::ExitStatusExt::from_raw(0),
                 stdout: stdout.into(),

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use dnstrace_tests::{CmdOutput, Node, Proc, Scenario, Signal};
+use dnstrace_tests::{CmdOutput, DigReply, Node, Proc, Scenario, Signal};
 
 use crate::{bail_if_stopped, fmt_duration, require_root, sleep_unless_stopped, stopped};
 
@@ -647,88 +647,10 @@ fn check(query: &Query, out: &CmdOutput) -> std::result::Result<String, String> 
     Ok(line)
 }
 
-#[derive(Debug, Default, PartialEq)]
-struct DigReply {
-    status: Option<String>,
-    answers: Vec<String>,
-    query_ms: Option<u64>,
-    truncated_then_tcp: bool,
-}
-
-impl DigReply {
-    /// Reads dig's default output: the last header's status, the answer
-    /// section's rdata and the query time.
-    fn parse(text: &str) -> DigReply {
-        let mut reply = DigReply::default();
-        let mut in_answer = false;
-        for line in text.lines() {
-            if let Some(rest) = line.split("status: ").nth(1) {
-                reply.status = rest.split(',').next().map(str::to_owned);
-                reply.answers.clear();
-            } else if line.starts_with(";; ANSWER SECTION:") {
-                in_answer = true;
-            } else if line.trim().is_empty() || line.starts_with(';') {
-                in_answer = false;
-                if let Some(ms) = line
-                    .strip_prefix(";; Query time: ")
-                    .and_then(|r| r.split(' ').next())
-                {
-                    reply.query_ms = ms.parse().ok();
-                }
-                if line.contains("Truncated, retrying in TCP mode") {
-                    reply.truncated_then_tcp = true;
-                }
-            } else if in_answer {
-                // name ttl class type rdata…
-                let rdata: Vec<&str> = line.split_whitespace().skip(4).collect();
-                reply.answers.push(rdata.join(" "));
-            }
-        }
-        reply
-    }
-}
-
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DIG: &str = "\
-;; Truncated, retrying in TCP mode.
-
-; <<>> DiG 9.18.33-1~deb12u2-Debian <<>> @169.254.25.10 www.example.test A
-;; global options: +cmd
-;; Got answer:
-;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 4242
-;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 1
-
-;; QUESTION SECTION:
-;www.example.test.\t\tIN\tA
-
-;; ANSWER SECTION:
-www.example.test.\t0\tIN\tA\t203.0.113.80
-
-;; Query time: 3 msec
-;; SERVER: 169.254.25.10#53(169.254.25.10) (UDP)
-";
-
-    #[test]
-    fn parses_dig_output() {
-        let reply = DigReply::parse(DIG);
-        assert_eq!(reply.status.as_deref(), Some("NOERROR"));
-        assert_eq!(reply.answers, ["203.0.113.80"]);
-        assert_eq!(reply.query_ms, Some(3));
-        assert!(reply.truncated_then_tcp);
-        assert_eq!(
-            DigReply::parse(";; communications error: timed out\n"),
-            DigReply::default()
-        );
     }
 }

@@ -594,6 +594,7 @@ mod commands_table {
         "echo",
         "id",
         "install",
+        "last",
         "link",
         "nl",
         "node",
