@@ -546,7 +546,21 @@ pub struct TracedLookup {
     /// Distinct DNS ids of the client's queries (more than one: queries merged).
     pub query_ids: Vec<u16>,
     /// The whole record, kept for lookups that are wrong.
-    pub line: Option<String>,
+    pub line: Option<(Wrong, String)>,
+}
+
+/// What is wrong with a lookup in [`Comparison::wrong`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Wrong {
+    /// A root lookup of the lab that is not the client's.
+    OtherRoot,
+    /// A client lookup whose verdict is not `ok`.
+    Verdict,
+    /// A client lookup merged with other queries (retries, another socket's).
+    Merged,
+    /// A `{"type":"latency_mismatch"}` line: an `ok` lookup whose latency
+    /// disagrees with the client's.
+    Latency,
 }
 
 /// dnstrace's records for one lab, read from its JSON lines, against what
@@ -591,8 +605,8 @@ pub struct Comparison {
     pub latency_mismatches: u64,
     /// Worst of those: (client ms, dnstrace ms, client port, id).
     pub worst: Vec<(f64, f64, u16, u16)>,
-    /// The JSON lines of wrong lookups (not `ok`, merged, or not the client's).
-    pub wrong: Vec<String>,
+    /// The JSON lines of wrong lookups, by what is wrong with them.
+    pub wrong: Vec<(Wrong, String)>,
     /// From the summary record.
     pub orphan_responses: u64,
     pub lost_events: u64,
@@ -680,7 +694,7 @@ pub fn compare(trace: &Path, client: Option<&ClientRun>, lab: &LabFilter) -> Res
         if !from_client {
             cmp.false_alarms += u64::from(alarm);
             *cmp.other_roots.entry(verdict).or_default() += 1;
-            cmp.wrong.push(line);
+            cmp.wrong.push((Wrong::OtherRoot, line));
             continue;
         }
         // Queries from another socket of the same client (same IP, other
@@ -704,7 +718,13 @@ pub fn compare(trace: &Path, client: Option<&ClientRun>, lab: &LabFilter) -> Res
         *cmp.client_verdicts.entry(verdict.clone()).or_default() += 1;
         let retries = v["retries"].as_u64().unwrap_or(0);
         let merged = query_ids.len() > 1 || retries > 0;
-        let wrong = verdict != "ok" || merged || other_sockets;
+        let wrong = if verdict != "ok" {
+            Some(Wrong::Verdict)
+        } else if merged || other_sockets {
+            Some(Wrong::Merged)
+        } else {
+            None
+        };
         cmp.merged += u64::from(merged);
         cmp.other_sockets += u64::from(other_sockets);
         if let Some(ms) = v["latency_ms"].as_f64() {
@@ -717,7 +737,7 @@ pub fn compare(trace: &Path, client: Option<&ClientRun>, lab: &LabFilter) -> Res
             start_ts_ns: v["start_ts_ns"].as_u64().unwrap_or(0),
             retries,
             query_ids,
-            line: wrong.then_some(line),
+            line: wrong.map(|w| (w, line)),
         });
     }
 
@@ -792,13 +812,14 @@ pub fn compare(trace: &Path, client: Option<&ClientRun>, lab: &LabFilter) -> Res
             cmp.wrong.push(l);
         } else if mismatch && cmp.wrong.len() < 10_000 {
             // Keep the record of a latency mismatch too (it is `ok` and unmerged).
-            cmp.wrong.push(format!(
+            let line = format!(
                 r#"{{"type":"latency_mismatch","port":{},"id":{},"client_ms":{},"dnstrace_ms":{}}}"#,
                 q.port,
                 q.id,
                 measured.unwrap_or(-1.0),
                 t.latency_ms.unwrap_or(-1.0)
-            ));
+            );
+            cmp.wrong.push((Wrong::Latency, line));
         }
     }
     cmp.unmatched_queries = matched.iter().filter(|m| !**m).count() as u64;
@@ -834,6 +855,46 @@ pub fn spread(v: &[f64]) -> String {
 impl Comparison {
     pub fn false_alarms(&self) -> u64 {
         self.false_alarms
+    }
+
+    /// Up to `n` wrong lookups' lines, a share of each kind (in order of
+    /// [`Wrong`]), so that a sample shows every way they went wrong.
+    pub fn sample(&self, n: usize) -> Vec<&str> {
+        let kinds = [
+            Wrong::OtherRoot,
+            Wrong::Verdict,
+            Wrong::Merged,
+            Wrong::Latency,
+        ];
+        let mut taken = vec![false; self.wrong.len()];
+        let mut left = n;
+        // A fair share of each kind first, then whatever room is left, in order.
+        for (i, kind) in kinds.iter().enumerate() {
+            let share = left.div_ceil(kinds.len() - i);
+            let mut took = 0;
+            for (j, (w, _)) in self.wrong.iter().enumerate() {
+                if took == share {
+                    break;
+                }
+                if w == kind {
+                    taken[j] = true;
+                    took += 1;
+                }
+            }
+            left -= took;
+        }
+        for t in taken.iter_mut().filter(|t| !**t).take(left) {
+            *t = true;
+        }
+        let mut out: Vec<(Wrong, &str)> = self
+            .wrong
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| **t)
+            .map(|((w, l), _)| (*w, l.as_str()))
+            .collect();
+        out.sort_by_key(|(w, _)| *w);
+        out.into_iter().map(|(_, l)| l).collect()
     }
 
     pub fn ok(&self) -> u64 {
@@ -991,6 +1052,15 @@ mod tests {
         assert_eq!(cmp.worst[0].3, 2);
         assert_eq!(cmp.orphan_responses, 2);
         assert!((cmp.deltas_ms[0] - 0.05).abs() < 1e-9);
+        // The lookup with another socket's query is kept once, as merged,
+        // though its latency is off too.
+        let kinds: Vec<Wrong> = cmp.wrong.iter().map(|(w, _)| *w).collect();
+        assert_eq!(kinds, [Wrong::OtherRoot, Wrong::Merged, Wrong::Verdict]);
+        assert_eq!(cmp.sample(3).len(), 3);
+        // A share of each kind, in the order of `Wrong`.
+        let two = cmp.sample(2);
+        assert!(two[0].contains("reply_from_unexpected_source"), "{two:?}");
+        assert!(two[1].contains("\"dropped\""), "{two:?}");
     }
 
     #[test]

@@ -125,11 +125,11 @@ fn keep(trace: &std::path::Path, what: &str) {
 
 fn save_wrong(cmp: &Comparison, file: &str) {
     let mut f = fs::File::create(file).expect("create the wrong-lookups file");
-    for l in cmp.wrong.iter().take(2000) {
+    for l in cmp.sample(2000) {
         writeln!(f, "{l}").expect("write");
     }
     eprintln!(
-        "{} wrong lookups (first 2000 saved to {file})",
+        "{} wrong lookups (a sample of up to 2000, every kind, saved to {file})",
         cmp.wrong.len()
     );
 }

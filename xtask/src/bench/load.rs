@@ -252,13 +252,14 @@ fn one(ctx: &Ctx, tag: &str, client: impl FnOnce(&Node) -> Result<ClientOut>) ->
     })
 }
 
-/// The wrong lookups (first 2000) go to target/bench/load-wrong-<tag>.jsonl.
+/// A sample of the wrong lookups (up to 2000, every kind) goes to
+/// target/bench/load-wrong-<tag>.jsonl.
 fn keep_wrong(cmp: &Comparison, tag: &str) -> Result<PathBuf> {
     let path = crate::target_dir()
         .join("bench")
         .join(format!("load-wrong-{tag}.jsonl"));
     let mut text = String::new();
-    for l in cmp.wrong.iter().take(2000) {
+    for l in cmp.sample(2000) {
         text.push_str(l);
         text.push('\n');
     }
@@ -383,7 +384,7 @@ fn report_results(report: &mut Report, own: &Run, perf: &Run) {
         &|r| r.cmp.orphan_responses.to_string(),
     ));
     body.push_str(
-        "\nThe wrong lookups (first 2000 of each run) are in `target/bench/load-wrong-bld.jsonl` \
+        "\nA sample of the wrong lookups (up to 2000 of each run, every kind) is in `target/bench/load-wrong-bld.jsonl` \
          and `target/bench/load-wrong-blp.jsonl`.\n",
     );
     report.section("Healthy traffic under load: false alarms", body);
