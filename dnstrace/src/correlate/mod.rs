@@ -642,9 +642,11 @@ impl Correlator {
             {
                 continue;
             }
-            let (mut elsewhere, mut same_dst, mut same_src) = (false, false, false);
+            let (mut elsewhere, mut other_sender, mut same_dst, mut same_src) =
+                (false, false, false, false);
             for h in leg.query_hops() {
                 elsewhere |= h.spot() == hop.spot() && h.dst != hop.dst;
+                other_sender |= h.spot() == hop.spot() && h.src != hop.src;
                 same_dst |= h.dst == hop.dst;
                 same_src |= h.src == hop.src;
             }
@@ -653,8 +655,12 @@ impl Correlator {
             // A local socket sending is where a message starts: a socket-out sighting of a
             // known message can only be its sender sending it again, from the same address.
             // Another address is a new query that reuses the ID (a transparent forwarder).
+            // The same point with another source is another sender reusing the ID and the
+            // question (clients with several sockets), and so is a new source arriving at
+            // tc ingress: nothing rewrites a source between a socket and the link it leaves by.
             let score = if (elsewhere && hop.point != Point::Drop)
-                || (hop.point == Point::SocketOut && !same_src)
+                || (other_sender && hop.point != Point::Drop)
+                || (matches!(hop.point, Point::SocketOut | Point::TcIngress) && !same_src)
             {
                 0
             } else if same_dst {
@@ -743,8 +749,11 @@ impl Correlator {
                 {
                     continue;
                 }
-                let score = child_score(leg, hop);
-                if score >= 2 && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t)) {
+                // The best evidence first; then a leg still waiting for its forward (two
+                // clients asking the same question at once get one each); then the latest,
+                // which is the deepest of a chain.
+                let score = child_score(leg, hop) * 2 + u8::from(leg.children == 0);
+                if score >= 4 && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t)) {
                     best = Some((score, leg.first_ts, lid, i as u8));
                 }
             }

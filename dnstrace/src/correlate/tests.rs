@@ -968,3 +968,45 @@ fn a_new_query_after_an_answer_is_a_new_lookup() {
     }
     assert_eq!(out.stats.orphan_responses, 0);
 }
+
+/// Two sockets of one client (dnsperf/dnsload style) with the same ID and question in
+/// flight together: each socket's sightings stay with its own message, so each forwarded
+/// query finds its parent, and no forwarder query becomes a root lookup whose
+/// reverse-NATed reply looks unexpected (issue 9, defect 4: 4,014 false alarms in
+/// 100,000 lookups at 10k qps).
+#[test]
+fn two_sockets_reusing_an_id_keep_their_own_messages() {
+    let nld = "169.254.25.10:53";
+    let (a, b) = ("10.244.0.10:40001", "10.244.0.10:40002");
+    let (fa, fb) = ("198.51.100.10:51001", "198.51.100.10:51002");
+    let rows = vec![
+        q(0.00, "socket-out 2", a, nld, 7),
+        q(0.01, "lxcpod0 ingress", a, nld, 7),
+        q(0.02, "socket-out 2", b, nld, 7),
+        q(0.03, "lxcpod0 ingress", b, nld, 7),
+        q(0.04, "socket-in 1", a, nld, 7),
+        q(0.05, "socket-in 1", b, nld, 7),
+        // node-local-dns's queries, seen by the socket hop after the OUTPUT DNAT.
+        q(0.10, "socket-out 1", fa, CDNS, 70),
+        q(0.11, "socket-out 1", fb, CDNS, 71),
+        q(0.12, "lxccdns0 egress", fa, CDNS, 70),
+        q(0.13, "lxccdns0 egress", fb, CDNS, 71),
+        r(0.40, "lxccdns0 ingress", CDNS, fa, 70, "NOERROR"),
+        r(0.41, "socket-in 1", CIP, fa, 70, "NOERROR"),
+        r(0.42, "lxccdns0 ingress", CDNS, fb, 71, "NOERROR"),
+        r(0.43, "socket-in 1", CIP, fb, 71, "NOERROR"),
+        r(0.50, "lxcpod0 egress", nld, a, 7, "NOERROR"),
+        r(0.51, "socket-in 2", nld, a, 7, "NOERROR"),
+        r(0.60, "lxcpod0 egress", nld, b, 7, "NOERROR"),
+        r(0.61, "socket-in 2", nld, b, 7, "NOERROR"),
+    ];
+    let out = run(rows);
+    assert_eq!(out.lookups.len(), 2, "{}", scenario::summary(&out.lookups));
+    for (l, client, ms) in [(&out.lookups[0], a, 0.51), (&out.lookups[1], b, 0.59)] {
+        assert_eq!(l.client, client);
+        assert_eq!((l.verdict, l.retries), (Verdict::Ok, 0), "{}", l.detail);
+        assert_eq!(l.children.len(), 1, "{}", scenario::summary(&out.lookups));
+        assert_eq!(l.latency_ms, Some(ms));
+        assert_eq!(l.hops.len(), 5, "{:?}", l.hops);
+    }
+}
