@@ -658,8 +658,7 @@ impl Correlator {
             // The same point with another source is another sender reusing the ID and the
             // question (clients with several sockets), and so is a new source arriving at
             // tc ingress: nothing rewrites a source between a socket and the link it leaves by.
-            let score = if (elsewhere && hop.point != Point::Drop)
-                || (other_sender && hop.point != Point::Drop)
+            let score = if ((elsewhere || other_sender) && hop.point != Point::Drop)
                 || (matches!(hop.point, Point::SocketOut | Point::TcIngress) && !same_src)
             {
                 0
