@@ -17,8 +17,10 @@
 //! - [`NodeOptions::nodelocal`], [`NodeOptions::coredns`]: the [`Server`] in
 //!   each forwarder role (dnsmasq, unbound, BIND `named`, Knot Resolver
 //!   `kresd`), each a plain forwarder.
-//! - [`Route`]: a default route, or only specific routes to the upstreams
-//!   (`203.0.113.0/24 via 198.51.100.1`).
+//! - [`Route`]: a default route, only specific routes to the upstreams
+//!   (`203.0.113.0/24 via 198.51.100.1`), or the upstreams on a management
+//!   network behind a second uplink while the default route leads out of the
+//!   first.
 //! - [`Layout`]: routed pods, or the two pods share one Linux bridge in the
 //!   node netns (kubenet's cbr0) with br_netfilter on or off, and the
 //!   CoreDNS-role pod sits on the pod subnet:
@@ -101,6 +103,11 @@ pub enum Route {
     /// `10.96.0.0/12` (`fd00:10:96::/64`) on the node-local device, so that
     /// the node's own queries to the ClusterIP can be routed before DNAT.
     Specific,
+    /// The upstreams sit on a management network behind a second uplink
+    /// `<p>mgt0` (10.250.0.10/24, fd00:250::10/64; MASQUERADE too), reached by
+    /// `203.0.113.0/24 via 10.250.0.1` (`2001:db8:203:113::/64 via
+    /// fd00:250::1`), while the default route still leads out of `<p>up0`.
+    Management,
 }
 
 impl Route {
@@ -108,6 +115,7 @@ impl Route {
         match self {
             Route::Default => "default",
             Route::Specific => "specific",
+            Route::Management => "mgmt",
         }
     }
 }
@@ -236,8 +244,14 @@ pub struct Node {
     pub pod_veth: String,
     /// Node-side veth of the CoreDNS pod (`<p>cdns0`).
     pub cdns_veth: String,
-    /// Node-side uplink veth (`<p>up0`).
+    /// Node-side uplink veth (`<p>up0`), the default route's.
     pub uplink: String,
+    /// The management uplink (`<p>mgt0`) with [`Route::Management`]: the
+    /// upstreams are reached through it.
+    pub mgmt: Option<String>,
+    /// The node's address on `mgmt` (10.250.0.10, fd00:250::10).
+    pub mgmt_ip: Ipv4Addr,
+    pub mgmt_ip6: Ipv6Addr,
     /// The ifb device holding the node-local-dns address (`<p>nld0`).
     pub nodelocal_dev: String,
     /// Interface name inside the pod, the CoreDNS pod and the upstream netns.
@@ -448,17 +462,56 @@ impl Node {
                 addrs: &gw_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
             },
         )?;
-        let (to4, to6) = match options.route {
-            Route::Default => ("default".to_owned(), "default".to_owned()),
-            Route::Specific => (
-                "203.0.113.0/24".to_owned(),
-                "2001:db8:203:113::/64".to_owned(),
-            ),
-        };
-        lab.add_route(&node_ns, &format!("{to4} via {upstream_gw}"))?;
+        let (upstreams4, upstreams6) = ("203.0.113.0/24", "2001:db8:203:113::/64");
+        let mgmt_ip = Ipv4Addr::new(10, 250, 0, 10);
+        let mgmt_ip6: Ipv6Addr = "fd00:250::10".parse()?;
+        let mgmt = (options.route == Route::Management).then(|| format!("{p}mgt0"));
+        let mut routes4 = Vec::new();
+        let mut routes6 = Vec::new();
+        match options.route {
+            Route::Default => {
+                routes4.push(format!("default via {upstream_gw}"));
+                routes6.push(format!("default via {upstream_gw6}"));
+            }
+            Route::Specific => {
+                routes4.push(format!("{upstreams4} via {upstream_gw}"));
+                routes6.push(format!("{upstreams6} via {upstream_gw6}"));
+            }
+            Route::Management => {
+                let (gw, gw6): (Ipv4Addr, Ipv6Addr) =
+                    (Ipv4Addr::new(10, 250, 0, 1), "fd00:250::1".parse()?);
+                let mut node_side = vec![format!("{mgmt_ip}/24")];
+                let mut far_side = vec![format!("{gw}/24")];
+                if v6 {
+                    node_side.push(format!("{mgmt_ip6}/64"));
+                    far_side.push(format!("{gw6}/64"));
+                }
+                lab.add_veth(
+                    &VethEnd {
+                        ns: &node_ns,
+                        name: mgmt.as_deref().unwrap_or_default(),
+                        addrs: &node_side.iter().map(String::as_str).collect::<Vec<_>>(),
+                    },
+                    &VethEnd {
+                        ns: &up_ns,
+                        name: "eth1",
+                        addrs: &far_side.iter().map(String::as_str).collect::<Vec<_>>(),
+                    },
+                )?;
+                routes4.push(format!("default via {upstream_gw}"));
+                routes4.push(format!("{upstreams4} via {gw}"));
+                routes6.push(format!("default via {upstream_gw6}"));
+                routes6.push(format!("{upstreams6} via {gw6}"));
+            }
+        }
+        for route in &routes4 {
+            lab.add_route(&node_ns, route)?;
+        }
         lab.add_addr(&up_ns, "lo", &format!("{resolver_ip}/32"))?;
         if v6 {
-            lab.add_route(&node_ns, &format!("{to6} via {upstream_gw6}"))?;
+            for route in &routes6 {
+                lab.add_route(&node_ns, route)?;
+            }
             lab.add_addr(&up_ns, "lo", &format!("{resolver_ip6}/128"))?;
         }
         let mut nodelocal_addrs = vec![format!("{nodelocal_ip}/32")];
@@ -506,15 +559,12 @@ impl Node {
                 }
             }
         }
-        lab.iptables(
-            &node_ns,
-            &format!("-t nat -A POSTROUTING -o {uplink} -j MASQUERADE"),
-        )?;
-        if v6 {
-            lab.ip6tables(
-                &node_ns,
-                &format!("-t nat -A POSTROUTING -o {uplink} -j MASQUERADE"),
-            )?;
+        for out in std::iter::once(&uplink).chain(&mgmt) {
+            let rule = format!("-t nat -A POSTROUTING -o {out} -j MASQUERADE");
+            lab.iptables(&node_ns, &rule)?;
+            if v6 {
+                lab.ip6tables(&node_ns, &rule)?;
+            }
         }
 
         let fam = options.family;
@@ -558,6 +608,9 @@ impl Node {
             pod_veth,
             cdns_veth,
             uplink,
+            mgmt,
+            mgmt_ip,
+            mgmt_ip6,
             nodelocal_dev,
             pod_eth: eth.to_owned(),
             bridge,
@@ -668,9 +721,19 @@ impl Node {
             .pick(self.resolver_ip, self.resolver_ip6)
     }
 
-    /// The node's uplink address of the node's family (MASQUERADE source).
+    /// The node's address of the node's family that its queries to the
+    /// upstreams are masqueraded to: on the uplink, or on the management uplink.
     pub fn node_addr(&self) -> IpAddr {
-        self.options.family.pick(self.node_ip, self.node_ip6)
+        match self.mgmt {
+            Some(_) => self.options.family.pick(self.mgmt_ip, self.mgmt_ip6),
+            None => self.options.family.pick(self.node_ip, self.node_ip6),
+        }
+    }
+
+    /// The interface the queries to the upstreams leave by: the management
+    /// uplink if there is one, else the uplink.
+    pub fn upstream_link(&self) -> &str {
+        self.mgmt.as_deref().unwrap_or(&self.uplink)
     }
 
     /// The address family of the DNS path.

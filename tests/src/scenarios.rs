@@ -320,7 +320,7 @@ impl Scenario {
             last_hop: last_hop.iter().map(|h| (*h).to_owned()).collect(),
             ..base(server)
         };
-        let up_in = format!("{} ingress", node.uplink);
+        let up_in = format!("{} ingress", node.upstream_link());
         match self {
             // The forwarded query with OPT (udp=1232, DO=1) got FORMERR from
             // the old router; the client got NOERROR after unbound's retry

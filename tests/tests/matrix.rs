@@ -74,12 +74,13 @@ const fn opts(
 }
 
 /// Every cell, one per line. The forwarder-role servers vary for each failure
-/// mode; `noroute` cells have no default route (specific routes only).
+/// mode; `noroute` cells have no default route (specific routes only), `mgmt`
+/// cells reach the upstreams through a management uplink.
 #[rustfmt::skip]
 fn cells() -> Vec<Cell> {
     use Family::{V4, V6};
     use Layout::{Bridged, BridgedNoBrNetfilter as NoBrnf, Routed};
-    use Route::{Default as Dflt, Specific};
+    use Route::{Default as Dflt, Management as Mgmt, Specific};
     use Scenario::*;
     use Server::{Bind, Dnsmasq, Knot, Unbound};
     let cell = |name, scenario, options| Cell { name, scenario, twist: Twist::None, options, defect: None };
@@ -89,12 +90,14 @@ fn cells() -> Vec<Cell> {
         cell("edns-unbound", UpstreamRejectsEdns, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("edns-bind-noroute", UpstreamRejectsEdns, opts(Dnsmasq, Bind, Specific, Routed, V4)),
         cell("edns-kresd-v6", UpstreamRejectsEdns, opts(Dnsmasq, Knot, Dflt, Bridged, V6)),
+        cell("edns-dnsmasq-mgmt", UpstreamRejectsEdns, opts(Unbound, Dnsmasq, Mgmt, Routed, V4)),
         // 2. Random upstream (unbound's random choice; dnsmasq --all-servers).
         cell("dis-unbound", UpstreamDisagreement, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("dis-dnsmasq-v6", UpstreamDisagreement, opts(Dnsmasq, Dnsmasq, Dflt, Bridged, V6)),
         defect("dis-unbound-noroute", UpstreamDisagreement, Twist::None, opts(Dnsmasq, Unbound, Specific, Routed, V4), 3),
         defect("dis-dnsmasq-noroute-v6", UpstreamDisagreement, Twist::None, opts(Dnsmasq, Dnsmasq, Specific, Routed, V6), 3),
         cell("dis-unbound-noroute-uplink", UpstreamDisagreement, opts(Dnsmasq, Unbound, Specific, Routed, V4)).with(Twist::UplinkGiven),
+        defect("dis-unbound-mgmt", UpstreamDisagreement, Twist::None, opts(Dnsmasq, Unbound, Mgmt, Routed, V4), 3),
         // 3. Loopback nameserver: no server is involved.
         cell("lo", LoopbackNameserver, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("lo-v6-noroute", LoopbackNameserver, opts(Knot, Bind, Specific, Bridged, V6)),
@@ -103,30 +106,36 @@ fn cells() -> Vec<Cell> {
         defect("loop-dnsmasq-unbound", ForwardingLoop, Twist::None, opts(Dnsmasq, Unbound, Dflt, Routed, V4), 1),
         defect("loop-dnsmasq-bind", ForwardingLoop, Twist::None, opts(Dnsmasq, Bind, Dflt, Routed, V4), 1),
         cell("loop-unbound-dnsmasq-v6-noroute", ForwardingLoop, opts(Unbound, Dnsmasq, Specific, Routed, V6)),
+        defect("loop-dnsmasq-kresd-bridged", ForwardingLoop, Twist::None, opts(Dnsmasq, Knot, Dflt, Bridged, V4), 1),
         // 5. Reply from an unexpected source: bridged without br_netfilter.
         cell("rfus-unbound", ReplyFromUnexpectedSource, opts(Dnsmasq, Unbound, Dflt, NoBrnf, V4)),
         cell("rfus-bind-v6-noroute", ReplyFromUnexpectedSource, opts(Dnsmasq, Bind, Specific, NoBrnf, V6)),
         cell("rfus-kresd", ReplyFromUnexpectedSource, opts(Dnsmasq, Knot, Dflt, NoBrnf, V4)),
+        cell("rfus-dnsmasq-mgmt", ReplyFromUnexpectedSource, opts(Unbound, Dnsmasq, Mgmt, NoBrnf, V4)),
         // 6. Left via uplink: IPv4 only (an IPv6 node-local address is a ULA,
         // and a query to a ULA that leaves the node may be legitimate); it
         // leaves by the default route, so every cell has one.
         cell("upl-dnsmasq", LeftViaUplink, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("upl-kresd-bridged", LeftViaUplink, opts(Knot, Unbound, Dflt, Bridged, V4)),
+        cell("upl-unbound-mgmt", LeftViaUplink, opts(Unbound, Bind, Mgmt, Routed, V4)),
         defect("upl-drop-dnsmasq", LeftViaUplink, Twist::DroppedBeyondUplink, opts(Dnsmasq, Unbound, Dflt, Routed, V4), 2),
         defect("upl-drop-bind-bridged", LeftViaUplink, Twist::DroppedBeyondUplink, opts(Bind, Knot, Dflt, Bridged, V4), 2),
         // 7. Truncation without a TCP retry.
         cell("tc-unbound", TruncatedNoTcp, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("tc-bind-noroute-bridged", TruncatedNoTcp, opts(Dnsmasq, Bind, Specific, Bridged, V4)),
         cell("tc-kresd-v6", TruncatedNoTcp, opts(Dnsmasq, Knot, Dflt, Routed, V6)),
+        cell("tc-dnsmasq-mgmt-v6", TruncatedNoTcp, opts(Unbound, Dnsmasq, Mgmt, Routed, V6)),
         // 8. Dropped in the kernel.
         cell("drop-unbound", Dropped, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("drop-bind-v6-noroute", Dropped, opts(Dnsmasq, Bind, Specific, Routed, V6)),
         cell("drop-kresd-bridged", Dropped, opts(Dnsmasq, Knot, Dflt, Bridged, V4)),
+        cell("drop-dnsmasq-mgmt", Dropped, opts(Unbound, Dnsmasq, Mgmt, Routed, V4)),
         // Healthy: every server in each role somewhere.
         cell("ok", Healthy, opts(Dnsmasq, Unbound, Dflt, Routed, V4)),
         cell("ok-unbound-bind-noroute", Healthy, opts(Unbound, Bind, Specific, Routed, V4)),
         cell("ok-bind-kresd-v6-bridged", Healthy, opts(Bind, Knot, Dflt, Bridged, V6)),
         cell("ok-kresd-dnsmasq-v6-noroute", Healthy, opts(Knot, Dnsmasq, Specific, Routed, V6)),
+        cell("ok-dnsmasq-bind-mgmt-v6", Healthy, opts(Dnsmasq, Bind, Mgmt, Routed, V6)),
     ]
 }
 
@@ -200,6 +209,10 @@ struct Row {
     outcome: Outcome,
     /// Why it failed or was skipped.
     why: String,
+    /// The tracer said it lost events (then a failed cell runs once more).
+    lost: Option<String>,
+    /// A first run that failed while the tracer lost events, and why.
+    retried: Option<String>,
     took: Duration,
 }
 
@@ -220,6 +233,8 @@ fn run_cell(cell: Cell, index: usize) -> Row {
         last_hop: String::new(),
         outcome: Outcome::Skip,
         why: String::new(),
+        lost: None,
+        retried: None,
         took: Duration::ZERO,
     };
     if let Some(why) = cell.lacks() {
@@ -227,19 +242,57 @@ fn run_cell(cell: Cell, index: usize) -> Row {
         row.why = why;
         return row;
     }
-    match try_cell(cell, index, &mut row) {
-        Ok(()) => {}
-        Err(e) => {
-            row.outcome = Outcome::Fail;
-            row.why = format!("{e:#}");
-        }
+    let fresh = row.clone();
+    attempt(cell, index, &mut row);
+    // A verdict is only as good as the tracer's coverage: a cell that failed
+    // while the tracer lost events (another lab's load seen through the
+    // socket hop, which sees every netns) runs once more, and says so.
+    if row.outcome == Outcome::Fail
+        && let Some(lost) = row.lost.clone()
+    {
+        eprintln!(
+            "RETRY {}: failed while dnstrace lost events ({lost}): {}",
+            cell.name, row.why
+        );
+        let first = format!("{} ({lost})", row.why);
+        row = fresh;
+        attempt(cell, index, &mut row);
+        row.retried = Some(first);
     }
     row.took = started.elapsed();
     row
 }
 
+fn attempt(cell: Cell, index: usize, row: &mut Row) {
+    if let Err(e) = try_cell(cell, index, row) {
+        row.outcome = Outcome::Fail;
+        row.why = format!("{e:#}");
+    }
+}
+
+/// What the tracer's summary says it lost, if anything.
+fn losses(summary: &Value) -> Option<String> {
+    let count = |v: &Value| v.as_u64().unwrap_or(0);
+    let lost = [
+        ("lost", count(&summary["lost"])),
+        ("userspace.dropped", count(&summary["userspace"]["dropped"])),
+        (
+            "lookups.lost_events",
+            count(&summary["lookups"]["lost_events"]),
+        ),
+        ("lookups.evicted", count(&summary["lookups"]["evicted"])),
+    ];
+    let said: Vec<String> = lost
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what}={n}"))
+        .collect();
+    (!said.is_empty()).then(|| said.join(" "))
+}
+
 fn try_cell(cell: Cell, index: usize, row: &mut Row) -> Result<()> {
     let tag = format!("m{index:02}");
+    let t = Instant::now();
     let mut node = Node::with_options(&tag, cell.options).context("building the node")?;
     if cell.twist == Twist::DroppedBeyondUplink {
         left_via_uplink_dropped_beyond(&mut node)
@@ -249,11 +302,14 @@ fn try_cell(cell: Cell, index: usize, row: &mut Row) -> Result<()> {
     .with_context(|| format!("applying {}", cell.mode()))?;
     let mut args = vec!["--auto", "--timeout", LOOKUP_TIMEOUT];
     if cell.twist == Twist::UplinkGiven {
-        args.extend(["--uplink", node.uplink.as_str()]);
+        args.extend(["--uplink", node.upstream_link()]);
     }
+    let built = t.elapsed();
     let tracer =
         Tracer::start(&node.lab, &node.node_ns, "trace", &args).context("start dnstrace")?;
+    let attached = t.elapsed();
     let seen = cell.scenario.run_client(&node).context("run the client")?;
+    let asked = t.elapsed();
     let expects = cell.scenario.expect(&node);
     for e in &expects {
         let want = seen
@@ -266,8 +322,18 @@ fn try_cell(cell: Cell, index: usize, row: &mut Row) -> Result<()> {
             .max(1);
         let _ = tracer.wait_lookups(|l| e.is_for(l), want, WAIT_LOOKUPS);
     }
+    let waited = t.elapsed();
     let trace = tracer.stop(Signal::Int).context("stop dnstrace")?;
-    let mut log = format!("{} [{}]: {}\n", cell.name, node.lab.prefix(), cell.mode());
+    let mut log = format!(
+        "{} [{}]: {} (node built {:.1} s, tracer attached {:.1} s, client done {:.1} s, lookups in {:.1} s)\n",
+        cell.name,
+        node.lab.prefix(),
+        cell.mode(),
+        built.as_secs_f64(),
+        attached.as_secs_f64(),
+        asked.as_secs_f64(),
+        waited.as_secs_f64(),
+    );
     for s in &seen {
         let _ = writeln!(log, "  $ {}\n    {}", s.command, s.summary());
     }
@@ -300,6 +366,11 @@ fn try_cell(cell: Cell, index: usize, row: &mut Row) -> Result<()> {
         }
     }
     summarize_client(&seen, &mut log);
+    row.lost = losses(&trace.summary);
+    if !problems.is_empty() {
+        // Coverage: whether the tracer lost events while the cell ran.
+        let _ = writeln!(log, "  dnstrace summary: {}", trace.summary);
+    }
     eprint!("{log}");
     if problems.is_empty() {
         row.outcome = Outcome::Pass;
@@ -357,10 +428,11 @@ fn table(rows: &[Row]) -> String {
     for r in rows {
         let (nl, cd) = r.cell.roles();
         let o = &r.cell.options;
-        let result = match r.outcome {
-            Outcome::Pass => "pass".to_owned(),
-            Outcome::Fail => "**FAIL**".to_owned(),
-            Outcome::Skip => format!("**SKIP**: {}", r.why),
+        let result = match (r.outcome, &r.retried) {
+            (Outcome::Pass, None) => "pass".to_owned(),
+            (Outcome::Pass, Some(_)) => "pass (2nd run: the 1st lost events)".to_owned(),
+            (Outcome::Fail, _) => "**FAIL**".to_owned(),
+            (Outcome::Skip, _) => format!("**SKIP**: {}", r.why),
         };
         let _ = writeln!(
             md,
@@ -463,6 +535,13 @@ fn scenario_matrix() {
     eprintln!("\n{md}\n(written to {})", path.display());
     for r in rows.iter().filter(|r| r.outcome == Outcome::Skip) {
         eprintln!("SKIPPED {}: {}", r.cell.name, r.why);
+    }
+    for r in rows.iter().filter(|r| r.retried.is_some()) {
+        eprintln!(
+            "RAN TWICE {}: the first run failed while dnstrace lost events: {}",
+            r.cell.name,
+            r.retried.as_deref().unwrap_or("")
+        );
     }
     for r in &rows {
         eprintln!("  {} took {:.1} s", r.cell.name, r.took.as_secs_f64());
