@@ -38,7 +38,15 @@ fn run(scenario: Scenario, tag: &str) -> Option<Run> {
         return None;
     }
     let started = Instant::now();
-    let node = scenario.build(tag).expect("build the scenario");
+    // Names of the node's own: the socket hop and the drop tracepoint see
+    // every netns, and other labs on this machine ask www.example.test too.
+    let options = NodeOptions {
+        own_names: true,
+        ..scenario.node_options()
+    };
+    let node = scenario
+        .build_with(tag, options)
+        .expect("build the scenario");
     let built = started.elapsed();
     let tracer = match dnstrace_bin() {
         Some(_) => Some(
