@@ -545,6 +545,9 @@ pub(crate) struct Consumer {
     /// When [`Consumer::finish`] ran, in ns since the Unix epoch.
     end_epoch_ns: u64,
     trim: Trim,
+    /// Capture time of the newest event decoded: the clock that ends lookups while
+    /// captured events still wait in the queue.
+    newest_ts: u64,
 }
 
 impl Consumer {
@@ -591,6 +594,7 @@ impl Consumer {
             placed: Vec::new(),
             end_epoch_ns: 0,
             trim: Trim::default(),
+            newest_ts: 0,
         }
     }
 
@@ -605,7 +609,8 @@ impl Consumer {
                     None => { open = false; Ok(()) }
                 },
                 _ = tick.tick() => {
-                    let mut r = self.tick(mono_now_ns());
+                    let now = expiry_horizon(mono_now_ns(), self.newest_ts, rx.is_empty());
+                    let mut r = self.tick(now);
                     if let Some(at) = next_table
                         && Instant::now() >= at
                     {
@@ -653,6 +658,7 @@ impl Consumer {
         self.decoded += 1;
         self.trim.input(f.data.len());
         let ts = p.meta.ts_ns;
+        self.newest_ts = self.newest_ts.max(ts);
         let iface = match &f.iface {
             Some(name) => name.clone(),
             None => self.names.iface(&p.meta),
@@ -908,4 +914,30 @@ fn mono_now_ns() -> u64 {
 /// Flushes stdout; a failure names it (a closed pipe is [`crate::sink::StdoutClosed`]).
 pub fn flush_stdout() -> anyhow::Result<()> {
     std::io::stdout().flush().map_err(stdout_error)
+}
+
+/// The time up to which lookups may be ended. With captured events still queued (the
+/// decoder is behind), not past the newest event decoded: a lookup's reply may still wait
+/// in the queue, and losses counted now belong to the events around now, so no lookup is
+/// judged before its own events are.
+fn expiry_horizon(now: u64, newest_ts: u64, queue_empty: bool) -> u64 {
+    if queue_empty || newest_ts == 0 {
+        now
+    } else {
+        newest_ts.min(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_horizon;
+
+    #[test]
+    fn lookups_end_by_the_events_while_the_queue_is_behind() {
+        let s = 1_000_000_000;
+        assert_eq!(expiry_horizon(10 * s, 4 * s, false), 4 * s);
+        assert_eq!(expiry_horizon(10 * s, 4 * s, true), 10 * s);
+        assert_eq!(expiry_horizon(10 * s, 0, false), 10 * s);
+        assert_eq!(expiry_horizon(10 * s, 11 * s, false), 10 * s);
+    }
 }

@@ -136,11 +136,23 @@ impl Facts<'_> {
     /// A NO_SOCKET drop that is the expected consequence of a more specific finding, not a
     /// cause of its own: nothing listens on the pod's loopback (loopback_nameserver), the
     /// client's connected socket refused a reply from the wrong source
-    /// (reply_from_unexpected_source), or a late reply found the client gone after it retried.
+    /// (reply_from_unexpected_source), or a late reply found its sender gone after it had
+    /// asked again (a client's retry, a forwarder's new query).
     fn folded(&self, i: usize, h: &HopRec) -> bool {
         let leg = &self.lk.legs[i];
-        if leg.depth != 0 || self.c.reason(h) != "NO_SOCKET" {
+        if self.c.reason(h) != "NO_SOCKET" {
             return false;
+        }
+        if leg.depth != 0 {
+            // A late reply to a forwarded query that its forwarder had given up on: it
+            // had asked again (another port) and got an answer, and closed this socket.
+            return h.is_response()
+                && self.lk.legs.iter().enumerate().any(|(j, l)| {
+                    j != i
+                        && l.parent == leg.parent
+                        && l.first_ts > leg.first_ts
+                        && l.resp.is_some()
+                });
         }
         if h.is_query() {
             return self.c.pod_loopback(self.lk) && leg.server.ip().is_loopback();

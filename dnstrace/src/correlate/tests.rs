@@ -1010,3 +1010,32 @@ fn two_sockets_reusing_an_id_keep_their_own_messages() {
         assert_eq!(l.hops.len(), 5, "{:?}", l.hops);
     }
 }
+
+/// During a stall, the forwarder asks upstream again from a new port and gets the answer;
+/// the late reply to its abandoned first query finds that socket closed (NO_SOCKET). The
+/// client got its answer: the drop is a consequence, not the lookup's fault.
+#[test]
+fn a_late_reply_to_a_superseded_forwarded_query_is_no_drop() {
+    let up = "203.0.113.53:53";
+    let mut rows = pod_to_coredns(0.0, 7);
+    rows.push(q(0.1, "socket-out 3", "10.244.1.10:52000", up, 70));
+    rows.push(q(68.0, "socket-out 3", "10.244.1.10:52001", up, 71));
+    rows.push(r(
+        68.5,
+        "socket-in 3",
+        up,
+        "10.244.1.10:52001",
+        71,
+        "NOERROR",
+    ));
+    rows.push(Row {
+        netns: Some(3),
+        drop_reason: Some("NO_SOCKET".into()),
+        ..r(68.6, "eth0 drop", up, "10.244.1.10:52000", 70, "NOERROR")
+    });
+    rows.extend(coredns_to_pod(68.7, 7, "NOERROR"));
+    let out = run(rows);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Ok, "{}", l.detail);
+    assert_eq!(l.children.len(), 2, "{}", scenario::summary(&out.lookups));
+}
