@@ -189,6 +189,15 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// "5 s", "1.5 s", "300 ms": a configured duration as a person wrote it.
+fn duration(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{} s", ns as f64 / 1e9)
+    } else {
+        format!("{} ms", ns as f64 / 1e6)
+    }
+}
+
 fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -811,9 +820,9 @@ fn upstream_disagreement(f: &Facts) -> Option<Finding> {
          (a separate `forward` per zone), not to a random mix of public and internal resolvers",
     )
     .detail(format!(
-        "the upstreams of {forwarder} disagree on {} within {:.0} s: {list}; this lookup got {} from {}{only}",
+        "the upstreams of {forwarder} disagree on {} within {}: {list}; this lookup got {} from {}{only}",
         f.qdesc,
-        f.c.cfg.disagreement_window_ns as f64 / 1e9,
+        duration(f.c.cfg.disagreement_window_ns),
         h.rcode,
         leg.server
     ));
@@ -925,19 +934,19 @@ fn no_reply(f: &Facts) -> Option<Finding> {
         return Some(j.outcome());
     }
     let what = if last.is_response() { "reply" } else { "query" };
-    let timeout = ms(c.cfg.timeout_ns) / 1e3;
+    let timeout = duration(c.cfg.timeout_ns);
     let j = Judgement::new(
         Verdict::Unanswered,
         Some(last.dst.to_string()),
         Some(c.at(&last)),
     )
     .hint(format!(
-        "nothing answered within {timeout:.0} s: check that {} is up and reachable from {}",
+        "nothing answered within {timeout}: check that {} is up and reachable from {}",
         last.dst,
         c.at(&last)
     ))
     .detail(format!(
-        "{says} within {timeout:.0} s; the {what} was last seen at {} ({} → {}){}",
+        "{says} within {timeout}; the {what} was last seen at {} ({} → {}){}",
         c.at(&last),
         last.src,
         last.dst,
@@ -1122,6 +1131,13 @@ fn drop_hint(reason: &str, h: &HopRec) -> String {
 #[cfg(test)]
 mod rule_tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(duration(5_000_000_000), "5 s");
+        assert_eq!(duration(1_500_000_000), "1.5 s");
+        assert_eq!(duration(300_000_000), "300 ms");
+    }
 
     #[test]
     fn every_verdict_has_exactly_one_place_in_the_precedence() {
