@@ -186,16 +186,10 @@ fn assert_clean(cmp: &Comparison, want: u64) {
     );
 }
 
-/// dnsload from the pod: COUNT lookups at QPS from SOCKETS sockets with IDS
-/// ids each, three questions in turn; every one `ok`, with the client's latency.
-#[test]
-fn dnsload_all_ok() {
-    let Some((node, mut filter)) = setup("load") else {
-        return;
-    };
-    let count = env_or("DNSTRACE_LOAD_COUNT", COUNT);
-    let qps = env_or("DNSTRACE_LOAD_QPS", QPS);
-    let tracer = Tracer::start_lookups(
+/// dnstrace on the node, writing lookups only (every packet at this load would be
+/// hundreds of MB of JSON).
+fn start_tracer(node: &Node) -> Tracer<'_> {
+    Tracer::start_lookups(
         &node.lab,
         &node.node_ns,
         "trace",
@@ -209,7 +203,19 @@ fn dnsload_all_ok() {
             RING,
         ],
     )
-    .expect("start dnstrace");
+    .expect("start dnstrace")
+}
+
+/// dnsload from the pod: COUNT lookups at QPS from SOCKETS sockets with IDS
+/// ids each, three questions in turn; every one `ok`, with the client's latency.
+#[test]
+fn dnsload_all_ok() {
+    let Some((node, mut filter)) = setup("load") else {
+        return;
+    };
+    let count = env_or("DNSTRACE_LOAD_COUNT", COUNT);
+    let qps = env_or("DNSTRACE_LOAD_QPS", QPS);
+    let tracer = start_tracer(&node);
     let out = node.lab.dir().join("dnsload.jsonl");
     let t = Instant::now();
     let client = node
@@ -281,21 +287,7 @@ fn dnsperf_all_ok() {
     let Some((node, filter)) = setup("ldpf") else {
         return;
     };
-    let tracer = Tracer::start_lookups(
-        &node.lab,
-        &node.node_ns,
-        "trace",
-        &[
-            "--auto",
-            "--timeout",
-            &format!("{}s", LOOKUP_TIMEOUT.as_secs()),
-            "--upstream-every",
-            "0",
-            "--ring-size",
-            RING,
-        ],
-    )
-    .expect("start dnstrace");
+    let tracer = start_tracer(&node);
     let qps = env_or("DNSTRACE_LOAD_DNSPERF_QPS", DNSPERF_QPS);
     let secs = env_or("DNSTRACE_LOAD_DNSPERF_SECS", DNSPERF_SECS);
     let data = node
