@@ -73,7 +73,9 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         None => match crate::capture::links::uplink_ifaces().await {
             Ok((found, how)) => {
                 if found.is_empty() {
-                    log::warn!(
+                    // Not a warning: a netns without routes off the node is normal (a test
+                    // lab, a pod), and the start line says which uplinks are used.
+                    log::info!(
                         "no uplink found (no default route and no route via a gateway): \
                          name it with --uplink IF for the per-upstream table and left_via_uplink"
                     );
