@@ -204,7 +204,7 @@ pub struct WatchArgs {
     pub timeout: Duration,
 
     /// Interface that leads off the node (repeatable); default: those holding a default route
-    /// (any routing table), or, with none, those holding a route via a gateway.
+    /// or a route via a gateway, in any routing table.
     #[arg(
         long = "uplink",
         value_name = "IF",

@@ -270,6 +270,16 @@ fn attempt(cell: Cell, index: usize, row: &mut Row) {
     }
 }
 
+/// The uplinks named on dnstrace's start line ("…; uplink(s): a b; netns cookie …").
+fn started_with_uplinks(stderr: &str) -> Vec<String> {
+    stderr
+        .split("uplink(s): ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .map(|list| list.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// What the tracer's summary says it lost, if anything.
 fn losses(summary: &Value) -> Option<String> {
     let count = |v: &Value| v.as_u64().unwrap_or(0);
@@ -324,6 +334,15 @@ fn try_cell(cell: Cell, index: usize, row: &mut Row) -> Result<()> {
     }
     let waited = t.elapsed();
     let trace = tracer.stop(Signal::Int).context("stop dnstrace")?;
+    // Found from the routes, default route or not: the link the upstreams are reached by.
+    if cell.twist != Twist::UplinkGiven {
+        let uplinks = started_with_uplinks(&trace.stderr);
+        anyhow::ensure!(
+            uplinks.iter().any(|u| u == node.upstream_link()),
+            "dnstrace found the uplinks {uplinks:?}, not {} that leads to the upstreams",
+            node.upstream_link()
+        );
+    }
     let mut log = format!(
         "{} [{}]: {} (node built {:.1} s, tracer attached {:.1} s, client done {:.1} s, lookups in {:.1} s)\n",
         cell.name,

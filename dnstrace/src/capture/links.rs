@@ -78,9 +78,10 @@ fn kind_name(kind: &InfoKind) -> String {
 
 /// The node's uplinks, found from its routes (IPv4 and IPv6, every routing table but
 /// `local`): the interfaces that hold a default route, in any table (policy routing,
-/// VRFs). A node without any default route reaches its DNS upstreams through more
-/// specific routes via a gateway (several uplinks, a management network): then the
-/// interfaces that hold a route via a gateway. Also returns which rule found them.
+/// VRFs), and those that hold a route via a gateway, which leads off the node too (a node
+/// without a default route, upstreams on a management network, several uplinks). A
+/// gateway that is the route's own source address (Cilium's `cilium_host`) is not
+/// another machine. Also says which rules found them.
 pub async fn uplink_ifaces() -> std::io::Result<(Vec<String>, &'static str)> {
     use rtnetlink::{
         RouteMessageBuilder,
@@ -114,10 +115,15 @@ pub async fn uplink_ifaces() -> std::io::Result<(Vec<String>, &'static str)> {
             let mut hops: Vec<(u32, bool)> = Vec::new();
             let mut oif = None;
             let mut via = false;
+            let pref_src = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::PrefSource(s) => Some(s.clone()),
+                _ => None,
+            });
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via = true,
+                    RouteAttribute::Gateway(g) => via = pref_src.as_ref() != Some(g),
+                    RouteAttribute::Via(_) => via = true,
                     RouteAttribute::MultiPath(nhs) => hops.extend(nhs.iter().map(|nh| {
                         let gw = nh.attributes.iter().any(|a| {
                             matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_))
@@ -143,14 +149,16 @@ pub async fn uplink_ifaces() -> std::io::Result<(Vec<String>, &'static str)> {
         }
     }
     task.abort();
-    let (indexes, how) = if default.is_empty() {
-        (
-            gateway,
-            "the interfaces of routes via a gateway (no default route)",
-        )
-    } else {
-        (default, "the interfaces of default routes")
+    let how = match (
+        default.is_empty(),
+        gateway.iter().any(|g| !default.contains(g)),
+    ) {
+        (false, false) => "holding a default route",
+        (false, true) => "holding a default route or a route via a gateway",
+        (true, true) => "holding a route via a gateway (no default route)",
+        (true, false) => "none: no default route and no route via a gateway",
     };
+    let indexes: Vec<u32> = default.into_iter().chain(gateway).collect();
     let links = list().await?;
     Ok((
         links
