@@ -212,6 +212,9 @@ pub struct Streams {
     swept_ns: u64,
     /// The hole found by the last [`Self::push`], before its segment.
     hole: Option<Hole>,
+    /// Directions that ended (FIN, RST) lately: the last ACK of a close is no stream
+    /// picked up mid-way. At most [`Limits::max_streams`].
+    closed: LruCache<StreamKey, ()>,
     pub stats: TcpStats,
 }
 
@@ -235,6 +238,7 @@ impl Streams {
             now_ns: 0,
             swept_ns: 0,
             hole: None,
+            closed: LruCache::unbounded(),
             stats: TcpStats::default(),
         }
     }
@@ -349,6 +353,7 @@ impl Streams {
         if seg.syn {
             // A new connection: anything held under this key was an old one's.
             self.close(&key);
+            self.closed.pop(&key);
             self.insert(
                 key,
                 Stream {
@@ -359,7 +364,8 @@ impl Streams {
             );
             return out;
         }
-        if !(seg.fin || seg.rst || self.streams.contains(&key)) {
+        let closing_ack = seg.payload.is_empty() && self.closed.contains(&key);
+        if !(seg.fin || seg.rst || closing_ack || self.streams.contains(&key)) {
             // Picked up mid-way: its first bytes may be anywhere in a message. An ACK
             // without data tells where the sender's next byte is.
             self.stats.picked_up += 1;
@@ -395,9 +401,11 @@ impl Streams {
         }
         if seg.fin || seg.rst {
             out.cut = self.close(&key);
+            self.note_closed(key);
             if seg.rst {
                 // A reset ends both directions.
                 self.close(&key.reverse());
+                self.note_closed(key.reverse());
             }
         }
         self.give_up_bytes();
@@ -433,6 +441,14 @@ impl Streams {
         }
         self.streams.put(key, s);
         self.stats.peak_streams = self.stats.peak_streams.max(self.streams.len() as u64);
+    }
+
+    /// Remembers that `key` ended, forgetting the oldest such beyond the stream cap.
+    fn note_closed(&mut self, key: StreamKey) {
+        if self.closed.len() >= self.limits.max_streams.max(1) {
+            self.closed.pop_lru();
+        }
+        self.closed.put(key, ());
     }
 
     /// Stops following `key`; the bytes it held count as dropped.
@@ -853,6 +869,31 @@ mod tests {
         assert_eq!(out.gap, r.len() as u64);
         assert_eq!(s.take_hole().map(|h| h.bytes), Some(r.len() as u64));
         assert_eq!((s.stats.gaps, s.stats.retransmitted, s.len()), (1, 0, 0));
+    }
+
+    /// The last ACK of a close comes after the FIN ended that direction: it starts no
+    /// stream picked up mid-way (every closed connection used to leave one for 30 s).
+    #[test]
+    fn the_last_ack_of_a_close_is_no_stream_picked_up() {
+        let mut s = Streams::new();
+        let _ = s.push(key(), syn(0));
+        let r = framed(&fixtures::response_a());
+        assert_eq!(msgs(&mut s, key(), seg(1, &r)).len(), 1);
+        let at = 1 + r.len() as u32;
+        let _ = s.push(
+            key(),
+            Segment {
+                fin: true,
+                ..seg(at, &[])
+            },
+        );
+        assert_eq!(s.len(), 0);
+        let _ = s.push(key(), seg(at + 1, &[]));
+        assert_eq!((s.len(), s.stats.picked_up), (0, 0));
+        // A new connection under the same addresses is followed again.
+        let _ = s.push(key(), syn(5000));
+        assert_eq!(msgs(&mut s, key(), seg(5001, &r)).len(), 1);
+        assert_eq!(s.stats.picked_up, 0);
     }
 
     /// A hole inside a message: the rest of it is skipped and counted, the next prefix
