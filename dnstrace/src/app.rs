@@ -134,7 +134,8 @@ async fn run(
         capture.netns(),
         capture.links().iter().map(|l| (l.index, l.name.clone())),
     )
-    .with_drop_reasons(capture.drop_reasons().clone());
+    .with_drop_reasons(capture.drop_reasons().clone())
+    .with_node(cfg.node.clone());
     let all_ifaces = cfg.auto
         && capture
             .links()
@@ -280,6 +281,8 @@ async fn run(
         lookups,
         upstreams,
         mut sink,
+        names,
+        end_epoch_ns,
         error,
         ..
     } = done;
@@ -307,8 +310,8 @@ async fn run(
     };
     if error.is_none() {
         error = sink
-            .upstreams(&summary.upstreams)
-            .and_then(|()| sink.summary(&summary))
+            .upstreams(&summary.upstreams, &names, end_epoch_ns)
+            .and_then(|()| sink.summary(&summary, &names, end_epoch_ns))
             .and_then(|()| sink.flush())
             .err();
         summary.output_failed = error.is_some();
@@ -465,6 +468,8 @@ pub(crate) struct Done {
     pub lookups: correlate::CorrelateStats,
     pub upstreams: Vec<correlate::UpstreamStats>,
     pub sink: Sink<BufWriter<std::io::Stdout>>,
+    /// Names and clock of the records still to write (upstreams, summary).
+    pub names: Names,
     pub pcap: Option<PcapSink>,
     /// The `--pcap` file after writing it failed.
     pub pcap_failed: Option<PcapStats>,
@@ -617,7 +622,10 @@ impl Consumer {
                         && Instant::now() >= at
                     {
                         next_table = self.upstream_every.map(|d| at + d);
-                        r = r.and_then(|()| self.sink.upstreams(&self.correlator.upstreams()));
+                        let at = self.names.epoch_ns(now);
+                        r = r.and_then(|()| {
+                            self.sink.upstreams(&self.correlator.upstreams(), &self.names, at)
+                        });
                     }
                     r.and_then(|()| self.sink.flush())
                 }
@@ -741,7 +749,7 @@ impl Consumer {
             if let Some(pcap) = &mut self.pcap {
                 pcap.lookup_done(&l);
             }
-            self.sink.lookup(l)?;
+            self.sink.lookup(l, &self.names)?;
         }
         // Keep the buffer's capacity for the next packet.
         self.finished = finished;
@@ -814,6 +822,7 @@ impl Consumer {
             lookups: self.correlator.stats(),
             upstreams: self.correlator.upstreams(),
             sink: self.sink,
+            names: self.names,
             pcap: self.pcap,
             pcap_failed: self.pcap_failed,
             end_epoch_ns: self.end_epoch_ns,

@@ -263,6 +263,10 @@ pub struct WatchArgs {
     /// Also write every captured packet to this pcapng file for Wireshark: one interface per capture point, each packet commented with its lookup, hop and verdict.
     #[arg(long, value_name = "FILE", env = "DNSTRACE_PCAP")]
     pub pcap: Option<PathBuf>,
+
+    /// The `node` named in every JSON record [default: the host name].
+    #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]
+    pub node: Option<String>,
 }
 
 const REPLAY_ABOUT: &str = "\
@@ -357,6 +361,10 @@ pub struct ReplayArgs {
     /// and exit status 0.
     #[arg(long, env = "DNSTRACE_STRICT")]
     pub strict: bool,
+
+    /// The `node` named in every JSON record (where the file was captured) [default: the host name].
+    #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]
+    pub node: Option<String>,
 }
 
 const CLEANUP_ABOUT: &str = "\
@@ -439,6 +447,8 @@ pub struct WatchConfig {
     pub tc_mode: TcMode,
     pub tc_priority: u16,
     pub pcap: Option<PathBuf>,
+    /// The `node` of the records.
+    pub node: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -498,6 +508,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             tc_mode: a.tc_mode,
             tc_priority: a.tc_priority,
             pcap: a.pcap,
+            node: a.node.unwrap_or_else(crate::sink::hostname),
         })
     }
 }
@@ -548,6 +559,16 @@ pub fn parse_iface(s: &str) -> Result<String, String> {
     if s == "." || s == ".." || s.contains(['/', ':']) || s.chars().any(char::is_whitespace) {
         return Err(format!(
             "{s:?} is not an interface name (no '/', ':' or spaces)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A `--node` name: 1 to 253 printable characters, as a Kubernetes node name fits in.
+pub fn parse_node(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{s:?} is not a node name (1 to 253 characters, no spaces or control characters)"
         ));
     }
     Ok(s.to_owned())

@@ -65,6 +65,8 @@ pub struct ReplayConfig {
     pub log_file: Option<PathBuf>,
     /// A cut or damaged file is an error, not a warning.
     pub strict: bool,
+    /// The `node` of the records.
+    pub node: String,
 }
 
 impl From<ReplayArgs> for ReplayConfig {
@@ -82,6 +84,7 @@ impl From<ReplayArgs> for ReplayConfig {
             pcap: a.pcap,
             log_file: crate::cli::log_file_for(a.output, a.log_file),
             strict: a.strict,
+            node: a.node.unwrap_or_else(crate::sink::hostname),
         }
     }
 }
@@ -402,7 +405,9 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         watched: watched.clone(),
         ..correlate::Config::default()
     });
-    let names = Names::new(host_netns, []).with_epoch_timestamps();
+    let names = Names::new(host_netns, [])
+        .with_epoch_timestamps()
+        .with_node(cfg.node.clone());
     // The TUI stays up after the file ends, to browse its lookups, until `q`.
     let mut ui = match cfg.output {
         Output::Tui => {
@@ -582,6 +587,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         return Err(crate::sink::stdout_error(e));
     }
     let mut sink = Some(done.sink);
+    let names = done.names;
+    let end_epoch_ns = done.end_epoch_ns;
     if let Some((mut feed, mut handle)) = ui.take() {
         let l = &done.lookups;
         feed.live(
@@ -621,8 +628,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         && let Some(sink) = &mut sink
     {
         out_error = sink
-            .upstreams(&summary.upstreams)
-            .and_then(|()| sink.summary(&summary))
+            .upstreams(&summary.upstreams, &names, end_epoch_ns)
+            .and_then(|()| sink.summary(&summary, &names, end_epoch_ns))
             .and_then(|()| sink.flush())
             .err();
         summary.output_failed = out_error.is_some();

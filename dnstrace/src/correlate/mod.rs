@@ -250,7 +250,9 @@ pub struct Lookup {
     pub latency_ms: Option<f64>,
     /// One line explaining the verdict.
     pub detail: String,
-    /// Every sighting of the client's queries and replies, in time order.
+    /// Every sighting of the client's queries and replies, in time order (the JSON output
+    /// adds each hop's wall-clock `time`).
+    #[serde(serialize_with = "crate::sink::serialize_hops")]
     pub hops: Vec<Hop>,
     /// The forwarded queries, stitched the same way.
     pub children: Vec<Lookup>,

@@ -1,11 +1,12 @@
 //! JSON lines: one object per packet, `{"type":"packet",...}`, and one
 //! `{"type":"summary",...}` at the end. The schema is documented in the README
-//! and is a user-facing API: add fields, never rename or remove them.
+//! and is a user-facing API: add fields, never rename or remove them. Every record
+//! starts with its `type` and a [`Stamp`]: `time`, `node`, `schema`.
 use std::io::Write;
 
 use serde::Serialize;
 
-use super::{Names, Summary};
+use super::{Names, Stamp, Summary};
 use crate::decode::{Packet, dns};
 
 pub struct JsonSink<W: Write> {
@@ -15,6 +16,8 @@ pub struct JsonSink<W: Write> {
 #[derive(Serialize)]
 struct PacketRecord<'a> {
     r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
     ts_ns: u64,
     iface: String,
     ifindex: u32,
@@ -45,6 +48,8 @@ struct PacketRecord<'a> {
 struct SummaryRecord<'a> {
     r#type: &'static str,
     #[serde(flatten)]
+    stamp: Stamp<'a>,
+    #[serde(flatten)]
     summary: &'a Summary,
     lost: u64,
 }
@@ -58,9 +63,11 @@ impl<W: Write> JsonSink<W> {
         let m = &p.meta;
         let dns = p.dns.as_ref();
         let q = dns.and_then(|d| d.question.as_ref());
+        let ts_ns = names.epoch_ns(m.ts_ns);
         let rec = PacketRecord {
             r#type: "packet",
-            ts_ns: names.epoch_ns(m.ts_ns),
+            stamp: names.stamp(ts_ns),
+            ts_ns,
             iface: names.iface(m),
             ifindex: m.ifindex,
             netns: m.netns,
@@ -95,9 +102,10 @@ impl<W: Write> JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    pub fn summary(&mut self, summary: &Summary) -> std::io::Result<()> {
+    pub fn summary(&mut self, summary: &Summary, stamp: Stamp<'_>) -> std::io::Result<()> {
         let rec = SummaryRecord {
             r#type: "summary",
+            stamp,
             summary,
             lost: summary.kernel.lost(),
         };
@@ -114,6 +122,11 @@ impl<W: Write> JsonSink<W> {
 
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
     }
 }
 

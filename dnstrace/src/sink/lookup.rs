@@ -1,15 +1,19 @@
 //! Output of finished lookups and the per-upstream table: text for humans
 //! (readable on an 80-column terminal), JSON lines for machines.
-use std::fmt::Write as _;
+use std::{cell::Cell, fmt::Write as _};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
+use super::{Names, Stamp, WallTime, epoch_ns};
 use crate::correlate::{Hop, Lookup, UpstreamStats, Verdict};
 
-/// `{"type":"lookup", ...}`: every field of [`Lookup`], flattened.
+/// `{"type":"lookup", ...}`: the [`Stamp`] (its `time` is the lookup's start), then every
+/// field of [`Lookup`], flattened.
 #[derive(Serialize)]
 struct LookupRecord<'a> {
     r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
     #[serde(flatten)]
     lookup: &'a Lookup,
 }
@@ -17,32 +21,99 @@ struct LookupRecord<'a> {
 #[derive(Serialize)]
 struct UpstreamsRecord<'a> {
     r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
     upstreams: &'a [UpstreamStats],
 }
 
-pub fn lookup_json(l: &Lookup) -> String {
+/// A record that could not be serialized, in its place.
+#[derive(Serialize)]
+struct ErrorRecord<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
+    error: String,
+}
+
+fn error_json(stamp: Stamp<'_>, e: &serde_json::Error) -> String {
+    serde_json::to_string(&ErrorRecord {
+        r#type: "error",
+        stamp,
+        error: e.to_string(),
+    })
+    .unwrap_or_else(|_| r#"{"type":"error"}"#.to_owned())
+}
+
+thread_local! {
+    /// While [`lookup_json`] writes a lookup: the offset that turns its hops' `ts_ns`
+    /// into wall-clock `time`. [`Hop`] itself has no field for it: the correlator's
+    /// clock is the capture's, and only the output knows the wall clock.
+    static HOP_CLOCK: Cell<Option<i128>> = const { Cell::new(None) };
+}
+
+/// Sets [`HOP_CLOCK`] for as long as it lives (and clears it on the way out, even on a panic).
+struct HopClock;
+
+impl HopClock {
+    fn set(offset_ns: i128) -> Self {
+        HOP_CLOCK.set(Some(offset_ns));
+        Self
+    }
+}
+
+impl Drop for HopClock {
+    fn drop(&mut self) {
+        HOP_CLOCK.set(None);
+    }
+}
+
+/// A hop with its wall-clock `time` first.
+#[derive(Serialize)]
+struct TimedHop<'a> {
+    time: WallTime,
+    #[serde(flatten)]
+    hop: &'a Hop,
+}
+
+/// `Lookup::hops`: each hop with its `time` when written by [`lookup_json`], as is otherwise.
+pub(crate) fn serialize_hops<S: Serializer>(hops: &[Hop], s: S) -> Result<S::Ok, S::Error> {
+    match HOP_CLOCK.get() {
+        Some(offset) => s.collect_seq(hops.iter().map(|hop| TimedHop {
+            time: WallTime(epoch_ns(hop.ts_ns, offset)),
+            hop,
+        })),
+        None => s.collect_seq(hops),
+    }
+}
+
+pub fn lookup_json(l: &Lookup, names: &Names) -> String {
+    let stamp = names.stamp(names.epoch_ns(l.start_ts_ns));
+    let _clock = HopClock::set(names.clock_offset_ns());
     serde_json::to_string(&LookupRecord {
         r#type: "lookup",
+        stamp,
         lookup: l,
     })
-    .unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#))
+    .unwrap_or_else(|e| error_json(stamp, &e))
 }
 
-pub fn upstreams_json(u: &[UpstreamStats]) -> String {
+pub fn upstreams_json(u: &[UpstreamStats], stamp: Stamp<'_>) -> String {
     serde_json::to_string(&UpstreamsRecord {
         r#type: "upstreams",
+        stamp,
         upstreams: u,
     })
-    .unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#))
+    .unwrap_or_else(|e| error_json(stamp, &e))
 }
 
-/// A healthy lookup is one line; a problem also gets its hop timeline, the
-/// forwarded queries, what is to blame and the hint.
-pub fn lookup_text(l: &Lookup) -> String {
+/// A healthy lookup is one line, starting with the time it started (UTC); a problem also
+/// gets its hop timeline, the forwarded queries, what is to blame and the hint.
+pub fn lookup_text(l: &Lookup, names: &Names) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} → {}  {} {}  {} {}  {}",
+        "{}  {} → {}  {} {}  {} {}  {}",
+        super::clock_ms(names.epoch_ns(l.start_ts_ns)),
         l.client,
         host(&l.server),
         l.qtype,

@@ -8,9 +8,10 @@ mod text;
 use std::{collections::HashMap, io::Write};
 
 pub use json::JsonSink;
+pub(crate) use lookup::serialize_hops;
 pub use lookup::{lookup_json, lookup_text, upstreams_json, upstreams_text};
 pub use text::TextSink;
-pub(crate) use text::clock;
+pub(crate) use text::{clock, clock_ms};
 
 use crate::{
     capture::{DrainStats, KernelCounters},
@@ -34,9 +35,56 @@ pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// The version of the JSON records, in every record's `schema`. It changes only when a
+/// field is renamed or removed or changes meaning; new fields keep it.
+pub const SCHEMA: &str = "dnstrace/1";
+
+/// Nanoseconds since the Unix epoch, written as RFC 3339 in UTC with nine decimals:
+/// `2026-12-06T22:30:01.123456789Z`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallTime(pub u64);
+
+impl std::fmt::Display for WallTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every u64 of nanoseconds (up to the year 2554) is within jiff's range.
+        let ts =
+            jiff::Timestamp::from_nanosecond(i128::from(self.0)).map_err(|_| std::fmt::Error)?;
+        write!(f, "{ts:.9}")
+    }
+}
+
+impl serde::Serialize for WallTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What every JSON record carries besides its own fields: when, where, and which schema.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Stamp<'a> {
+    pub time: WallTime,
+    pub node: &'a str,
+    pub schema: &'static str,
+}
+
+/// This machine's host name, the default `node` of the records.
+pub fn hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "localhost".to_owned()
+    } else {
+        name
+    }
+}
+
 /// Turns capture metadata into names a human reads.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
+    /// The `node` of every record.
+    node: String,
     own_netns: u64,
     by_index: HashMap<u32, String>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
@@ -47,6 +95,7 @@ pub struct Names {
 impl Names {
     pub fn new(own_netns: u64, ifaces: impl IntoIterator<Item = (u32, String)>) -> Self {
         Self {
+            node: hostname(),
             own_netns,
             by_index: ifaces
                 .into_iter()
@@ -59,6 +108,12 @@ impl Names {
 
     pub fn with_drop_reasons(mut self, reasons: HashMap<u32, String>) -> Self {
         self.drop_reasons = reasons;
+        self
+    }
+
+    /// The `node` the records name (default: the host name).
+    pub fn with_node(mut self, node: String) -> Self {
+        self.node = node;
         self
     }
 
@@ -98,8 +153,27 @@ impl Names {
 
     /// Kernel timestamp (CLOCK_MONOTONIC) as nanoseconds since the Unix epoch.
     pub fn epoch_ns(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i128 + self.mono_to_epoch_ns).max(0) as u64
+        epoch_ns(mono_ns, self.mono_to_epoch_ns)
     }
+
+    /// What to add to a capture timestamp to get nanoseconds since the Unix epoch.
+    pub(crate) fn clock_offset_ns(&self) -> i128 {
+        self.mono_to_epoch_ns
+    }
+
+    /// The common fields of a record written at `epoch_ns`.
+    pub fn stamp(&self, epoch_ns: u64) -> Stamp<'_> {
+        Stamp {
+            time: WallTime(epoch_ns),
+            node: &self.node,
+            schema: SCHEMA,
+        }
+    }
+}
+
+/// `ts_ns` on the clock that is `offset_ns` behind the Unix epoch, as nanoseconds since the epoch.
+pub(crate) fn epoch_ns(ts_ns: u64, offset_ns: i128) -> u64 {
+    (i128::from(ts_ns) + offset_ns).clamp(0, i128::from(u64::MAX)) as u64
 }
 
 fn mono_to_epoch_ns() -> i128 {
@@ -325,12 +399,11 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    /// Writes one finished lookup.
     /// Writes one finished lookup (the TUI keeps it: hence by value).
-    pub fn lookup(&mut self, l: Lookup) -> std::io::Result<()> {
+    pub fn lookup(&mut self, l: Lookup, names: &Names) -> std::io::Result<()> {
         match self {
-            Self::Text(s) => s.raw(&lookup_text(&l)),
-            Self::Json(s) => s.line(&lookup_json(&l)),
+            Self::Text(s) => s.raw(&lookup_text(&l, names)),
+            Self::Json(s) => s.line(&lookup_json(&l, names)),
             Self::Tui(t) => {
                 t.lookup(l);
                 Ok(())
@@ -338,11 +411,16 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    /// Writes the per-upstream table.
-    pub fn upstreams(&mut self, u: &[UpstreamStats]) -> std::io::Result<()> {
+    /// Writes the per-upstream table, as it stands at `epoch_ns`.
+    pub fn upstreams(
+        &mut self,
+        u: &[UpstreamStats],
+        names: &Names,
+        epoch_ns: u64,
+    ) -> std::io::Result<()> {
         match self {
             Self::Text(s) => s.raw(&upstreams_text(u)),
-            Self::Json(s) => s.line(&upstreams_json(u)),
+            Self::Json(s) => s.line(&upstreams_json(u, names.stamp(epoch_ns))),
             Self::Tui(t) => {
                 t.upstreams(u.to_vec());
                 Ok(())
@@ -350,11 +428,17 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    /// Writes the end-of-run record (JSON only; text prints it on stderr).
-    pub fn summary(&mut self, summary: &Summary) -> std::io::Result<()> {
+    /// Writes the end-of-run record, the run having ended at `epoch_ns` (JSON only; text
+    /// prints it on stderr).
+    pub fn summary(
+        &mut self,
+        summary: &Summary,
+        names: &Names,
+        epoch_ns: u64,
+    ) -> std::io::Result<()> {
         match self {
             Self::Text(s) => s.flush(),
-            Self::Json(s) => s.summary(summary),
+            Self::Json(s) => s.summary(summary, names.stamp(epoch_ns)),
             // Printed on stderr once the terminal is restored.
             Self::Tui(_) => Ok(()),
         }
@@ -374,6 +458,198 @@ impl<W: Write> Sink<W> {
     ) {
         if let Self::Tui(t) = self {
             t.live(stats, upstreams);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::{Hop, Verdict};
+
+    /// 2026-11-23T19:20:05.123456789Z.
+    const T: u64 = 1_795_461_605_123_456_789;
+
+    #[test]
+    fn wall_time_is_rfc3339_utc_with_nine_decimals() {
+        assert_eq!(WallTime(T).to_string(), "2026-11-23T19:20:05.123456789Z");
+        assert_eq!(WallTime(0).to_string(), "1970-01-01T00:00:00.000000000Z");
+        // Trailing zeros stay: every record's time has the same width.
+        assert_eq!(
+            WallTime(1_000_000_000_000_000_070).to_string(),
+            "2001-09-09T01:46:40.000000070Z"
+        );
+        // A leap day, the last nanosecond of it.
+        assert_eq!(
+            WallTime(1_709_251_199_999_999_999).to_string(),
+            "2024-02-29T23:59:59.999999999Z"
+        );
+        assert_eq!(
+            WallTime(u64::MAX).to_string(),
+            "2554-07-21T23:34:33.709551615Z"
+        );
+        assert_eq!(
+            serde_json::to_string(&WallTime(T)).unwrap(),
+            "\"2026-11-23T19:20:05.123456789Z\""
+        );
+    }
+
+    /// The same instants as coreutils' `date -u` writes them.
+    #[test]
+    fn wall_time_agrees_with_date() {
+        for secs in [
+            0u64,
+            951_782_400,
+            1_709_251_199,
+            1_795_461_605,
+            4_102_444_800,
+        ] {
+            let ns = secs * 1_000_000_000 + 987_654_321;
+            let out = std::process::Command::new("date")
+                .args(["-u", "-d", &format!("@{secs}.987654321")])
+                .arg("+%Y-%m-%dT%H:%M:%S.%NZ")
+                .output();
+            let Some(out) = out.ok().filter(|o| o.status.success()) else {
+                eprintln!("SKIPPED: no GNU date to compare with");
+                return;
+            };
+            let want = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(WallTime(ns).to_string(), want.trim(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn monotonic_to_epoch_offset() {
+        let names = Names::new(1, []);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let diff = names.epoch_ns(mono).abs_diff(now);
+        assert!(diff < 1_000_000_000, "{diff} ns off the wall clock");
+        // Replay: the file's timestamps are epoch already.
+        assert_eq!(Names::new(1, []).with_epoch_timestamps().epoch_ns(T), T);
+    }
+
+    fn hop(ts_ns: u64, dir: &'static str) -> Hop {
+        Hop {
+            ts_ns,
+            iface: "eth0".to_owned(),
+            dir,
+            netns: 1,
+            src: "10.0.0.2:40000".parse().unwrap(),
+            dst: "10.0.0.1:53".parse().unwrap(),
+            id: Some(7),
+            qr: Some(dir == "ingress"),
+            rcode: None,
+            edns: None,
+            tc: false,
+            proto: crate::decode::Proto::Udp,
+            tcp_flags: None,
+            drop_reason: None,
+        }
+    }
+
+    fn lookup(t0: u64) -> Lookup {
+        Lookup {
+            id: 1,
+            client: "10.0.0.2:40000".to_owned(),
+            server: "10.0.0.1:53".to_owned(),
+            qname: "example.org.".to_owned(),
+            qtype: "A".to_owned(),
+            rcode: None,
+            verdict: Verdict::Ok,
+            culprit: None,
+            last_hop: None,
+            hint: None,
+            latency_ms: Some(1.5),
+            detail: String::new(),
+            hops: vec![hop(t0, "egress"), hop(t0 + 1_500_000, "ingress")],
+            children: Vec::new(),
+            retries: 0,
+            start_ts_ns: t0,
+            netns: None,
+            hops_omitted: 0,
+            children_omitted: 0,
+        }
+    }
+
+    #[test]
+    fn lookup_record_has_time_node_schema_and_hop_times() {
+        // A live run: monotonic timestamps, 1 s of monotonic clock is T on the wall clock.
+        let names = Names {
+            mono_to_epoch_ns: i128::from(T) - 1_000_000_000,
+            ..Names::new(1, [])
+        }
+        .with_node("node-a".to_owned());
+        let mut l = lookup(1_000_000_000);
+        l.children.push(lookup(1_000_500_000));
+        let v: serde_json::Value = serde_json::from_str(&lookup_json(&l, &names)).unwrap();
+        assert_eq!(v["type"], "lookup");
+        assert_eq!(v["time"], "2026-11-23T19:20:05.123456789Z");
+        assert_eq!(v["node"], "node-a");
+        assert_eq!(v["schema"], SCHEMA);
+        // The monotonic fields keep their meaning.
+        assert_eq!(v["start_ts_ns"], 1_000_000_000u64);
+        assert_eq!(v["hops"][0]["ts_ns"], 1_000_000_000u64);
+        assert_eq!(v["hops"][0]["time"], "2026-11-23T19:20:05.123456789Z");
+        assert_eq!(v["hops"][1]["time"], "2026-11-23T19:20:05.124956789Z");
+        assert_eq!(
+            v["children"][0]["hops"][1]["time"],
+            "2026-11-23T19:20:05.125456789Z"
+        );
+        // The first keys, in order: what a reader of the raw line sees first.
+        let line = lookup_json(&l, &names);
+        assert!(
+            line.starts_with(r#"{"type":"lookup","time":"2026-11-23T19:20:05.123456789Z","node":"node-a","schema":"dnstrace/1","#),
+            "{line}"
+        );
+        // Outside the output, a lookup serializes as it always did.
+        let plain = serde_json::to_value(&l).unwrap();
+        assert!(plain["hops"][0].get("time").is_none(), "{plain}");
+    }
+
+    #[test]
+    fn text_lookup_line_starts_with_the_time() {
+        let names = Names::new(1, []).with_epoch_timestamps();
+        let text = lookup_text(&lookup(T), &names);
+        assert!(
+            text.starts_with("19:20:05.123  10.0.0.2:40000 → 10.0.0.1  A example.org"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn upstreams_and_summary_records_are_stamped() {
+        let names = Names::new(1, [])
+            .with_epoch_timestamps()
+            .with_node("n1".to_owned());
+        let mut sink = Sink::Json(JsonSink::new(Vec::new()));
+        sink.upstreams(&[], &names, T).unwrap();
+        sink.summary(&Summary::default(), &names, T + 1).unwrap();
+        let Sink::Json(json) = sink else {
+            unreachable!()
+        };
+        let out = String::from_utf8(json.into_inner()).unwrap();
+        let recs: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2, "{out}");
+        assert_eq!(recs[0]["type"], "upstreams");
+        assert_eq!(recs[0]["time"], "2026-11-23T19:20:05.123456789Z");
+        assert_eq!(recs[1]["type"], "summary");
+        assert_eq!(recs[1]["time"], "2026-11-23T19:20:05.123456790Z");
+        for r in &recs {
+            assert_eq!(r["node"], "n1");
+            assert_eq!(r["schema"], "dnstrace/1");
         }
     }
 }

@@ -131,14 +131,23 @@ pub(crate) fn clock(epoch_ns: u64) -> String {
     )
 }
 
+/// HH:MM:SS.milli (UTC) of a Unix-epoch nanosecond timestamp: the start of a text lookup line.
+pub(crate) fn clock_ms(epoch_ns: u64) -> String {
+    let mut s = clock(epoch_ns);
+    s.truncate(s.len() - 3);
+    s
+}
+
 #[cfg(test)]
 mod tests {
-    use super::clock;
+    use super::{clock, clock_ms};
 
     #[test]
     fn clock_is_utc_time_of_day() {
         // 2026-11-23T19:20:05.123456789Z
         assert_eq!(clock(1_795_461_605_123_456_789), "19:20:05.123456");
         assert_eq!(clock(0), "00:00:00.000000");
+        assert_eq!(clock_ms(1_795_461_605_123_456_789), "19:20:05.123");
+        assert_eq!(clock_ms(86_399_999_999_999), "23:59:59.999");
     }
 }
