@@ -221,6 +221,9 @@ async fn run(
     let feed = ui.as_ref().map(|(feed, _)| feed.clone());
     let mut consumer = Consumer::new(cfg, names, correlator, lost_rx, feed);
     consumer.pcap = pcap;
+    if let Some(p) = consumer.pcap.as_mut().filter(|_| !cfg.filter.is_empty()) {
+        p.only_shown();
+    }
     let consumer = tokio::spawn(consumer.run(rx));
     let drain_task = tokio::spawn(async move {
         drain.run(&tx, &mut stop_rx).await;
@@ -555,6 +558,9 @@ pub(crate) struct Consumer {
     /// Capture time of the newest event decoded: the clock that ends lookups while
     /// captured events still wait in the queue.
     newest_ts: u64,
+    /// `--client`, `--qname`, `--verdict`: which finished lookups are written out.
+    filter: crate::filter::LookupFilter,
+    not_shown: u64,
 }
 
 impl Consumer {
@@ -573,6 +579,7 @@ impl Consumer {
             cfg.packets,
             cfg.upstream_every,
             lost_rx,
+            cfg.filter.clone(),
         )
     }
 
@@ -583,6 +590,7 @@ impl Consumer {
         packets: bool,
         upstream_every: Option<Duration>,
         lost_rx: watch::Receiver<u64>,
+        filter: crate::filter::LookupFilter,
     ) -> Self {
         Self {
             sink,
@@ -602,6 +610,8 @@ impl Consumer {
             end_epoch_ns: 0,
             trim: Trim::default(),
             newest_ts: 0,
+            filter,
+            not_shown: 0,
         }
     }
 
@@ -746,10 +756,15 @@ impl Consumer {
         }
         let mut finished = std::mem::take(&mut self.finished);
         for l in finished.drain(..) {
+            let shown = self.filter.matches(&l);
             if let Some(pcap) = &mut self.pcap {
-                pcap.lookup_done(&l);
+                pcap.lookup_done(&l, shown);
             }
-            self.sink.lookup(l, &self.names)?;
+            if shown {
+                self.sink.lookup(l, &self.names)?;
+            } else {
+                self.not_shown += 1;
+            }
         }
         // Keep the buffer's capacity for the next packet.
         self.finished = finished;
@@ -819,7 +834,10 @@ impl Consumer {
             decoded: self.decoded,
             issues: self.issues,
             tcp: self.tcp.stats,
-            lookups: self.correlator.stats(),
+            lookups: correlate::CorrelateStats {
+                not_shown: self.not_shown,
+                ..self.correlator.stats()
+            },
             upstreams: self.correlator.upstreams(),
             sink: self.sink,
             names: self.names,

@@ -267,6 +267,32 @@ pub struct WatchArgs {
     /// The `node` named in every JSON record [default: the host name].
     #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Which lookups are shown (`watch` and `replay`). Every lookup is still stitched and
+/// counted in the summary; these only select what is written out.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Which lookups to show")]
+pub struct FilterArgs {
+    /// Only lookups from a client in this CIDR or address (repeatable, or comma-separated), e.g. 10.244.3.0/24, fd00::/8.
+    #[arg(long = "client", value_name = "CIDR", value_delimiter = ',', value_parser = crate::filter::parse_client)]
+    pub clients: Vec<ipnet::IpNet>,
+
+    /// Only lookups for a name matching this glob, without case or trailing dot (repeatable): `*` is any run of characters, dots too, e.g. '*.svc.cluster.local'.
+    #[arg(long = "qname", value_name = "GLOB", value_parser = crate::filter::parse_qname)]
+    pub qnames: Vec<crate::filter::QnameGlob>,
+
+    /// Only lookups with these verdicts: `problems` (every verdict but ok) or names, comma-separated, e.g. problems, server_error,unanswered.
+    #[arg(long = "verdict", value_name = "LIST", value_parser = crate::filter::parse_verdicts)]
+    pub verdicts: Vec<crate::filter::VerdictSet>,
+}
+
+impl FilterArgs {
+    pub fn build(self) -> crate::filter::LookupFilter {
+        crate::filter::LookupFilter::new(self.clients, &self.qnames, self.verdicts)
+    }
 }
 
 const REPLAY_ABOUT: &str = "\
@@ -365,6 +391,8 @@ pub struct ReplayArgs {
     /// The `node` named in every JSON record (where the file was captured) [default: the host name].
     #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 const CLEANUP_ABOUT: &str = "\
@@ -449,6 +477,8 @@ pub struct WatchConfig {
     pub pcap: Option<PathBuf>,
     /// The `node` of the records.
     pub node: String,
+    /// `--client`, `--qname`, `--verdict`.
+    pub filter: crate::filter::LookupFilter,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -509,6 +539,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             tc_priority: a.tc_priority,
             pcap: a.pcap,
             node: a.node.unwrap_or_else(crate::sink::hostname),
+            filter: a.filter.build(),
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod decode;
+pub mod filter;
 pub mod logging;
 pub mod outfile;
 pub mod replay;

@@ -67,6 +67,8 @@ pub struct ReplayConfig {
     pub strict: bool,
     /// The `node` of the records.
     pub node: String,
+    /// `--client`, `--qname`, `--verdict`.
+    pub filter: crate::filter::LookupFilter,
 }
 
 impl From<ReplayArgs> for ReplayConfig {
@@ -85,6 +87,7 @@ impl From<ReplayArgs> for ReplayConfig {
             log_file: crate::cli::log_file_for(a.output, a.log_file),
             strict: a.strict,
             node: a.node.unwrap_or_else(crate::sink::hostname),
+            filter: a.filter.build(),
         }
     }
 }
@@ -429,7 +432,15 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     };
     let sink = stdout_sink(cfg.output, ui.as_ref().map(|(feed, _)| feed.clone()));
     let (_lost_tx, lost_rx) = watch::channel(0u64);
-    let mut consumer = Consumer::with_sink(sink, names, correlator, cfg.packets, None, lost_rx);
+    let mut consumer = Consumer::with_sink(
+        sink,
+        names,
+        correlator,
+        cfg.packets,
+        None,
+        lost_rx,
+        cfg.filter.clone(),
+    );
     if let Some(path) = &cfg.pcap {
         let info = RunInfo {
             host_netns,
@@ -440,6 +451,9 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         let sink = PcapSink::create(path, &info, &[], Bounds::for_timeout(timeout))
             .with_context(|| format!("creating the pcapng file {}", path.display()))?;
         consumer.pcap = Some(sink);
+        if let Some(p) = consumer.pcap.as_mut().filter(|_| !cfg.filter.is_empty()) {
+            p.only_shown();
+        }
     }
 
     let mut stats = ReplayStats {

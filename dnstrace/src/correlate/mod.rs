@@ -309,6 +309,9 @@ pub struct CorrelateStats {
     pub legs_omitted: u64,
     /// Events the tracer reported lost (`note_loss`).
     pub lost_events: u64,
+    /// Finished lookups left out of the output by `--client`, `--qname` or `--verdict`
+    /// (set by the output stage; they are in `finished` and `by_verdict`).
+    pub not_shown: u64,
     /// Upstream queries not counted per upstream because too many upstream addresses were seen.
     pub upstreams_untracked: u64,
     pub by_verdict: BTreeMap<&'static str, u64>,

@@ -308,6 +308,12 @@ impl Summary {
             l.evicted,
             l.lost_events
         ));
+        if l.not_shown > 0 {
+            v.push(format!(
+                "dnstrace: {} of them not shown (--client, --qname, --verdict)",
+                l.not_shown
+            ));
+        }
         if !self.issues.by_kind.is_empty() {
             let kinds: Vec<_> = self
                 .issues

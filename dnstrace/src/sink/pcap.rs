@@ -224,6 +224,10 @@ pub struct PcapStats {
     pub without_verdict: u64,
     /// Packets that joined no lookup (not DNS, orphan replies, ignored segments).
     pub no_lookup: u64,
+    /// Packets left out because none of their lookups was shown (`--client`, `--qname`,
+    /// `--verdict`), with those not in any lookup.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_shown: u64,
     /// Why writing stopped, if it failed (the file is incomplete).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -260,6 +264,8 @@ struct Held {
 struct Mark {
     held: u32,
     verdict: Option<String>,
+    /// The lookup passed the output filter.
+    shown: bool,
     /// Too many packets held: the rest goes out without the verdict.
     released: bool,
 }
@@ -283,6 +289,9 @@ pub struct PcapSink {
     marks: HashMap<u64, Mark>,
     bounds: Bounds,
     stats: PcapStats,
+    /// A filter is on: write only the packets of lookups it shows (and those written
+    /// before their lookup ended, which cannot be decided).
+    only_shown: bool,
 }
 
 impl PcapSink {
@@ -317,6 +326,7 @@ impl PcapSink {
             held: VecDeque::new(),
             held_bytes: 0,
             marks: HashMap::new(),
+            only_shown: false,
             bounds,
             stats: PcapStats {
                 path: path.display().to_string(),
@@ -451,8 +461,15 @@ impl PcapSink {
         self.drain(r.meta.ts_ns, false)
     }
 
-    /// A lookup finished: its held packets can carry the verdict.
-    pub fn lookup_done(&mut self, l: &Lookup) {
+    /// From now on, write only the packets of lookups that [`Self::lookup_done`] says are
+    /// shown.
+    pub fn only_shown(&mut self) {
+        self.only_shown = true;
+    }
+
+    /// A lookup finished: its held packets can carry the verdict; `shown`: it passed the
+    /// output filter.
+    pub fn lookup_done(&mut self, l: &Lookup, shown: bool) {
         let mut v = format!("verdict={}", l.verdict.as_str());
         if let Some(rcode) = &l.rcode {
             let _ = write!(v, " rcode={rcode}");
@@ -460,16 +477,17 @@ impl PcapSink {
         if let Some(c) = &l.culprit {
             let _ = write!(v, " culprit={}", c.replace(' ', "_"));
         }
-        self.verdict(l.id, v);
+        self.verdict(l.id, v, shown);
     }
 
-    fn verdict(&mut self, id: u64, text: String) {
+    fn verdict(&mut self, id: u64, text: String, shown: bool) {
         if let Some(m) = self.marks.get_mut(&id) {
             if m.held == 0 {
                 // Everything it held went out already (a bound was hit).
                 self.marks.remove(&id);
             } else {
                 m.verdict = Some(text);
+                m.shown = shown;
             }
         }
     }
@@ -500,7 +518,18 @@ impl PcapSink {
 
     fn write(&mut self, h: Held) -> std::io::Result<()> {
         let mut comment = h.comment;
+        // Under a filter: kept when a lookup of its is shown, or one has no verdict yet.
+        let keep = !self.only_shown
+            || h.lookups.iter().any(|id| {
+                self.marks
+                    .get(id)
+                    .is_some_and(|m| m.shown || m.verdict.is_none())
+            });
         if h.lookups.is_empty() {
+            if !keep {
+                self.stats.not_shown += 1;
+                return Ok(());
+            }
             self.stats.no_lookup += 1;
         } else {
             let base = comment.len();
@@ -518,6 +547,10 @@ impl PcapSink {
                 if m.held == 0 && m.verdict.is_some() {
                     self.marks.remove(id);
                 }
+            }
+            if !keep {
+                self.stats.not_shown += 1;
+                return Ok(());
             }
             if verdicts == h.lookups.len() {
                 self.stats.with_verdict += 1;
@@ -614,6 +647,10 @@ fn io_err(e: pcap_file::PcapError) -> std::io::Error {
         pcap_file::PcapError::IoError(e) => e,
         other => std::io::Error::other(other.to_string()),
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -750,6 +787,36 @@ mod tests {
     }
 
     #[test]
+    fn under_a_filter_only_the_packets_of_shown_lookups_are_written() {
+        let path = temp("filtered");
+        let mut w = PcapSink::create(
+            &path,
+            &RunInfo::default(),
+            &points(),
+            Bounds::for_timeout(Duration::from_secs(5)),
+        )
+        .unwrap();
+        w.only_shown();
+        let data = [0x45u8; 60];
+        let (m1, m2, m3) = (
+            meta(10, Point::TcEgress, 2, 60, 60),
+            meta(20, Point::SocketIn, 0, 40, 40),
+            meta(30, Point::Drop, 2, 50, 50),
+        );
+        w.packet(rec(&m1, &data, &placed(1), "eth0")).unwrap();
+        w.packet(rec(&m2, &data, &[], "socket")).unwrap();
+        w.packet(rec(&m3, &data, &placed(2), "eth0")).unwrap();
+        w.verdict(1, "verdict=dropped".into(), true);
+        w.verdict(2, "verdict=ok".into(), false);
+        let stats = w.close(1_700_000_000_000_001_000, 0);
+        assert_eq!((stats.packets, stats.not_shown), (1, 2));
+        let r = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(r.epbs.len(), 1);
+        assert_eq!(r.epbs[0].1 % 1_000_000, 10);
+    }
+
+    #[test]
     fn packets_wait_for_their_verdict_and_keep_capture_order() {
         let path = temp("order");
         let run = RunInfo {
@@ -781,13 +848,13 @@ mod tests {
         let m3 = meta(30, Point::Drop, 2, 50, 50);
         w.packet(rec(&m3, &data, &placed(2), "eth0")).unwrap();
         assert_eq!(w.stats.packets, 0, "held until lookup 1 has its verdict");
-        w.verdict(1, "verdict=ok rcode=NOERROR".into());
+        w.verdict(1, "verdict=ok rcode=NOERROR".into(), true);
         w.drain(40, false).unwrap();
         assert_eq!(
             w.stats.packets, 2,
             "lookup 1's packet and the one behind it"
         );
-        w.verdict(2, "verdict=dropped".into());
+        w.verdict(2, "verdict=dropped".into(), true);
         let stats = w.close(1_700_000_000_000_001_000, 3);
         assert_eq!(stats.error, None);
         assert_eq!(

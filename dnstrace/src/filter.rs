@@ -1,0 +1,214 @@
+//! `--client`, `--qname` and `--verdict`: which finished lookups are written out (text,
+//! JSON, the live view) and which packets go to the pcapng. Lookups are still stitched
+//! and counted whatever the filter says: it only selects what is shown, so no lookup
+//! loses a packet it needs.
+use std::collections::BTreeSet;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ipnet::IpNet;
+
+use crate::correlate::{Lookup, Verdict};
+
+/// What to show; every part given must match (each part matches any of its values).
+#[derive(Clone, Debug, Default)]
+pub struct LookupFilter {
+    clients: Vec<IpNet>,
+    qnames: Option<GlobSet>,
+    verdicts: Option<BTreeSet<Verdict>>,
+}
+
+impl LookupFilter {
+    pub fn new(clients: Vec<IpNet>, qnames: &[QnameGlob], verdicts: Vec<VerdictSet>) -> Self {
+        let qnames = (!qnames.is_empty()).then(|| {
+            let mut set = GlobSetBuilder::new();
+            for q in qnames {
+                set.add(q.0.clone());
+            }
+            // Each glob compiled on its own already; a set of valid globs builds.
+            set.build().unwrap_or_else(|_| GlobSet::empty())
+        });
+        let verdicts = (!verdicts.is_empty()).then(|| {
+            verdicts
+                .into_iter()
+                .flat_map(|v| v.0)
+                .collect::<BTreeSet<_>>()
+        });
+        Self {
+            clients,
+            qnames,
+            verdicts,
+        }
+    }
+
+    /// Nothing asked: everything is shown.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.qnames.is_none() && self.verdicts.is_none()
+    }
+
+    pub fn matches(&self, l: &Lookup) -> bool {
+        if let Some(v) = &self.verdicts
+            && !v.contains(&l.verdict)
+        {
+            return false;
+        }
+        if let Some(q) = &self.qnames
+            && !q.is_match(l.qname.trim_end_matches('.'))
+        {
+            return false;
+        }
+        if !self.clients.is_empty() {
+            let Some(ip) = client_ip(&l.client) else {
+                return false;
+            };
+            if !self.clients.iter().any(|net| net.contains(&ip)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// "10.244.0.10:40000" and "[fd00::10]:40000" → the address.
+fn client_ip(client: &str) -> Option<std::net::IpAddr> {
+    client
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| client.parse())
+        .ok()
+}
+
+/// `--client`: a CIDR (`10.244.0.0/16`, `fd00::/8`) or one address.
+pub fn parse_client(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a CIDR (10.244.0.0/16, fd00::/8)"))
+}
+
+/// `--qname`: a name or a glob, without case and without the trailing dot: `*` is any
+/// run of characters (dots too), `?` one character, `[ab]` a class.
+#[derive(Clone, Debug)]
+pub struct QnameGlob(globset::Glob);
+
+pub fn parse_qname(s: &str) -> Result<QnameGlob, String> {
+    let pattern = s.trim_end_matches('.');
+    if pattern.is_empty() {
+        return Err("an empty name; use * for every name".into());
+    }
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .literal_separator(false)
+        .build()
+        .map(QnameGlob)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `--verdict`: `problems` (every verdict but `ok`) or verdict names, comma-separated.
+#[derive(Clone, Debug)]
+pub struct VerdictSet(Vec<Verdict>);
+
+pub fn parse_verdicts(s: &str) -> Result<VerdictSet, String> {
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "problems" {
+            out.extend(Verdict::ALL.iter().filter(|v| **v != Verdict::Ok));
+            continue;
+        }
+        let v = Verdict::ALL
+            .iter()
+            .find(|v| v.as_str() == name || v.short() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+                format!(
+                    "unknown verdict {name:?}: use problems or any of {}",
+                    names.join(", ")
+                )
+            })?;
+        out.push(*v);
+    }
+    if out.is_empty() {
+        return Err("no verdict given: use problems or a verdict name".into());
+    }
+    Ok(VerdictSet(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(client: &str, qname: &str, verdict: Verdict) -> Lookup {
+        Lookup {
+            id: 1,
+            client: client.into(),
+            server: "169.254.25.10:53".into(),
+            qname: qname.into(),
+            qtype: "A".into(),
+            rcode: None,
+            verdict,
+            culprit: None,
+            last_hop: None,
+            hint: None,
+            latency_ms: None,
+            detail: String::new(),
+            hops: Vec::new(),
+            children: Vec::new(),
+            retries: 0,
+            start_ts_ns: 0,
+            netns: None,
+            hops_omitted: 0,
+            children_omitted: 0,
+        }
+    }
+
+    fn filter(clients: &[&str], qnames: &[&str], verdicts: &[&str]) -> LookupFilter {
+        LookupFilter::new(
+            clients.iter().map(|c| parse_client(c).unwrap()).collect(),
+            &qnames
+                .iter()
+                .map(|q| parse_qname(q).unwrap())
+                .collect::<Vec<_>>(),
+            verdicts
+                .iter()
+                .map(|v| parse_verdicts(v).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_part_must_match_and_each_part_any_value() {
+        let pod = lookup(
+            "10.244.0.10:40000",
+            "www.Example.test.",
+            Verdict::ServerError,
+        );
+        let pod6 = lookup("[fd00:244::10]:40000", "api.corp.", Verdict::Ok);
+        assert!(LookupFilter::default().is_empty());
+        assert!(LookupFilter::default().matches(&pod));
+        let f = filter(&["10.244.0.0/16", "fd00::/8"], &[], &[]);
+        assert!(f.matches(&pod) && f.matches(&pod6));
+        assert!(!filter(&["10.245.0.0/16"], &[], &[]).matches(&pod));
+        assert!(filter(&["10.244.0.10"], &[], &[]).matches(&pod));
+        assert!(filter(&[], &["*.example.test"], &[]).matches(&pod));
+        assert!(filter(&[], &["WWW.EXAMPLE.TEST."], &[]).matches(&pod));
+        assert!(!filter(&[], &["*.example.test"], &[]).matches(&pod6));
+        assert!(filter(&[], &["*.example.test", "api.*"], &[]).matches(&pod6));
+        assert!(filter(&[], &[], &["problems"]).matches(&pod));
+        assert!(!filter(&[], &[], &["problems"]).matches(&pod6));
+        assert!(filter(&[], &[], &["ok,server_error"]).matches(&pod6));
+        assert!(filter(&[], &[], &["server-error"]).matches(&pod));
+        assert!(!filter(&["10.244.0.0/16"], &["*.corp"], &[]).matches(&pod));
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        assert!(parse_client("10.244.0.0/33").unwrap_err().contains("CIDR"));
+        assert!(parse_client("pod-a").is_err());
+        assert!(
+            parse_verdicts("okay")
+                .unwrap_err()
+                .contains("unknown verdict")
+        );
+        assert!(parse_verdicts(",").is_err());
+        assert!(parse_qname(".").is_err());
+        assert!(parse_qname("[a").is_err());
+    }
+}
