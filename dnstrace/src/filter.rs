@@ -68,6 +68,60 @@ impl LookupFilter {
     }
 }
 
+/// The live view's `/` filter: the same `--client`, `--qname` and `--verdict` as the
+/// command line (`--flag VALUE` or `--flag=VALUE`), and any other words, which must each
+/// appear in the lookup's name or client (case-insensitive), as before.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub filter: LookupFilter,
+    /// Lowercased words to find in "qname client".
+    pub words: Vec<String>,
+}
+
+impl Query {
+    /// Errors name the flag and what is wrong with its value.
+    pub fn parse(text: &str) -> Result<Query, String> {
+        let (mut clients, mut qnames, mut verdicts, mut words) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut tokens = text.split_whitespace();
+        while let Some(t) = tokens.next() {
+            let (flag, inline) = match t.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+                _ => (t, None),
+            };
+            if !matches!(flag, "--client" | "--qname" | "--verdict") {
+                words.push(t.to_lowercase());
+                continue;
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => tokens
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a value"))?,
+            };
+            let err = |e: String| format!("{flag}: {e}");
+            match flag {
+                "--client" => {
+                    for v in value.split(',').filter(|v| !v.is_empty()) {
+                        clients.push(parse_client(v).map_err(err)?);
+                    }
+                }
+                "--qname" => qnames.push(parse_qname(value).map_err(err)?),
+                _ => verdicts.push(parse_verdicts(value).map_err(err)?),
+            }
+        }
+        Ok(Query {
+            filter: LookupFilter::new(clients, &qnames, verdicts),
+            words,
+        })
+    }
+
+    /// `key` is the lookup's "qname client", lowercased.
+    pub fn matches(&self, l: &Lookup, key: &str) -> bool {
+        self.filter.matches(l) && self.words.iter().all(|w| key.contains(w.as_str()))
+    }
+}
+
 /// "10.244.0.10:40000" and "[fd00::10]:40000" → the address.
 fn client_ip(client: &str) -> Option<std::net::IpAddr> {
     client
@@ -196,6 +250,32 @@ mod tests {
         assert!(filter(&[], &[], &["ok,server_error"]).matches(&pod6));
         assert!(filter(&[], &[], &["server-error"]).matches(&pod));
         assert!(!filter(&["10.244.0.0/16"], &["*.corp"], &[]).matches(&pod));
+    }
+
+    #[test]
+    fn the_live_views_query_takes_the_same_flags_and_plain_words() {
+        let pod = lookup(
+            "10.244.0.10:40000",
+            "www.example.test.",
+            Verdict::ServerError,
+        );
+        let key = "www.example.test. 10.244.0.10:40000";
+        let m = |text: &str| Query::parse(text).unwrap().matches(&pod, key);
+        assert!(m("") && m("www") && m("WWW 10.244"));
+        assert!(!m("www api"));
+        assert!(m("--verdict problems") && m("--verdict=server_error"));
+        assert!(!m("--verdict ok"));
+        assert!(m("--client 10.244.0.0/16 --qname *.example.test www"));
+        assert!(!m("--client=10.9.0.0/16"));
+        assert!(
+            Query::parse("--verdict okay")
+                .unwrap_err()
+                .starts_with("--verdict: unknown verdict")
+        );
+        assert_eq!(
+            Query::parse("--qname").unwrap_err(),
+            "--qname needs a value"
+        );
     }
 
     #[test]

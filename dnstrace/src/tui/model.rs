@@ -266,15 +266,26 @@ impl Model {
         self.editing.as_deref().unwrap_or(&self.filter)
     }
 
+    /// The filter in force, read as `--client`/`--qname`/`--verdict` flags and words; a
+    /// flag whose value is wrong gives its error (and then the text is matched as typed).
+    pub fn query(&self) -> Result<crate::filter::Query, String> {
+        crate::filter::Query::parse(self.active_filter())
+    }
+
     /// The rows the list shows, in display order.
     pub fn visible(&self) -> Vec<&Row> {
+        let query = self.query();
         let needle = self.active_filter().to_lowercase();
+        let admits = |r: &Row| match &query {
+            Ok(q) => q.matches(&r.lookup, &r.key),
+            Err(_) => r.key.contains(&needle),
+        };
         let mut v: Vec<&Row> = self
             .rows
             .iter()
             .rev()
             .filter(|r| self.verdicts.admits(r.lookup.verdict))
-            .filter(|r| needle.is_empty() || r.key.contains(&needle))
+            .filter(|r| admits(r))
             .collect();
         match self.sort {
             Sort::Time => {}

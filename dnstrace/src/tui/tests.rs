@@ -474,6 +474,32 @@ fn empty_state() {
     insta::assert_snapshot!("empty_100x20", screen(&m));
 }
 
+/// The same flags as the command line, in the `/` filter.
+#[test]
+fn filter_takes_the_command_lines_flags() {
+    let mut m = busy((120, 30));
+    let all = order(&m).len();
+    handle(&mut m, chr('/'));
+    for c in "--verdict problems".chars() {
+        handle(&mut m, chr(c));
+    }
+    handle(&mut m, key(KeyCode::Enter));
+    let problems = order(&m);
+    assert!(!problems.is_empty() && problems.len() < all, "{problems:?}");
+    assert!(m.visible().iter().all(|r| r.lookup.verdict != Verdict::Ok));
+    // A wrong value says so while typing, and the text is then matched as typed.
+    handle(&mut m, chr('/'));
+    for _ in "--verdict problems".chars() {
+        handle(&mut m, key(KeyCode::Backspace));
+    }
+    for c in "--verdict okay".chars() {
+        handle(&mut m, chr(c));
+    }
+    assert!(m.query().unwrap_err().contains("unknown verdict"));
+    assert!(order(&m).is_empty());
+    insta::assert_snapshot!("filter_bad_flag", screen(&m));
+}
+
 #[test]
 fn filter_by_qname_or_client() {
     let mut m = busy((120, 30));

@@ -36,7 +36,13 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model) {
             Span::raw(" apply  "),
             Span::styled("Esc", key()),
             Span::raw(" cancel  "),
-            Span::styled("(qname or client contains it)", dim()),
+            match m.query() {
+                Ok(_) => Span::styled(
+                    "(words in qname or client; --client CIDR --qname GLOB --verdict LIST)",
+                    dim(),
+                ),
+                Err(e) => Span::styled(format!("({e}: matched as text)"), bold()),
+            },
         ]),
         None => {
             let mut spans = Vec::new();
