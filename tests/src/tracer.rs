@@ -14,6 +14,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fs::{self, File},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -64,20 +65,34 @@ impl<'a> Tracer<'a> {
     /// only (see [`Lab::cmd_setns`]), and waits until it has attached.
     /// `name` names its files and must be unique within the lab.
     pub fn start(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Result<Tracer<'a>> {
-        Tracer::launch(lab, ns, name, true, args)
+        Tracer::launch(lab, ns, name, &[], true, args)
+    }
+
+    /// Like [`Tracer::start`], run through `wrapper` (a program and its
+    /// arguments, e.g. `unshare --cgroup …`), which gets the tracer's command
+    /// line as its last arguments.
+    pub fn start_wrapped(
+        lab: &'a Lab,
+        ns: &str,
+        name: &str,
+        wrapper: &[&OsStr],
+        args: &[&str],
+    ) -> Result<Tracer<'a>> {
+        Tracer::launch(lab, ns, name, wrapper, true, args)
     }
 
     /// Like [`Tracer::start`] without `--packets`: only lookups, upstream
     /// tables and the summary (under load, every packet would be several
     /// hundred MB of JSON).
     pub fn start_lookups(lab: &'a Lab, ns: &str, name: &str, args: &[&str]) -> Result<Tracer<'a>> {
-        Tracer::launch(lab, ns, name, false, args)
+        Tracer::launch(lab, ns, name, &[], false, args)
     }
 
     fn launch(
         lab: &'a Lab,
         ns: &str,
         name: &str,
+        wrapper: &[&OsStr],
         packets: bool,
         args: &[&str],
     ) -> Result<Tracer<'a>> {
@@ -86,7 +101,14 @@ impl<'a> Tracer<'a> {
         let err = lab.dir().join(format!("{name}.err"));
         let ready = lab.dir().join(format!("{name}.ready"));
         let _ = fs::remove_file(&ready);
-        let mut cmd = lab.cmd_setns(ns, &bin)?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = lab.cmd_setns(ns, program)?;
+                cmd.args(wrapper_args).arg(&bin);
+                cmd
+            }
+            None => lab.cmd_setns(ns, &bin)?,
+        };
         cmd.args(["watch", "--output", "json"]);
         if packets {
             cmd.arg("--packets");

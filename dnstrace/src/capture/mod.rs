@@ -3,15 +3,13 @@
 //! per-CPU counters. `Raw*` ABI types never leave this module.
 mod attach;
 mod btf;
+mod cgroup;
 pub mod links;
 mod noop;
 mod ring;
 pub mod stale;
 
-use std::{
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,6 +22,7 @@ use dnstrace_common::{
 };
 
 pub use attach::{AttachMode, AttachPoint, TcMode};
+pub use cgroup::open_cgroup2_root;
 pub use noop::NoopClassifier;
 pub use ring::{Batch, Drain, DrainStats};
 
@@ -125,10 +124,13 @@ pub enum CaptureError {
     OldKernel { version: String },
     #[error("interface {name:?} not found in this network namespace (see `ip -br link`)")]
     NoSuchInterface { name: String },
+    /// Attached below the root, the socket hop would trace only that subtree.
     #[error(
-        "no cgroup v2 found (none in /proc/self/mounts, and mounting one failed): the socket hop needs cgroup v2 and CAP_SYS_ADMIN; run without --socket-hop / with --no-socket-hop to skip it"
+        "the socket hop needs the root of the cgroup v2 tree, and dnstrace cannot reach it (attached below, it would see only that subtree): \
+         {namespaces}; tried {tried}. Give it the host's cgroup root (hostPID and CAP_SYS_PTRACE, or the host's /sys/fs/cgroup \
+         mounted in the container, or the host's cgroup namespace), or go without the socket hop (--no-socket-hop with --auto)"
     )]
-    NoCgroup2,
+    NoCgroupRoot { namespaces: String, tried: String },
     #[error("{action}: {source}")]
     Io {
         action: String,
@@ -570,59 +572,6 @@ pub fn own_netns_cookie() -> u64 {
     if rc == 0 { cookie } else { 0 }
 }
 
-/// Opens the cgroup v2 root directory. Uses our own mount when there is one;
-/// otherwise (e.g. under `ip netns exec`, which remounts /sys) mounts cgroup2
-/// on a temporary folder, opens it and unmounts it again at once: the open
-/// directory keeps the cgroup, and no mount is left behind.
-pub fn open_cgroup2_root() -> Result<(std::fs::File, String), CaptureError> {
-    let io = |action: &str| {
-        let action = action.to_owned();
-        move |source| CaptureError::Io { action, source }
-    };
-    if let Some(path) = std::fs::read_to_string("/proc/self/mounts")
-        .ok()
-        .and_then(|m| cgroup2_from_mounts(&m))
-    {
-        let dir = std::fs::File::open(&path)
-            .map_err(io(&format!("opening cgroup2 root {}", path.display())))?;
-        return Ok((dir, path.display().to_string()));
-    }
-    let tmp = std::env::temp_dir().join(format!("dnstrace-cgroup2-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(io("creating a temporary cgroup2 mount point"))?;
-    let target = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())
-        .map_err(|_| CaptureError::NoCgroup2)?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"cgroup2".as_ptr(),
-            target.as_ptr(),
-            c"cgroup2".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let _ = std::fs::remove_dir(&tmp);
-        return Err(CaptureError::NoCgroup2);
-    }
-    let dir = std::fs::File::open(&tmp);
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    let _ = std::fs::remove_dir(&tmp);
-    Ok((
-        dir.map_err(io("opening the temporary cgroup2 mount"))?,
-        "cgroup2 root".to_owned(),
-    ))
-}
-
-fn cgroup2_from_mounts(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| Path::new(path).to_path_buf())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,17 +672,5 @@ mod tests {
             msg.contains("prohibited for !root") && !msg.contains("R1=ctx"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_layout() {
-        let mounts = "sysfs /sys sysfs rw 0 0\n\
-                      tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(
-            cgroup2_from_mounts(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(cgroup2_from_mounts("proc /proc proc rw 0 0\n"), None);
     }
 }
