@@ -135,7 +135,8 @@ async fn run(
         capture.links().iter().map(|l| (l.index, l.name.clone())),
     )
     .with_drop_reasons(capture.drop_reasons().clone())
-    .with_node(cfg.node.clone());
+    .with_node(cfg.node.clone())
+    .with_hops(cfg.hops);
     let all_ifaces = cfg.auto
         && capture
             .links()

@@ -111,6 +111,18 @@ Examples:
     exit_status!()
 );
 
+/// How much of each lookup JSON and text write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Hops {
+    /// Every hop and forwarded query of every lookup.
+    All,
+    /// Every hop of a problem; a healthy lookup is one compact record (its hop count and path).
+    #[default]
+    Problems,
+    /// No lookup's hops: compact records only, the verdict's culprit, last hop and detail kept.
+    None,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// One line per lookup, with a hop timeline and a hint for problems (and a line per packet with --packets).
@@ -274,8 +286,18 @@ pub struct WatchArgs {
 /// Which lookups are shown (`watch` and `replay`). Every lookup is still stitched and
 /// counted in the summary; these only select what is written out.
 #[derive(Debug, Default, Args)]
-#[command(next_help_heading = "Which lookups to show")]
+#[command(next_help_heading = "Which lookups to show, and how much of each")]
 pub struct FilterArgs {
+    /// Which lookups' hops and forwarded queries are written (JSON and text).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHICH",
+        env = "DNSTRACE_HOPS",
+        default_value = "problems"
+    )]
+    pub hops: Hops,
+
     /// Only lookups from a client in this CIDR or address (repeatable, or comma-separated), e.g. 10.244.3.0/24, fd00::/8.
     #[arg(long = "client", value_name = "CIDR", value_delimiter = ',', value_parser = crate::filter::parse_client)]
     pub clients: Vec<ipnet::IpNet>,
@@ -479,6 +501,8 @@ pub struct WatchConfig {
     pub node: String,
     /// `--client`, `--qname`, `--verdict`.
     pub filter: crate::filter::LookupFilter,
+    /// `--hops`.
+    pub hops: Hops,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -539,6 +563,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             tc_priority: a.tc_priority,
             pcap: a.pcap,
             node: a.node.unwrap_or_else(crate::sink::hostname),
+            hops: a.filter.hops,
             filter: a.filter.build(),
         })
     }

@@ -69,6 +69,8 @@ pub struct ReplayConfig {
     pub node: String,
     /// `--client`, `--qname`, `--verdict`.
     pub filter: crate::filter::LookupFilter,
+    /// `--hops`.
+    pub hops: crate::cli::Hops,
 }
 
 impl From<ReplayArgs> for ReplayConfig {
@@ -87,6 +89,7 @@ impl From<ReplayArgs> for ReplayConfig {
             log_file: crate::cli::log_file_for(a.output, a.log_file),
             strict: a.strict,
             node: a.node.unwrap_or_else(crate::sink::hostname),
+            hops: a.filter.hops,
             filter: a.filter.build(),
         }
     }
@@ -410,7 +413,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     });
     let names = Names::new(host_netns, [])
         .with_epoch_timestamps()
-        .with_node(cfg.node.clone());
+        .with_node(cfg.node.clone())
+        .with_hops(cfg.hops);
     // The TUI stays up after the file ends, to browse its lookups, until `q`.
     let mut ui = match cfg.output {
         Output::Tui => {

@@ -88,6 +88,10 @@ pub(crate) fn serialize_hops<S: Serializer>(hops: &[Hop], s: S) -> Result<S::Ok,
 
 pub fn lookup_json(l: &Lookup, names: &Names) -> String {
     let stamp = names.stamp(names.epoch_ns(l.start_ts_ns));
+    if !names.full_lookup(l) {
+        return serde_json::to_string(&CompactRecord::new(stamp, l))
+            .unwrap_or_else(|e| error_json(stamp, &e));
+    }
     let _clock = HopClock::set(names.clock_offset_ns());
     serde_json::to_string(&LookupRecord {
         r#type: "lookup",
@@ -95,6 +99,95 @@ pub fn lookup_json(l: &Lookup, names: &Names) -> String {
         lookup: l,
     })
     .unwrap_or_else(|e| error_json(stamp, &e))
+}
+
+/// `{"type":"lookup", ...}` without the hops and forwarded queries (`--hops problems`
+/// for a healthy lookup, `--hops none` for every one): the question, the answer, the
+/// verdict and where the lookup went, as a hop count and a path.
+#[derive(Serialize)]
+struct CompactRecord<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
+    id: u64,
+    client: &'a str,
+    server: &'a str,
+    qname: &'a str,
+    qtype: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rcode: Option<crate::decode::dns::Rcode>,
+    verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    retries: u32,
+    start_ts_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u64>,
+    /// The client's hops (its own attempts), as in the full record.
+    hop_count: usize,
+    /// Where they were seen, each place once, in the order first seen: "socket>pod0".
+    path: String,
+    /// Forwarded queries at any depth.
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    forwarded: usize,
+    // A problem written compactly (`--hops none`) keeps what explains it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    culprit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_hop: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl<'a> CompactRecord<'a> {
+    fn new(stamp: Stamp<'a>, l: &'a Lookup) -> Self {
+        let problem = l.verdict != Verdict::Ok;
+        let mut places: Vec<&str> = Vec::new();
+        for h in &l.hops {
+            let place = if h.dir.starts_with("socket") {
+                "socket"
+            } else {
+                h.iface.as_str()
+            };
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+        let path = places.join(">");
+        Self {
+            r#type: "lookup",
+            stamp,
+            id: l.id,
+            client: &l.client,
+            server: &l.server,
+            qname: &l.qname,
+            qtype: &l.qtype,
+            rcode: l.rcode,
+            verdict: l.verdict,
+            latency_ms: l.latency_ms,
+            retries: l.retries,
+            start_ts_ns: l.start_ts_ns,
+            netns: l.netns,
+            hop_count: l.hops.len() + l.hops_omitted as usize,
+            path,
+            forwarded: l.descendants() + l.children_omitted as usize,
+            culprit: l.culprit.as_deref().filter(|_| problem),
+            last_hop: l.last_hop.as_deref().filter(|_| problem),
+            hint: l.hint.as_deref().filter(|_| problem),
+            detail: Some(l.detail.as_str()).filter(|d| problem && !d.is_empty()),
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 pub fn upstreams_json(u: &[UpstreamStats], stamp: Stamp<'_>) -> String {
@@ -123,10 +216,12 @@ pub fn lookup_text(l: &Lookup, names: &Names) -> String {
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms")),
         shout(l.verdict),
     );
-    if l.verdict == Verdict::Ok {
+    if !names.full_lookup(l) && l.verdict == Verdict::Ok {
         return s;
     }
-    timeline(&mut s, l, l.t0(), 1);
+    if names.full_lookup(l) {
+        timeline(&mut s, l, l.t0(), 1);
+    }
     if !l.detail.is_empty() {
         let _ = writeln!(s, "  why: {}", l.detail);
     }

@@ -90,6 +90,8 @@ pub struct Names {
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
     mono_to_epoch_ns: i128,
     drop_reasons: HashMap<u32, String>,
+    /// `--hops`: which lookups are written with their hops.
+    hops: crate::cli::Hops,
 }
 
 impl Names {
@@ -103,6 +105,22 @@ impl Names {
                 .collect(),
             mono_to_epoch_ns: mono_to_epoch_ns(),
             drop_reasons: HashMap::new(),
+            hops: crate::cli::Hops::default(),
+        }
+    }
+
+    /// `--hops`: which lookups are written with their hops.
+    pub fn with_hops(mut self, hops: crate::cli::Hops) -> Self {
+        self.hops = hops;
+        self
+    }
+
+    /// Whether `l` is written with its hops and forwarded queries.
+    pub fn full_lookup(&self, l: &crate::correlate::Lookup) -> bool {
+        match self.hops {
+            crate::cli::Hops::All => true,
+            crate::cli::Hops::Problems => l.verdict != crate::correlate::Verdict::Ok,
+            crate::cli::Hops::None => false,
         }
     }
 
@@ -587,6 +605,86 @@ mod tests {
         }
     }
 
+    /// A healthy lookup through node-local-dns as the lab writes it: 8 client hops, a
+    /// forwarded query with its own forward, long interface names, a netns cookie.
+    fn healthy_lookup() -> Lookup {
+        let mut l = lookup(30_765_616_226_119);
+        l.id = 123_456;
+        l.client = "10.244.0.10:40000".into();
+        l.server = "169.254.25.10:53".into();
+        l.qname = "www.example.test.".into();
+        l.rcode = Some(crate::decode::dns::Rcode::NOERROR);
+        l.latency_ms = Some(0.288_123);
+        l.netns = Some(4_026_532_184);
+        l.last_hop = Some("socket-in (netns 4026532184)".into());
+        l.detail = "answered NOERROR in 0.288 ms".into();
+        let places = [
+            ("socket", "socket-out"),
+            ("dtbld0nqhpod0", "ingress"),
+            ("socket", "socket-in"),
+            ("socket", "socket-out"),
+            ("dtbld0nqhpod0", "egress"),
+            ("socket", "socket-in"),
+            ("dtbld0nqhpod0", "ingress"),
+            ("dtbld0nqhpod0", "egress"),
+        ];
+        l.hops = places
+            .iter()
+            .enumerate()
+            .map(|(i, (iface, dir))| Hop {
+                iface: (*iface).to_owned(),
+                ..hop(l.start_ts_ns + i as u64 * 40_000, dir)
+            })
+            .collect();
+        let mut child = lookup(l.start_ts_ns + 50_000);
+        child.children.push(lookup(l.start_ts_ns + 90_000));
+        l.children.push(child);
+        l
+    }
+
+    #[test]
+    fn a_healthy_lookup_is_one_compact_record_of_at_most_400_bytes() {
+        let names = Names::new(1, []).with_node("ip-10-0-12-34.ec2.internal".to_owned());
+        let l = healthy_lookup();
+        let line = lookup_json(&l, &names);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(line.len() <= 400, "{} bytes: {line}", line.len());
+        assert_eq!(
+            (v["verdict"].as_str(), v["rcode"].as_str()),
+            (Some("ok"), Some("NOERROR"))
+        );
+        assert_eq!(v["hop_count"], 8);
+        assert_eq!(v["path"], "socket>dtbld0nqhpod0");
+        assert_eq!(v["forwarded"], 2);
+        assert!(
+            v.get("hops").is_none() && v.get("detail").is_none(),
+            "{line}"
+        );
+        let full = lookup_json(&l, &Names::new(1, []).with_hops(crate::cli::Hops::All));
+        assert!(
+            full.len() > 3 * line.len(),
+            "{} vs {}",
+            full.len(),
+            line.len()
+        );
+        // A problem keeps every hop by default…
+        let mut bad = healthy_lookup();
+        bad.verdict = Verdict::ServerError;
+        bad.culprit = Some("10.244.1.10:53".into());
+        let v: serde_json::Value = serde_json::from_str(&lookup_json(&bad, &names)).unwrap();
+        assert_eq!(v["hops"].as_array().map(Vec::len), Some(8));
+        // …and with --hops none keeps what explains it.
+        let none = Names::new(1, []).with_hops(crate::cli::Hops::None);
+        let v: serde_json::Value = serde_json::from_str(&lookup_json(&bad, &none)).unwrap();
+        assert!(v.get("hops").is_none());
+        assert_eq!(v["culprit"], "10.244.1.10:53");
+        assert_eq!(v["last_hop"], "socket-in (netns 4026532184)");
+        // Text: the timeline only for a full lookup.
+        assert_eq!(lookup_text(&l, &names).lines().count(), 1);
+        assert!(lookup_text(&bad, &names).lines().count() > 8);
+        assert!(lookup_text(&bad, &none).lines().count() < 8);
+    }
+
     #[test]
     fn lookup_record_has_time_node_schema_and_hop_times() {
         // A live run: monotonic timestamps, 1 s of monotonic clock is T on the wall clock.
@@ -594,7 +692,8 @@ mod tests {
             mono_to_epoch_ns: i128::from(T) - 1_000_000_000,
             ..Names::new(1, [])
         }
-        .with_node("node-a".to_owned());
+        .with_node("node-a".to_owned())
+        .with_hops(crate::cli::Hops::All);
         let mut l = lookup(1_000_000_000);
         l.children.push(lookup(1_000_500_000));
         let v: serde_json::Value = serde_json::from_str(&lookup_json(&l, &names)).unwrap();

@@ -197,6 +197,9 @@ fn one(ctx: &Ctx, tag: &str, client: impl FnOnce(&Node) -> Result<ClientOut>) ->
         "0",
         "--ring-size",
         RING,
+        // Every lookup with its hops: they say which lookups are this lab's.
+        "--hops",
+        "all",
     ];
     let mut cmd = node.lab.cmd_setns(&node.node_ns, &ctx.bin)?;
     cmd.args(args)
