@@ -593,6 +593,7 @@ mod commands_table {
         "dir",
         "echo",
         "id",
+        "init",
         "install",
         "last",
         "link",
@@ -602,6 +603,7 @@ mod commands_table {
         "rustc",
         "setcap",
         "test",
+        "time",
         "watch",
         "yes",
     ];
