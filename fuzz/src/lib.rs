@@ -103,6 +103,8 @@ fn meta(ts_ns: u64, cap_len: usize, cut: u16, point: Point) -> Meta {
 /// The packet outputs (text and JSON lines), written nowhere.
 struct Outputs {
     names: Names,
+    /// The same with every lookup in full (`--hops all`).
+    full: Names,
     text: TextSink<io::Sink>,
     json: JsonSink<io::Sink>,
 }
@@ -111,6 +113,8 @@ impl Outputs {
     fn new() -> Self {
         Self {
             names: Names::new(HOST_NETNS, [(1, "eth0".to_owned())]),
+            full: Names::new(HOST_NETNS, [(1, "eth0".to_owned())])
+                .with_hops(dnstrace::cli::Hops::All),
             text: TextSink::new(io::sink()),
             json: JsonSink::new(io::sink()),
         }
@@ -128,8 +132,10 @@ impl Outputs {
     fn lookups(&mut self, lookups: &[Lookup], seen: &mut HashSet<u64>) {
         for l in lookups {
             assert!(seen.insert(l.id), "lookup {} finished twice", l.id);
-            lookup_text(l);
-            lookup_json(l);
+            for names in [&self.names, &self.full] {
+                lookup_text(l, names);
+                lookup_json(l, names);
+            }
         }
     }
 }
@@ -584,5 +590,5 @@ pub fn correlate_events(input: &[u8]) {
         stats.live_lookups, 0,
         "lookups left open after the end: {stats:?}"
     );
-    upstreams_json(&c.upstreams());
+    upstreams_json(&c.upstreams(), Names::new(HOST_NETNS, []).stamp(0));
 }
