@@ -595,7 +595,8 @@ fn forwarding_loop(f: &Facts) -> Option<Finding> {
     let from = leg
         .parent
         .map_or(leg.client, |p| served_at(&lk.legs[usize::from(p)]));
-    let again = repeated_ancestor(lk, i).map_or(leg.server, |a| served_at(&lk.legs[a]));
+    let ancestor = repeated_ancestor(lk, i);
+    let again = ancestor.map_or(leg.server, |a| served_at(&lk.legs[a]));
     let netns = if again.ip().is_loopback() {
         format!(" in netns {}", leg.first.netns)
     } else {
@@ -624,7 +625,7 @@ fn forwarding_loop(f: &Facts) -> Option<Finding> {
     } else {
         String::new()
     };
-    let depth = repeated_ancestor(lk, i).map_or(0, |a| lk.legs[a].depth);
+    let depth = ancestor.map_or(0, |a| lk.legs[a].depth);
     let j = Judgement::new(Verdict::ForwardingLoop, Some(culprit), Some(f.c.at(&last)))
         .hint(
             "a forwarder forwards back to itself: point its `forward` at a real upstream instead of \
@@ -1040,8 +1041,9 @@ impl Correlator {
                 format!("query to {} left via {}", leg.server, self.at(h)),
             );
         }
-        if is_looping(lk, i) {
-            let again = repeated_ancestor(lk, i).map_or(leg.server, |a| served_at(&lk.legs[a]));
+        let ancestor = repeated_ancestor(lk, i);
+        if leg.depth >= 1 && (leg.depth >= LOOP_DEPTH || ancestor.is_some()) {
+            let again = ancestor.map_or(leg.server, |a| served_at(&lk.legs[a]));
             return (
                 Verdict::ForwardingLoop,
                 Some(format!("{} <-> {again}", leg.client.ip())),

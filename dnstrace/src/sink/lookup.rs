@@ -119,7 +119,7 @@ struct CompactRecord<'a> {
     verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "super::is_zero")]
     retries: u32,
     start_ts_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,7 +129,7 @@ struct CompactRecord<'a> {
     /// Where they were seen, each place once, in the order first seen: "socket>pod0".
     path: String,
     /// Forwarded queries at any depth.
-    #[serde(skip_serializing_if = "is_zero_usize")]
+    #[serde(skip_serializing_if = "super::is_zero")]
     forwarded: usize,
     // A problem written compactly (`--hops none`) keeps what explains it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,14 +180,6 @@ impl<'a> CompactRecord<'a> {
             detail: Some(l.detail.as_str()).filter(|d| problem && !d.is_empty()),
         }
     }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_usize(n: &usize) -> bool {
-    *n == 0
 }
 
 pub fn upstreams_json(u: &[UpstreamStats], stamp: Stamp<'_>) -> String {

@@ -486,6 +486,11 @@ impl<W: Write> Sink<W> {
     }
 }
 
+/// For `skip_serializing_if`: a count of nothing is left out.
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,7 +226,7 @@ pub struct PcapStats {
     pub no_lookup: u64,
     /// Packets left out because none of their lookups was shown (`--client`, `--qname`,
     /// `--verdict`), with those not in any lookup.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "super::is_zero")]
     pub not_shown: u64,
     /// Why writing stopped, if it failed (the file is incomplete).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -647,10 +647,6 @@ fn io_err(e: pcap_file::PcapError) -> std::io::Error {
         pcap_file::PcapError::IoError(e) => e,
         other => std::io::Error::other(other.to_string()),
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 #[cfg(test)]
