@@ -25,7 +25,7 @@ use super::{Ctx, STOP_GRACE, report::Report, wait_file};
 use crate::{bail_if_stopped, cargo, run_visible};
 
 const COUNT: u64 = 100_000;
-const QPS: u64 = 10_000;
+pub(super) const QPS: u64 = 10_000;
 const SOCKETS: usize = 8;
 const IDS: u16 = 32;
 const DNSPERF_CLIENTS: usize = 4;
@@ -51,23 +51,11 @@ struct Run {
 type ClientOut = (String, String, Option<ClientRun>, u64);
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    eprintln!("[bench] building dnsload (release)");
-    run_visible(
-        "cargo build --release -p dnstrace-tests --bin dnsload",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "dnstrace-tests",
-            "--bin",
-            "dnsload",
-        ]),
-    )?;
-    let dnsload = crate::target_dir().join("release/dnsload");
+    let dnsload = build_dnsload()?;
 
     let own = one(ctx, "bld", |node| {
         let out = node.lab.dir().join("dnsload.jsonl");
-        let argv = dnsload_args(node, &out);
+        let argv = dnsload_args(node, COUNT, &out);
         let res = node
             .lab
             .cmd(&node.pod_ns, &dnsload)
@@ -150,14 +138,15 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn dnsload_args(node: &Node, out: &Path) -> Vec<String> {
+/// dnsload's arguments for `count` queries at 10k qps from the node's pod.
+pub(super) fn dnsload_args(node: &Node, count: u64, out: &Path) -> Vec<String> {
     vec![
         "--server".to_owned(),
         format!("{}:53", node.nodelocal_ip),
         "--qps".to_owned(),
         QPS.to_string(),
         "--count".to_owned(),
-        COUNT.to_string(),
+        count.to_string(),
         "--sockets".to_owned(),
         SOCKETS.to_string(),
         "--ids".to_owned(),
@@ -182,58 +171,10 @@ fn kernel_latencies(run: &ClientRun) -> Vec<f64> {
 fn one(ctx: &Ctx, tag: &str, client: impl FnOnce(&Node) -> Result<ClientOut>) -> Result<Run> {
     let node = Node::new(tag)?;
     quiet_nodelocal(&node)?;
-    let out = node.lab.dir().join("trace.jsonl");
-    let err = node.lab.dir().join("trace.err");
-    let ready = node.lab.dir().join("trace.ready");
-    let timeout = format!("{LOOKUP_TIMEOUT_SECS}s");
-    let args = [
-        "watch",
-        "--auto",
-        "--output",
-        "json",
-        "--timeout",
-        &timeout,
-        "--upstream-every",
-        "0",
-        "--ring-size",
-        RING,
-        // Every lookup with its hops: they say which lookups are this lab's.
-        "--hops",
-        "all",
-    ];
-    let mut cmd = node.lab.cmd_setns(&node.node_ns, &ctx.bin)?;
-    cmd.args(args)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
-        .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?);
-    let proc = node.lab.spawn("trace", cmd)?;
-    wait_file(&node.lab, &proc, &ready, &err)?;
-    let t = Instant::now();
-    let (command, client_summary, run, want) = client(&node)?;
-    let secs = t.elapsed().as_secs_f64();
+    // Every lookup with its hops: they say which lookups are this lab's.
+    let (out, (command, client_summary, run, want), secs) =
+        traced(ctx, &node, "trace", &["--hops", "all"], client)?;
     eprintln!("[bench] load: {command}: {client_summary}");
-    // Until its output stops growing for the lookup timeout + 1 s.
-    let quiet = Duration::from_secs(LOOKUP_TIMEOUT_SECS + 1);
-    let mut last = (0, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < deadline {
-        let len = std::fs::metadata(&out).map_or(0, |m| m.len());
-        if len != last.0 {
-            last = (len, Instant::now());
-        } else if last.1.elapsed() >= quiet {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let status = node.lab.stop(&proc, Signal::Int, STOP_GRACE)?;
-    if !status.success() {
-        bail!(
-            "dnstrace exited with {status}: {}",
-            std::fs::read_to_string(&err).unwrap_or_default()
-        );
-    }
     let mut filter = LabFilter {
         iface_prefix: node.lab.prefix().to_owned(),
         cookies: Vec::new(),
@@ -391,4 +332,82 @@ fn report_results(report: &mut Report, own: &Run, perf: &Run) {
          and `target/bench/load-wrong-blp.jsonl`.\n",
     );
     report.section("Healthy traffic under load: false alarms", body);
+}
+
+/// Starts `dnstrace watch --auto --output json EXTRA…` in the node netns,
+/// runs `client`, waits until the output has been quiet for the lookup
+/// timeout + 1 s and stops the tracer; returns its output file, what the
+/// client returned and how long the client ran.
+pub(super) fn traced<T>(
+    ctx: &Ctx,
+    node: &Node,
+    name: &str,
+    extra: &[&str],
+    client: impl FnOnce(&Node) -> Result<T>,
+) -> Result<(PathBuf, T, f64)> {
+    let out = node.lab.dir().join(format!("{name}.jsonl"));
+    let err = node.lab.dir().join(format!("{name}.err"));
+    let ready = node.lab.dir().join(format!("{name}.ready"));
+    let timeout = format!("{LOOKUP_TIMEOUT_SECS}s");
+    let mut cmd = node.lab.cmd_setns(&node.node_ns, &ctx.bin)?;
+    cmd.args([
+        "watch",
+        "--auto",
+        "--output",
+        "json",
+        "--timeout",
+        &timeout,
+        "--upstream-every",
+        "0",
+        "--ring-size",
+        RING,
+    ])
+    .args(extra)
+    .arg("--ready-file")
+    .arg(&ready)
+    .stdin(Stdio::null())
+    .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
+    .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?);
+    let proc = node.lab.spawn(name, cmd)?;
+    wait_file(&node.lab, &proc, &ready, &err)?;
+    let t = Instant::now();
+    let result = client(node)?;
+    let secs = t.elapsed().as_secs_f64();
+    let quiet = Duration::from_secs(LOOKUP_TIMEOUT_SECS + 1);
+    let mut last = (0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        let len = std::fs::metadata(&out).map_or(0, |m| m.len());
+        if len != last.0 {
+            last = (len, Instant::now());
+        } else if last.1.elapsed() >= quiet {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = node.lab.stop(&proc, Signal::Int, STOP_GRACE)?;
+    if !status.success() {
+        bail!(
+            "dnstrace exited with {status}: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+    }
+    Ok((out, result, secs))
+}
+
+/// Builds the load client (release) and returns its path.
+pub(super) fn build_dnsload() -> Result<PathBuf> {
+    eprintln!("[bench] building dnsload (release)");
+    run_visible(
+        "cargo build --release -p dnstrace-tests --bin dnsload",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "dnstrace-tests",
+            "--bin",
+            "dnsload",
+        ]),
+    )?;
+    Ok(crate::target_dir().join("release/dnsload"))
 }

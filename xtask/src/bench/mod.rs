@@ -15,6 +15,7 @@
 //! - `attach`: attach time for 250 veths, by name and with `--auto`.
 //! - `load`: healthy traffic at 10k qps through the lab node's whole DNS path
 //!   (dnsload and dnsperf): every lookup `ok`, latency as the client measured.
+//! - `volume`: JSON bytes per healthy lookup, default `--hops problems` vs `all`.
 
 mod attach;
 mod collector;
@@ -25,6 +26,7 @@ mod load;
 mod measure;
 mod report;
 mod topo;
+mod volume;
 
 use std::{
     fs::File,
@@ -45,13 +47,14 @@ pub struct Args {
     /// Longer runs and more repeats (about 15 minutes) instead of the short mode (under 5 minutes).
     #[arg(long)]
     full: bool,
-    /// Run only these sections: tax, kernel, dns, flood, collector, attach, load (comma-separated).
+    /// Run only these sections: tax, kernel, dns, flood, collector, attach, load, volume (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
     /// Measure this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
     #[arg(long, value_name = "PATH")]
     bin: Option<PathBuf>,
-    /// Where to write the report (default: BENCHMARKS.md in the workspace).
+    /// Where to write the report (default: BENCHMARKS.md in the workspace; with --only,
+    /// target/bench/BENCHMARKS-<sections>.md, so that a partial run never replaces the full report).
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
     /// A sentence on the conditions of this run, quoted in the report (e.g. what else was running).
@@ -68,11 +71,12 @@ enum Section {
     Collector,
     Attach,
     Load,
+    Volume,
 }
 
 impl Section {
     /// Every section, in the order a full run takes them.
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Tax,
         Section::Kernel,
         Section::Dns,
@@ -80,6 +84,7 @@ impl Section {
         Section::Collector,
         Section::Attach,
         Section::Load,
+        Section::Volume,
     ];
 }
 
@@ -214,6 +219,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Collector => collector::run(&ctx, &mut report),
             Section::Attach => attach::run(&ctx, &mut report),
             Section::Load => load::run(&ctx, &mut report),
+            Section::Volume => volume::run(&ctx, &mut report),
         };
         bail_if_stopped()?;
         if let Err(e) = result {
@@ -224,10 +230,18 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let _ = std::fs::remove_file(&ctx.exe);
     report.elapsed = started.elapsed();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| crate::workspace_root().join("BENCHMARKS.md"));
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.only.is_empty() {
+            crate::workspace_root().join("BENCHMARKS.md")
+        } else {
+            let names: Vec<String> = sections
+                .iter()
+                .map(|s| format!("{s:?}").to_lowercase())
+                .collect();
+            ctx.scratch
+                .join(format!("BENCHMARKS-{}.md", names.join("-")))
+        }
+    });
     let text = report.render();
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("{}", report.table());
