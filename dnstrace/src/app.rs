@@ -562,6 +562,7 @@ pub(crate) struct Consumer {
     /// `--client`, `--qname`, `--verdict`: which finished lookups are written out.
     filter: crate::filter::LookupFilter,
     not_shown: u64,
+    problems_shown: u64,
 }
 
 impl Consumer {
@@ -613,6 +614,7 @@ impl Consumer {
             newest_ts: 0,
             filter,
             not_shown: 0,
+            problems_shown: 0,
         }
     }
 
@@ -762,6 +764,9 @@ impl Consumer {
                 pcap.lookup_done(&l, shown);
             }
             if shown {
+                if l.verdict != correlate::Verdict::Ok {
+                    self.problems_shown += 1;
+                }
                 self.sink.lookup(l, &self.names)?;
             } else {
                 self.not_shown += 1;
@@ -837,6 +842,7 @@ impl Consumer {
             tcp: self.tcp.stats,
             lookups: correlate::CorrelateStats {
                 not_shown: self.not_shown,
+                problems_shown: self.problems_shown,
                 ..self.correlator.stats()
             },
             upstreams: self.correlator.upstreams(),

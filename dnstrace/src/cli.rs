@@ -12,6 +12,7 @@ macro_rules! exit_status {
   0    the run ended as asked (Ctrl-C, SIGTERM, --duration, q, end of the file)
   1    an error: attaching failed, or stdout or --pcap could not be written
   2    a bad command line or a value out of range; nothing was attached
+  3    replay --exit-code: a lookup it printed had a verdict other than ok
   141  stdout's reader went away (e.g. `| head`): dnstrace detached, then
        ended by SIGPIPE as other Unix tools do"
     };
@@ -409,6 +410,11 @@ pub struct ReplayArgs {
     /// and exit status 0.
     #[arg(long, env = "DNSTRACE_STRICT")]
     pub strict: bool,
+
+    /// Exit with status 3 when a lookup that is printed (after --client, --qname and
+    /// --verdict) has a verdict other than ok: for CI jobs that check captures.
+    #[arg(long)]
+    pub exit_code: bool,
 
     /// The `node` named in every JSON record (where the file was captured) [default: the host name].
     #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]

@@ -9,6 +9,8 @@ use dnstrace::{
 
 /// Exit status of a bad command line, as clap uses.
 const USAGE: u8 = 2;
+/// `replay --exit-code` found a lookup with a problem verdict.
+const PROBLEMS: u8 = 3;
 
 fn main() -> ExitCode {
     dnstrace::logging::init();
@@ -27,6 +29,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `replay --exit-code`: how many printed lookups had a problem verdict.
+    let mut problem_lookups = 0u64;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => {
@@ -34,9 +38,14 @@ fn main() -> ExitCode {
                 dnstrace::app::watch(cfg).await.map(|_| ())
             }
             Command::Replay(args) => {
-                dnstrace::replay::replay(dnstrace::replay::ReplayConfig::from(args))
-                    .await
-                    .map(|_| ())
+                let exit_code = args.exit_code;
+                let summary =
+                    dnstrace::replay::replay(dnstrace::replay::ReplayConfig::from(args)).await?;
+                let problems = summary.lookups.problems_shown;
+                if exit_code && problems > 0 {
+                    problem_lookups = problems;
+                }
+                Ok(())
             }
             Command::Cleanup(args) => {
                 let found = dnstrace::capture::stale::cleanup(&args.ifaces, args.dry_run).await?;
@@ -57,6 +66,13 @@ fn main() -> ExitCode {
     });
     let result = result.and_then(|()| dnstrace::app::flush_stdout());
     match result {
+        Ok(()) if problem_lookups > 0 => {
+            say!(
+                "dnstrace: {problem_lookups} lookup{} with a verdict other than ok (--exit-code)",
+                if problem_lookups == 1 { "" } else { "s" }
+            );
+            ExitCode::from(PROBLEMS)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<StdoutClosed>() => dnstrace::app::die_of_sigpipe(),
         Err(e) if e.is::<ConfigError>() => {

@@ -618,3 +618,58 @@ fn damaged_files_never_panic() {
     std::fs::remove_dir_all(&tmp).unwrap();
     eprintln!("{runs} damaged files replayed");
 }
+
+/// `replay --exit-code` (for CI jobs that check captures): status 3 exactly when a
+/// printed lookup's verdict is not ok, counting only what the filters let through.
+#[test]
+fn exit_code_fails_only_on_printed_problem_lookups() {
+    let Some((bin, dir)) = setup() else { return };
+    let run = |name: &str, args: &[&str]| {
+        let path = dir.join(name);
+        if !path.is_file() {
+            missing(&format!("{} is absent", path.display()));
+            return None;
+        }
+        let out = std::process::Command::new(&bin)
+            .args(["replay", "--output", "json"])
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let problems = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "lookup" && v["verdict"] != "ok")
+            .count();
+        Some((
+            out.status.code(),
+            problems,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    // Four lookups with problems, each printed: status 3, and the count is said.
+    let Some((code, problems, stderr)) = run("zeek-dns-edns-ecs.pcap", &["--exit-code"]) else {
+        return;
+    };
+    assert_eq!((code, problems), (Some(3), 4), "{stderr}");
+    assert!(
+        stderr.contains("4 lookups with a verdict other than ok (--exit-code)"),
+        "{stderr}"
+    );
+    // The same file without the flag, and with a filter that prints only ok lookups.
+    let (code, ..) = run("zeek-dns-edns-ecs.pcap", &[]).unwrap();
+    assert_eq!(code, Some(0));
+    let (code, problems, stderr) = run(
+        "zeek-dns-edns-ecs.pcap",
+        &["--exit-code", "--verdict", "ok"],
+    )
+    .unwrap();
+    assert_eq!((code, problems), (Some(0), 0), "{stderr}");
+    // Every lookup ok: status 0.
+    let (code, problems, stderr) = run("dnscap-dns.pcap", &["--exit-code"]).unwrap();
+    assert_eq!((code, problems), (Some(0), 0), "{stderr}");
+    // A damaged file is still status 1 (an error), not 3.
+    let (code, ..) = run("README.md", &["--exit-code"]).unwrap();
+    assert_eq!(code, Some(1));
+}

@@ -312,6 +312,8 @@ pub struct CorrelateStats {
     /// Finished lookups left out of the output by `--client`, `--qname` or `--verdict`
     /// (set by the output stage; they are in `finished` and `by_verdict`).
     pub not_shown: u64,
+    /// Lookups shown (printed or exported) whose verdict is not `ok` (set by the output stage).
+    pub problems_shown: u64,
     /// Upstream queries not counted per upstream because too many upstream addresses were seen.
     pub upstreams_untracked: u64,
     pub by_verdict: BTreeMap<&'static str, u64>,
