@@ -10,6 +10,7 @@ use aya_build::{Package, Toolchain};
 const TOOLCHAIN_ENV: &str = "DNSTRACE_EBPF_TOOLCHAIN";
 
 fn main() -> anyhow::Result<()> {
+    commit();
     println!("cargo:rerun-if-env-changed={TOOLCHAIN_ENV}");
     println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
     let toolchain = std::env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "/usr".to_owned());
@@ -35,4 +36,41 @@ fn main() -> anyhow::Result<()> {
     };
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
     aya_build::build_ebpf([package], Toolchain::Custom(toolchain))
+}
+
+/// `DNSTRACE_COMMIT` for `--version`: the commit checked out when the source was
+/// built (uncommitted changes are not noted: the script does not rerun for every
+/// edit), or "unknown commit" outside a git checkout (a source tarball) or without git. `DNSTRACE_COMMIT` in the
+/// environment wins (for builds from an export).
+fn commit() {
+    println!("cargo:rerun-if-env-changed=DNSTRACE_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .args(["-C", env!("CARGO_MANIFEST_DIR")])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let commit = std::env::var("DNSTRACE_COMMIT").ok().or_else(|| {
+        let head = git(&["rev-parse", "--short=12", "HEAD"])?;
+        // Build again when HEAD moves or the branch it names gets a new commit.
+        for path in ["HEAD", "packed-refs"] {
+            if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", path]) {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        }
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+            && let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &branch])
+        {
+            println!("cargo:rerun-if-changed={p}");
+        }
+        Some(head)
+    });
+    println!(
+        "cargo:rustc-env=DNSTRACE_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown commit")
+    );
 }

@@ -18,6 +18,14 @@ macro_rules! exit_status {
     };
 }
 
+/// `--version`: the package version and the commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("DNSTRACE_COMMIT"),
+    ")"
+);
+
 const ABOUT: &str = "Packet-level DNS wire tracer for Kubernetes nodes";
 const LONG_ABOUT: &str = "\
 Packet-level DNS wire tracer for Kubernetes nodes.
@@ -41,7 +49,7 @@ Run it as root in a privileged node shell, e.g.
 #[derive(Debug, Parser)]
 #[command(
     name = "dnstrace",
-    version,
+    version = VERSION,
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = exit_status!()
@@ -62,9 +70,70 @@ pub enum Command {
     /// Remove netlink tc filters left by a killed dnstrace (watch also does this when it starts).
     #[command(long_about = CLEANUP_ABOUT, after_help = exit_status!())]
     Cleanup(CleanupArgs),
+    /// Print a shell completion script: dnstrace completions bash > /etc/bash_completion.d/dnstrace
+    #[command(long_about = COMPLETIONS_ABOUT, after_help = exit_status!())]
+    Completions(CompletionsArgs),
+    /// Write the man pages (dnstrace.1 and one per command) into a folder.
+    #[command(hide = true)]
+    Man(ManArgs),
     /// Attach a no-op tc classifier until SIGINT: the baseline of `cargo xtask bench`.
     #[command(hide = true)]
     BenchNoop(BenchNoopArgs),
+}
+
+const COMPLETIONS_ABOUT: &str = "\
+Print a completion script for SHELL to stdout. Install it where your shell looks:
+  bash  dnstrace completions bash > /etc/bash_completion.d/dnstrace
+  zsh   dnstrace completions zsh > /usr/local/share/zsh/site-functions/_dnstrace
+  fish  dnstrace completions fish > ~/.config/fish/completions/dnstrace.fish
+The release archive (`cargo xtask dist`) ships them ready made.";
+
+/// Arguments of `dnstrace completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of the hidden `dnstrace man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The folder to write the pages into (it must exist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// Prints the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "dnstrace", out);
+}
+
+/// Writes dnstrace.1 and dnstrace-COMMAND.1 for each visible command into `dir`;
+/// returns the files written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Building names each command "dnstrace-watch" (the page) and "dnstrace watch" (usage).
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command| -> std::io::Result<()> {
+        let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_owned();
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        std::fs::write(&path, buf)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        page(sub.clone())?;
+    }
+    page(cmd)?;
+    Ok(written)
 }
 
 const WATCH_ABOUT: &str = "\

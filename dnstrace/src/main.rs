@@ -53,6 +53,20 @@ fn main() -> ExitCode {
                 std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes())
                     .map_err(dnstrace::sink::stdout_error)
             }
+            Command::Completions(args) => {
+                let mut out = Vec::new();
+                dnstrace::cli::completions(args.shell, &mut out);
+                std::io::Write::write_all(&mut std::io::stdout(), &out)
+                    .map_err(dnstrace::sink::stdout_error)
+            }
+            Command::Man(args) => {
+                for path in dnstrace::cli::man_pages(&args.dir).map_err(|e| {
+                    anyhow::anyhow!("writing the man pages into {}: {e}", args.dir.display())
+                })? {
+                    say!("dnstrace: wrote {}", path.display());
+                }
+                Ok(())
+            }
             Command::BenchNoop(args) => {
                 let _noop =
                     dnstrace::capture::NoopClassifier::attach(&args.ifaces, args.egress_only)?;

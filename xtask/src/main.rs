@@ -5,6 +5,7 @@
 //!   `demo --scenario NAME` reproduces one failure mode for real instead.
 //! - `test`: setup, build, then every test (privileged ones single-threaded).
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
+//! - `dist`: the release artifacts (stripped binary, debug file, completions, man pages).
 //! - `bench`: measure dnstrace's overhead and throughput, write BENCHMARKS.md.
 //! - `minroot`: run `test` and `demo` in a debootstrapped minimal Debian 12.
 //! - `fuzz`: build the fuzz targets, seed them from the capture corpus, run each for a
@@ -15,6 +16,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod lab;
 mod minroot;
@@ -67,6 +69,8 @@ enum Task {
     Minroot(minroot::Args),
     /// Build the fuzz targets (nightly, cargo-fuzz), seed them from the capture corpus, run each for --seconds, replay fuzz/regressions; fails on any crash.
     Fuzz(fuzz::Args),
+    /// Build the release artifacts into target/dist (stripped binary, its debug file, completions, man pages, licenses, SHA256SUMS) and check them.
+    Dist(dist::Args),
     /// The bench's UDP/DNS flood generator (runs inside a lab netns).
     #[command(hide = true)]
     BenchFlood(bench::flood::FloodArgs),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Minroot(args) => minroot::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Dist(args) => dist::run(&args),
         Task::BenchFlood(args) => bench::flood::run(&args),
     };
     match result {

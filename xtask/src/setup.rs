@@ -73,6 +73,13 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("mount", "mount"),
     ("chroot", "coreutils"),
+    // `cargo xtask dist` and its checks
+    ("objcopy", "binutils"),
+    ("readelf", "binutils"),
+    ("tar", "tar"),
+    ("sha256sum", "coreutils"),
+    ("man", "man-db"),
+    ("bash", "bash"),
 ];
 /// Packages that provide something other than a program on PATH.
 const LIBRARY_PACKAGES: &[&str] = &[

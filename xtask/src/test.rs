@@ -49,6 +49,14 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     if extra.is_empty() {
         let t = Instant::now();
+        if let Err(e) = crate::dist::in_test() {
+            bail_if_stopped()?;
+            eprintln!("[test] dist: {e:#}");
+            failed.push("dist".to_owned());
+        }
+        times.push(("dist".to_owned(), t.elapsed()));
+        bail_if_stopped()?;
+        let t = Instant::now();
         if let Err(e) = crate::fuzz::in_test() {
             bail_if_stopped()?;
             eprintln!("[test] fuzz: {e:#}");
