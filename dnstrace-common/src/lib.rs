@@ -36,6 +36,16 @@ pub const MAX_PORTS: usize = 8;
 /// IPv6 extension headers skipped before giving up on finding UDP/TCP.
 pub const MAX_IPV6_EXT: usize = 6;
 
+/// UDP destination ports of the overlay tunnels whose inner packets the programs look at.
+pub mod tunnel {
+    /// VXLAN's IANA port (RFC 7348).
+    pub const VXLAN_PORT: u16 = 4789;
+    /// The Linux kernel's first VXLAN port, still flannel's and Cilium's default.
+    pub const VXLAN_LINUX_PORT: u16 = 8472;
+    /// Geneve (RFC 8926).
+    pub const GENEVE_PORT: u16 = 6081;
+}
+
 /// Where an event was captured.
 pub mod point {
     pub const TC_INGRESS: u8 = 0;

@@ -932,6 +932,7 @@ mod tests {
                 kind,
                 detail: detail.into(),
             }),
+            tunnel: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! | target      | input                                      | what it drives                      |
 //! |-------------|--------------------------------------------|-------------------------------------|
-//! | `decode`    | [`ops`] frames and ticks                   | L2–L4 decode of every link type, IP defragmentation, the packet outputs |
+//! | `decode`    | [`ops`] frames, tunneled payloads, ticks   | L2–L4 decode of every link type, VXLAN/Geneve decapsulation, IP defragmentation, the packet outputs |
 //! | `dns`       | one DNS message                            | `decode::dns`, and the fast path against hickory (differential) |
 //! | `tcp`       | [`ops`] frames, synthetic segments, ticks  | DNS-over-TCP stream reassembly      |
 //! | `replay`    | a pcap or pcapng file                      | `dnstrace replay` end to end (reader, pipeline, JSON and pcapng outputs) |
@@ -179,10 +179,49 @@ pub fn decode_frames(input: &[u8]) {
             Op::Tick { ms } => {
                 defrag.expire(clock.tick(ms));
             }
-            Op::Custom(_) => {}
+            Op::Custom(record) => {
+                let frame = tunneled(record);
+                let p = decode::decode(
+                    meta(clock.frame(), frame.len(), 0, Point::TcEgress),
+                    LinkType::Ethernet,
+                    &frame,
+                );
+                check_packet(&p);
+                out.packet(&p, None);
+                let _ = decode::tcp_segment(LinkType::Ethernet, &frame);
+            }
         }
     }
     defrag.finish();
+}
+
+/// A custom record of target `decode` as a datagram to an overlay tunnel's port: its first
+/// byte picks the port (VXLAN 4789 or 8472, Geneve 6081) and the outer IP version, the rest
+/// is the UDP payload (a tunnel header and the frame inside, as the fuzzer makes them).
+pub fn tunneled(record: &[u8]) -> Vec<u8> {
+    use decode::tunnel::{GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT};
+    let (pick, payload) = record.split_first().unwrap_or((&0, &[]));
+    let port = [VXLAN_PORT, VXLAN_LINUX_PORT, GENEVE_PORT][usize::from(pick % 3)];
+    let udp_len = (8 + payload.len()) as u16;
+    let mut udp = vec![0xc0, 0x00];
+    udp.extend(port.to_be_bytes());
+    udp.extend(udp_len.to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(payload);
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    if pick & 4 == 0 {
+        frame.extend([0x08, 0x00, 0x45, 0]);
+        frame.extend((20 + udp_len).to_be_bytes());
+        frame.extend([0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    } else {
+        frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+        frame.extend(udp_len.to_be_bytes());
+        frame.extend([17, 64]);
+        frame.extend(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());
+        frame.extend(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets());
+    }
+    frame.extend(udp);
+    frame
 }
 
 /// Target `dns`: `decode::dns::parse`, and the fast path against hickory: whatever the fast
@@ -510,6 +549,21 @@ fn step(u: &mut Unstructured, now: u64) -> arbitrary::Result<Step> {
             true => Some(Issue {
                 kind: pick(u, &ISSUES)?,
                 detail: "synthetic".to_owned(),
+            }),
+        },
+        tunnel: match u.ratio(1u8, 4)? {
+            false => None,
+            true => Some(decode::tunnel::Tunnel {
+                kind: pick(
+                    u,
+                    &[
+                        decode::tunnel::TunnelKind::Vxlan,
+                        decode::tunnel::TunnelKind::Geneve,
+                    ],
+                )?,
+                vni: u.int_in_range(0..=0xff_ffff)?,
+                src: socket_addr(u)?,
+                dst: socket_addr(u)?,
             }),
         },
     };

@@ -241,6 +241,33 @@ fn mdns_and_llmnr_are_not_lookups() {
     }
 }
 
+/// DNS between two hosts inside VXLAN (UDP 4789, whose outer UDP is not DNS): the inner
+/// queries and replies are the lookups, each hop with the tunnel it crossed.
+#[test]
+fn dns_inside_vxlan_is_decapsulated() {
+    let Some(r) = replay("suricata-vxlan.pcap") else {
+        return;
+    };
+    assert_eq!(r.n("dns_frames"), 16);
+    assert_eq!(r.verdicts(), BTreeMap::from([("ok".to_owned(), 8)]));
+    for l in &r.lookups {
+        assert_eq!(l["server"], "172.31.0.2:53", "{l}");
+        let hops = l["hops"].as_array().unwrap();
+        assert_eq!(hops.len(), 2, "{l}");
+        for h in hops {
+            let t = &h["tunnel"];
+            assert_eq!(
+                (&t["kind"], &t["vni"]),
+                (&"vxlan".into(), &5569041.into()),
+                "{h}"
+            );
+            assert!(t["dst"].as_str().unwrap().ends_with(":4789"), "{h}");
+            assert!(h["src"].as_str().unwrap().starts_with("172.31.0."), "{h}");
+        }
+    }
+    assert!(r.packets.iter().all(|p| p["tunnel"]["kind"] == "vxlan"));
+}
+
 #[test]
 fn dns_quoted_in_an_icmp_error_is_not_a_response() {
     let Some(r) = replay("suricata-flow-drop-iponly-02.pcap") else {

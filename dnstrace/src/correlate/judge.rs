@@ -947,10 +947,13 @@ fn no_reply(f: &Facts) -> Option<Finding> {
         c.at(&last)
     ))
     .detail(format!(
-        "{says} within {timeout}; the {what} was last seen at {} ({} → {}){}",
+        "{says} within {timeout}; the {what} was last seen at {} ({} → {}{}){}",
         c.at(&last),
         last.src,
         last.dst,
+        c.tunnels
+            .get(last.tunnel, last.tunnel_sport)
+            .map_or_else(String::new, |t| format!(", inside {t}")),
         f.downstream_drops()
     ));
     Some(j.outcome())
@@ -974,6 +977,7 @@ impl Correlator {
             proto: h.proto(),
             tcp_flags: (h.proto() == crate::decode::Proto::Tcp).then(|| h.tcp.short()),
             drop_reason: (h.drop_reason != 0).then(|| self.reason(h).to_owned()),
+            tunnel: self.tunnels.get(h.tunnel, h.tunnel_sport),
         }
     }
 

@@ -29,7 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::decode::{Packet, Point, Proto, dns, dns::Rcode};
+use crate::decode::{Packet, Point, Proto, dns, dns::Rcode, tunnel::Tunnel};
 use state::{
     B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Interner, Leg, LegKind, LegRef,
     LookupState, Refs,
@@ -224,6 +224,10 @@ pub struct Hop {
     pub proto: Proto,
     pub tcp_flags: Option<String>,
     pub drop_reason: Option<String>,
+    /// The overlay tunnel the packet crossed this point in: `src` and `dst` above are the
+    /// inner packet's, these the outer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
 }
 
 /// One finished lookup: a `{"type":"lookup",...}` JSON line. Field names are the API.
@@ -380,6 +384,7 @@ pub struct Correlator {
     ifaces: Interner,
     uplink: Vec<bool>,
     reasons: Interner,
+    tunnels: state::Tunnels,
     /// (first, last, n): times events were reported lost, merged when close.
     loss: VecDeque<(u64, u64, u64)>,
     /// Holes in the capture of TCP streams (`note_tcp_gap`).
@@ -412,6 +417,7 @@ impl Correlator {
             ifaces: Interner::new("?"),
             uplink: vec![false],
             reasons: Interner::new(""),
+            tunnels: state::Tunnels::default(),
             loss: VecDeque::new(),
             tcp_gaps: gaps::TcpGaps::default(),
             upstreams,
@@ -443,6 +449,7 @@ impl Correlator {
             dst,
             tcp_flags,
             dns,
+            tunnel,
             ..
         } = packet;
         let (Some(src), Some(dst)) = (src, dst) else {
@@ -456,6 +463,7 @@ impl Correlator {
             None if meta.point == Point::Drop => self.reasons.intern("NOT_SPECIFIED"),
             None => 0,
         };
+        let (tunnel, tunnel_sport) = self.tunnels.intern(tunnel.as_ref());
         let mut hop = HopRec {
             ts: if meta.ts_ns != 0 { meta.ts_ns } else { now_ns },
             netns: meta.netns,
@@ -473,6 +481,8 @@ impl Correlator {
             },
             bits: if proto == Some(Proto::Tcp) { B_TCP } else { 0 },
             tcp: tcp_flags.unwrap_or_default(),
+            tunnel,
+            tunnel_sport,
         };
         let Some(msg) = dns else {
             self.on_segment(hop);

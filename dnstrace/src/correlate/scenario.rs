@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{Config, CorrelateStats, Correlator, Coverage, Event, Lookup, UpstreamStats};
+use crate::decode::tunnel::{Tunnel, TunnelKind};
 use crate::decode::{Meta, Packet, Point, Proto, TcpFlags, dns};
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +117,8 @@ pub(super) struct Row {
     /// tcpdump notation: "S", "S.", "P.", "R".
     pub tcp_flags: Option<String>,
     pub drop_reason: Option<String>,
+    /// The overlay tunnel the packet was seen in: "vxlan VNI OUTER_SRC OUTER_DST".
+    pub tunnel: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -201,6 +204,24 @@ fn tcp_flags(text: &str) -> TcpFlags {
     }
 }
 
+/// "vxlan 42 10.0.0.1:49152 10.0.0.2:4789".
+fn tunnel(text: &str) -> Tunnel {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [kind, vni, src, dst] = words[..] else {
+        panic!("tunnel {text:?}: want \"KIND VNI OUTER_SRC OUTER_DST\"");
+    };
+    Tunnel {
+        kind: match kind {
+            "vxlan" => TunnelKind::Vxlan,
+            "geneve" => TunnelKind::Geneve,
+            _ => panic!("tunnel kind {kind:?}"),
+        },
+        vni: vni.parse().expect("a VNI"),
+        src: src.parse().expect("an outer source"),
+        dst: dst.parse().expect("an outer destination"),
+    }
+}
+
 pub(super) fn ns(ms: f64) -> u64 {
     (ms * 1e6).round() as u64
 }
@@ -278,6 +299,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
             tcp_flags: row.tcp_flags.as_deref().map(tcp_flags),
             dns,
             issue: None,
+            tunnel: row.tunnel.as_deref().map(tunnel),
         },
         iface: row.iface.clone(),
         drop_reason: row.drop_reason.clone(),

@@ -1,8 +1,9 @@
 //! The correlator's private records: small, copyable hop records and the legs they form.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use crate::decode::tunnel::{Tunnel, TunnelKind};
 use crate::decode::{Point, Proto, TcpFlags, dns::Rcode};
 
 /// Hops kept per leg; later ones are counted, except the few that establish a fact.
@@ -42,6 +43,10 @@ pub(super) struct HopRec {
     pub point: Point,
     pub bits: u8,
     pub tcp: TcpFlags,
+    /// Interned overlay tunnel ([`Tunnels`]); 0 = none.
+    pub tunnel: u16,
+    /// The tunnel's outer source port, which [`Tunnels`] leaves out.
+    pub tunnel_sport: u16,
 }
 
 impl HopRec {
@@ -335,6 +340,56 @@ impl Interner {
 
     pub fn get(&self, id: u16) -> &str {
         self.names.get(usize::from(id)).map_or("?", String::as_str)
+    }
+}
+
+/// The overlay tunnels hops were seen in, without their outer source port: that one is
+/// a hash of the inner flow (each lookup has its own), the rest is one per node pair and
+/// VNI, so a node meets few. Slot 0 is "no tunnel" and absorbs overflow.
+#[derive(Debug, Default)]
+pub(super) struct Tunnels {
+    list: Vec<TunnelKey>,
+    index: HashMap<TunnelKey, u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TunnelKey {
+    kind: TunnelKind,
+    vni: u32,
+    src: IpAddr,
+    dst: SocketAddr,
+}
+
+impl Tunnels {
+    /// The id and outer source port a hop record keeps.
+    pub fn intern(&mut self, t: Option<&Tunnel>) -> (u16, u16) {
+        let Some(t) = t else { return (0, 0) };
+        let key = TunnelKey {
+            kind: t.kind,
+            vni: t.vni,
+            src: t.src.ip(),
+            dst: t.dst,
+        };
+        if let Some(&id) = self.index.get(&key) {
+            return (id, t.src.port());
+        }
+        if self.list.len() >= usize::from(u16::MAX) - 1 {
+            return (0, 0);
+        }
+        self.list.push(key);
+        let id = self.list.len() as u16;
+        self.index.insert(key, id);
+        (id, t.src.port())
+    }
+
+    pub fn get(&self, id: u16, sport: u16) -> Option<Tunnel> {
+        let k = self.list.get(usize::from(id).checked_sub(1)?)?;
+        Some(Tunnel {
+            kind: k.kind,
+            vni: k.vni,
+            src: SocketAddr::new(k.src, sport),
+            dst: k.dst,
+        })
     }
 }
 

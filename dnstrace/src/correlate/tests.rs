@@ -121,6 +121,70 @@ fn coredns_to_pod(t: f64, id: u16, rcode: &str) -> Vec<Row> {
     ]
 }
 
+/// Pod A on this node asks a server pod on another node across a VXLAN overlay: the
+/// uplink sees the query and the reply inside the tunnel, with the pods' own addresses.
+#[test]
+fn a_lookup_across_an_overlay_is_one_chain_with_the_tunnel_on_the_uplink_hops() {
+    const SERVER: &str = "10.244.1.10:53";
+    let out_tunnel = "vxlan 42 10.0.0.1:51000 10.0.0.2:4789";
+    let in_tunnel = "vxlan 42 10.0.0.2:33000 10.0.0.1:4789";
+    let tunneled = |row: Row, t: &str| Row {
+        tunnel: Some(t.into()),
+        ..row
+    };
+    let out = run(vec![
+        q(0.0, "socket-out 2", POD, SERVER, 7),
+        q(0.01, "lxcpod0 ingress", POD, SERVER, 7),
+        q(0.02, "vxlan0 egress", POD, SERVER, 7),
+        tunneled(q(0.03, "eth0 egress", POD, SERVER, 7), out_tunnel),
+        tunneled(r(0.5, "eth0 ingress", SERVER, POD, 7, "NOERROR"), in_tunnel),
+        r(0.51, "vxlan0 ingress", SERVER, POD, 7, "NOERROR"),
+        r(0.52, "lxcpod0 egress", SERVER, POD, 7, "NOERROR"),
+        r(0.53, "socket-in 2", SERVER, POD, 7, "NOERROR"),
+    ]);
+    let l = only(&out);
+    assert_eq!(
+        l.verdict,
+        Verdict::Ok,
+        "{}",
+        scenario::summary(&out.lookups)
+    );
+    assert_eq!(l.hops.len(), 8);
+    let tunnels: Vec<Option<String>> = l
+        .hops
+        .iter()
+        .map(|h| h.tunnel.map(|t| t.to_string()))
+        .collect();
+    let mut want = vec![None; 8];
+    want[3] = Some("vxlan vni 42 10.0.0.1:51000→10.0.0.2:4789".to_owned());
+    want[4] = Some("vxlan vni 42 10.0.0.2:33000→10.0.0.1:4789".to_owned());
+    assert_eq!(tunnels, want);
+    let json = serde_json::to_value(&l.hops[3]).unwrap();
+    assert_eq!(json["src"], POD);
+    assert_eq!(
+        json["tunnel"],
+        serde_json::json!({"kind": "vxlan", "vni": 42, "src": "10.0.0.1:51000", "dst": "10.0.0.2:4789"})
+    );
+    assert!(
+        serde_json::to_value(&l.hops[2])
+            .unwrap()
+            .get("tunnel")
+            .is_none()
+    );
+
+    // Never answered: the detail says which tunnel it was last seen leaving in.
+    let out = run(vec![
+        q(0.0, "lxcpod0 ingress", POD, SERVER, 8),
+        tunneled(q(0.03, "eth0 egress", POD, SERVER, 8), out_tunnel),
+    ]);
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Unanswered);
+    assert_eq!(l.last_hop.as_deref(), Some("eth0 egress"));
+    let seen =
+        "(10.244.0.10:40000 → 10.244.1.10:53, inside vxlan vni 42 10.0.0.1:51000→10.0.0.2:4789)";
+    assert!(l.detail.contains(seen), "{}", l.detail);
+}
+
 #[test]
 fn one_message_across_dnat_is_one_hop_chain() {
     let mut rows = pod_to_coredns(0.0, 7);

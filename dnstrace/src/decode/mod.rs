@@ -5,6 +5,7 @@ pub mod frag;
 pub mod ipv6;
 pub mod tcp;
 pub mod text;
+pub mod tunnel;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use etherparse::{
     EtherType, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, TcpSlice, TransportSlice, UdpSlice,
     ip_number,
 };
+use tunnel::{Found, Tunnel, TunnelKind};
 
 /// Where a packet was captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -102,6 +104,9 @@ pub struct Packet {
     pub dns: Option<dns::Message>,
     /// Some when something was malformed, truncated or hostile.
     pub issue: Option<Issue>,
+    /// Set when the packet crossed this point inside an overlay tunnel: `src`, `dst` and
+    /// the rest are then the inner packet's, and the captured bytes hold both.
+    pub tunnel: Option<Tunnel>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -174,6 +179,8 @@ pub enum IssueKind {
     /// Bytes of the TCP stream before this segment were missing from the capture, or
     /// skipped to find the next message boundary.
     TcpGap,
+    /// A VXLAN or Geneve header that announces more than the datagram holds.
+    BadTunnel,
 }
 
 impl IssueKind {
@@ -187,6 +194,7 @@ impl IssueKind {
             Self::Malformed => "malformed",
             Self::TcpPartial => "tcp_partial",
             Self::TcpGap => "tcp_gap",
+            Self::BadTunnel => "bad_tunnel",
         }
     }
 }
@@ -200,20 +208,23 @@ pub fn decode(meta: Meta, link: LinkType, bytes: &[u8]) -> Packet {
         tcp_flags: None,
         dns: None,
         issue: None,
+        tunnel: None,
         meta,
     };
     let snapped = packet.meta.cap_len < packet.meta.wire_len;
-    if let Err(issue) = decode_into(&mut packet, link, bytes, snapped) {
+    if let Err(issue) = decode_into(&mut packet, link, bytes, snapped, false) {
         packet.issue = Some(issue);
     }
     packet
 }
 
+/// `tunneled`: `bytes` is the frame inside a tunnel, whose own tunnels are left as UDP.
 fn decode_into(
     packet: &mut Packet,
     link: LinkType,
     bytes: &[u8],
     snapped: bool,
+    tunneled: bool,
 ) -> Result<(), Issue> {
     let sliced = slice_link(link, bytes, snapped)?;
     let Some(net) = &sliced.net else {
@@ -288,9 +299,32 @@ fn decode_into(
 
     match transport {
         TransportSlice::Udp(udp) => {
+            let src = SocketAddr::new(src_ip, udp.source_port());
+            let dst = SocketAddr::new(dst_ip, udp.destination_port());
+            if let Some(kind) = TunnelKind::of_port(dst.port()).filter(|_| !tunneled) {
+                match tunnel::inner(kind, udp.payload()) {
+                    Found::No => {}
+                    Found::Frame { vni, frame } => {
+                        packet.tunnel = Some(Tunnel {
+                            kind,
+                            vni,
+                            src,
+                            dst,
+                        });
+                        return decode_into(packet, LinkType::Ethernet, frame, snapped, true);
+                    }
+                    Found::Cut(detail) => {
+                        let kind = match cut {
+                            Some(_) => IssueKind::Truncated,
+                            None => IssueKind::BadTunnel,
+                        };
+                        return Err(Issue::new(kind, format!("{detail} ({src} → {dst})")));
+                    }
+                }
+            }
             packet.proto = Some(Proto::Udp);
-            packet.src = Some(SocketAddr::new(src_ip, udp.source_port()));
-            packet.dst = Some(SocketAddr::new(dst_ip, udp.destination_port()));
+            packet.src = Some(src);
+            packet.dst = Some(dst);
             if usize::from(udp.length()) > udp.slice().len() && cut.is_none() {
                 cut = Some("UDP length exceeds the captured bytes".to_owned());
             }
@@ -322,6 +356,20 @@ pub fn tcp_segment(link: LinkType, bytes: &[u8]) -> Option<(u32, &[u8])> {
     let sliced = slice_link(link, bytes, false).ok()?;
     match sliced.transport? {
         TransportSlice::Tcp(tcp) => Some((tcp.sequence_number(), tcp.payload())),
+        // A segment inside a tunnel, as `decode` finds it.
+        TransportSlice::Udp(udp) => {
+            let kind = TunnelKind::of_port(udp.destination_port())?;
+            let Found::Frame { frame, .. } = tunnel::inner(kind, udp.payload()) else {
+                return None;
+            };
+            match slice_link(LinkType::Ethernet, frame, false)
+                .ok()?
+                .transport?
+            {
+                TransportSlice::Tcp(tcp) => Some((tcp.sequence_number(), tcp.payload())),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -979,7 +1027,12 @@ mod tests {
             IssueKind::ShortHeader,
             IssueKind::Malformed,
             IssueKind::TcpPartial,
+            IssueKind::TcpGap,
+            IssueKind::BadTunnel,
         ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
         for point in [
@@ -995,6 +1048,121 @@ mod tests {
         assert_eq!(issue.to_string(), "tcp_partial: 3 of 9");
     }
 
+    const VXLAN_42: [u8; 8] = [0x08, 0, 0, 0, 0, 0, 42, 0];
+
+    /// `frame` in a tunnel datagram (`header` first) from 10.0.0.1:49152 to 10.0.0.2:`dport`,
+    /// over IPv4 or IPv6 (fd00::1 → fd00::2), in Ethernet.
+    fn tunneled(v6: bool, dport: u16, header: &[u8], frame: &[u8]) -> Vec<u8> {
+        let mut udp = hex("c000");
+        udp.extend(dport.to_be_bytes());
+        udp.extend(be16(8 + header.len() + frame.len()));
+        udp.extend([0, 0]);
+        udp.extend(header);
+        udp.extend(frame);
+        if v6 {
+            let mut ip = hex("60000000");
+            ip.extend(be16(udp.len()));
+            ip.extend([17, 64]);
+            ip.extend(hex("fd000000000000000000000000000001"));
+            ip.extend(hex("fd000000000000000000000000000002"));
+            ip.extend(udp);
+            return ethernet(0x86dd, &ip);
+        }
+        let mut ip = vec![0x45, 0];
+        ip.extend(be16(20 + udp.len()));
+        ip.extend([0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        ip.extend(udp);
+        ethernet(0x0800, &ip)
+    }
+
+    #[test]
+    fn dns_inside_vxlan_has_the_inner_addresses_and_the_tunnel() {
+        for port in [4789, 8472] {
+            let bytes = tunneled(false, port, &VXLAN_42, &eth_ipv4_udp_query());
+            let packet = decode_all(LinkType::Ethernet, &bytes);
+            assert_eq!(packet.issue, None);
+            assert_eq!(packet.proto, Some(Proto::Udp));
+            assert_eq!(packet.src, Some("192.0.2.10:40000".parse().unwrap()));
+            assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
+            let question = packet.dns.unwrap().question.unwrap();
+            assert_eq!(question.key(), "www.example.test. A IN");
+            let t = packet.tunnel.unwrap();
+            assert_eq!((t.kind, t.vni), (TunnelKind::Vxlan, 42));
+            assert_eq!(t.src, "10.0.0.1:49152".parse().unwrap());
+            assert_eq!(t.dst, SocketAddr::new([10, 0, 0, 2].into(), port));
+            assert_eq!(
+                t.to_string(),
+                format!("vxlan vni 42 10.0.0.1:49152→10.0.0.2:{port}")
+            );
+        }
+    }
+
+    #[test]
+    fn tcp_inside_geneve_over_ipv6_with_options() {
+        // One 4-byte option word, protocol Ethernet, VNI 7.
+        let header = hex("01006558 00000700 01020304");
+        let inner = ethernet(0x0800, &raw_ipv4_tcp_response());
+        let bytes = tunneled(true, 6081, &header, &inner);
+        let packet = decode_all(LinkType::Ethernet, &bytes);
+        assert_eq!(packet.issue, None);
+        assert_eq!(packet.proto, Some(Proto::Tcp));
+        assert_eq!(packet.src, Some("192.0.2.10:53".parse().unwrap()));
+        assert!(packet.tcp_flags.is_some_and(|f| f.psh && f.ack));
+        assert_eq!(packet.dns.unwrap().answers[0].data, "192.0.2.1");
+        let t = packet.tunnel.unwrap();
+        assert_eq!((t.kind, t.vni), (TunnelKind::Geneve, 7));
+        assert_eq!(t.dst, "[fd00::2]:6081".parse().unwrap());
+        // Stream reassembly finds the same segment.
+        let (seq, payload) = tcp_segment(LinkType::Ethernet, &bytes).unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(payload, length_prefixed(&fixtures::response_a()));
+    }
+
+    #[test]
+    fn a_broken_tunnel_is_an_issue_and_not_a_tunnel_is_udp() {
+        // Options announced beyond the datagram: no inner packet, counted as bad_tunnel.
+        let bytes = tunneled(false, 6081, &hex("3f006558 00000700"), &[0; 12]);
+        let packet = decode_all(LinkType::Ethernet, &bytes);
+        assert_eq!(issue_kind(&packet), Some(IssueKind::BadTunnel));
+        assert_eq!(
+            packet.issue.unwrap().detail,
+            "geneve options: 252 bytes announced, only 12 (10.0.0.1:49152 → 10.0.0.2:6081)"
+        );
+        assert_eq!((packet.src, packet.dst, packet.tunnel), (None, None, None));
+        // The same cut by the snaplen is truncated.
+        let full = tunneled(false, 4789, &VXLAN_42, &eth_ipv4_udp_query());
+        let mut meta = meta(full.len());
+        meta.cap_len = 14 + 20 + 8 + 3;
+        let packet = decode(meta.clone(), LinkType::Ethernet, &full[..45]);
+        assert_eq!(issue_kind(&packet), Some(IssueKind::Truncated));
+        // Cut inside the inner UDP header: the tunnel and the inner ports are known.
+        meta.cap_len = 14 + 20 + 8 + 8 + 14 + 20 + 4;
+        let packet = decode(meta, LinkType::Ethernet, &full[..88]);
+        assert_eq!(issue_kind(&packet), Some(IssueKind::Truncated));
+        assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
+        assert_eq!(packet.tunnel.unwrap().vni, 42);
+        // No I flag: plain UDP to port 4789, whatever it holds.
+        let bytes = tunneled(false, 4789, &[0; 8], &eth_ipv4_udp_query());
+        let packet = decode_all(LinkType::Ethernet, &bytes);
+        assert_eq!(packet.tunnel, None);
+        assert_eq!(packet.dst, Some("10.0.0.2:4789".parse().unwrap()));
+        // ARP inside: not DNS, says why.
+        let bytes = tunneled(false, 4789, &VXLAN_42, &ethernet(0x0806, &[0; 28]));
+        let packet = decode_all(LinkType::Ethernet, &bytes);
+        assert_eq!(issue_kind(&packet), Some(IssueKind::BadL3));
+        assert!(packet.tunnel.is_some());
+    }
+
+    #[test]
+    fn a_tunnel_inside_a_tunnel_is_opened_once() {
+        let middle = tunneled(false, 4789, &VXLAN_42, &eth_ipv4_udp_query());
+        let bytes = tunneled(true, 6081, &hex("00006558 00000900"), &middle);
+        let packet = decode_all(LinkType::Ethernet, &bytes);
+        assert_eq!(packet.tunnel.unwrap().vni, 9);
+        assert_eq!(packet.dst, Some("10.0.0.2:4789".parse().unwrap()));
+        assert_eq!(packet.proto, Some(Proto::Udp));
+    }
+
     /// Random bit flips, byte overwrites, cuts and link-type mixups of valid packets.
     #[test]
     fn fuzz_mutations_never_panic() {
@@ -1007,6 +1175,19 @@ mod tests {
                 ethernet(0x8100, &vlan(11, 0x86dd, &ipv6(0, &hop_by_hop))),
             ),
             (LinkType::RawIp, raw_ipv4_tcp_response()),
+            (
+                LinkType::Ethernet,
+                tunneled(false, 4789, &VXLAN_42, &eth_ipv4_udp_query()),
+            ),
+            (
+                LinkType::Ethernet,
+                tunneled(
+                    true,
+                    6081,
+                    &hex("01006558 00000700 01020304"),
+                    &eth_ipv4_udp_query(),
+                ),
+            ),
         ];
         let links = [
             LinkType::Ethernet,

@@ -42,6 +42,9 @@ struct PacketRecord<'a> {
     comm: Option<&'a str>,
     drop_reason: Option<&'a str>,
     issue: Option<String>,
+    /// The overlay tunnel the packet was seen in (`src`/`dst` are the inner packet's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel: Option<&'a crate::decode::tunnel::Tunnel>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +100,7 @@ impl<W: Write> JsonSink<W> {
                 .issue
                 .as_ref()
                 .map(|i| format!("{}: {}", i.kind.as_str(), i.detail)),
+            tunnel: p.tunnel.as_ref(),
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")

@@ -278,6 +278,9 @@ fn hop_text(h: &Hop, t0: u64) -> String {
     if let Some(r) = &h.drop_reason {
         let _ = write!(s, " DROPPED {r}");
     }
+    if let Some(t) = &h.tunnel {
+        let _ = write!(s, " [{t}]");
+    }
     s
 }
 

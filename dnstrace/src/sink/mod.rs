@@ -583,6 +583,7 @@ mod tests {
             proto: crate::decode::Proto::Udp,
             tcp_flags: None,
             drop_reason: None,
+            tunnel: None,
         }
     }
 

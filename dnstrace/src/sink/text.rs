@@ -102,6 +102,9 @@ pub fn format_line(p: &Packet, drop: Option<&str>, names: &Names) -> String {
             }
         }
     }
+    if let Some(t) = &p.tunnel {
+        let _ = write!(s, "  [{t}]");
+    }
     if m.cap_len < m.wire_len {
         let _ = write!(s, "  (captured {}/{} bytes)", m.cap_len, m.wire_len);
     }

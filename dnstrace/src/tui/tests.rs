@@ -63,6 +63,7 @@ fn hop(t0: u64, h: H) -> Hop {
         proto: Proto::Udp,
         tcp_flags: None,
         drop_reason: None,
+        tunnel: None,
     }
 }
 

@@ -214,6 +214,9 @@ fn hop_line(
         rest.push_str(&format!(" tcp[{f}]"));
     }
     spans.push(Span::raw(rest));
+    if let Some(t) = &h.tunnel {
+        spans.push(Span::styled(format!(" [{t}]"), dim()));
+    }
     if let Some(r) = &h.drop_reason {
         spans.push(Span::styled(
             format!(" DROPPED {r}"),
