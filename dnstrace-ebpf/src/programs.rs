@@ -19,7 +19,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, TcContext},
 };
 use dnstrace_common::{
-    Counter, MAX_IPV6_EXT, MAX_PORTS, MAX_SNAPLEN, RawConfig, RawEvent, RawEventHeader, link, point,
+    Counter, MAX_IPV6_EXT, MAX_PORTS, MAX_SNAPLEN, RawConfig, RawEvent, RawEventHeader, link,
+    point,
+    tunnel::{GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT},
 };
 
 #[map(name = "EVENTS")]
@@ -37,6 +39,10 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// Geneve's protocol type for an inner Ethernet frame.
+const ETH_P_TEB: u16 = 0x6558;
+/// VXLAN flags: the VNI is valid.
+const VXLAN_I: u8 = 0x08;
 /// The event header in 8-byte words.
 const HEADER_WORDS: usize = core::mem::size_of::<RawEventHeader>() / 8;
 // bpf_ringbuf_submit flags and bpf_ringbuf_query selectors.
@@ -146,7 +152,15 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         Fast::Slow => ports(data, end, ethernet)?,
     };
     if !dns_port(sport, dport) {
-        return None;
+        // Pod-to-pod DNS across nodes rides inside an overlay tunnel: only a datagram to
+        // a tunnel port costs more than these three compares.
+        if dport != VXLAN_PORT && dport != VXLAN_LINUX_PORT && dport != GENEVE_PORT {
+            return None;
+        }
+        let (sport, dport) = tunneled_ports(data, end, ethernet, dport)?;
+        if !dns_port(sport, dport) {
+            return None;
+        }
     }
     count(Counter::DnsSeen);
 
@@ -222,13 +236,15 @@ fn ipv4_fast<const L2: usize, const N: usize>(data: usize, end: usize) -> Fast {
 /// (VLAN tags, IPv4 options, IPv6 extension headers), or None.
 #[inline(always)]
 fn ports(data: usize, end: usize, ethernet: bool) -> Option<(u16, u16)> {
+    let (proto, l4) = transport(data, end, ethernet)?;
+    l4_ports(data, end, proto, l4)
+}
+
+/// The IP protocol and L4 offset of a packet starting with Ethernet or with IP.
+#[inline(always)]
+fn transport(data: usize, end: usize, ethernet: bool) -> Option<(u8, usize)> {
     let (ethertype, off) = if ethernet {
-        let outer = be16(data, end, 12)?;
-        if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
-            (be16(data, end, 16)?, 18usize)
-        } else {
-            (outer, 14usize)
-        }
+        l3(data, end, 0)?
     } else {
         match byte(data, end, 0)? >> 4 {
             4 => (ETH_P_IP, 0usize),
@@ -236,8 +252,24 @@ fn ports(data: usize, end: usize, ethernet: bool) -> Option<(u16, u16)> {
             _ => return None,
         }
     };
+    ip_transport(data, end, ethertype, off)
+}
 
-    let (l4proto, l4) = if ethertype == ETH_P_IP {
+/// The ethertype and L3 offset of the Ethernet frame at `eth` (one VLAN tag skipped).
+#[inline(always)]
+fn l3(data: usize, end: usize, eth: usize) -> Option<(u16, usize)> {
+    let outer = be16(data, end, eth + 12)?;
+    if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
+        Some((be16(data, end, eth + 16)?, eth + 18))
+    } else {
+        Some((outer, eth + 14))
+    }
+}
+
+/// The IP protocol and L4 offset of the IP header at `off` (first fragments only).
+#[inline(always)]
+fn ip_transport(data: usize, end: usize, ethertype: u16, off: usize) -> Option<(u8, usize)> {
+    if ethertype == ETH_P_IP {
         let vihl = byte(data, end, off)?;
         let ihl = ((vihl & 0x0f) as usize) * 4;
         if ihl < 20 {
@@ -247,7 +279,7 @@ fn ports(data: usize, end: usize, ethernet: bool) -> Option<(u16, u16)> {
         if be16(data, end, off + 6)? & 0x1fff != 0 {
             return None;
         }
-        (byte(data, end, off + 9)?, off + ihl)
+        Some((byte(data, end, off + 9)?, off + ihl))
     } else if ethertype == ETH_P_IPV6 {
         let mut next = byte(data, end, off + 6)?;
         let mut l4 = off + 40;
@@ -277,16 +309,46 @@ fn ports(data: usize, end: usize, ethernet: bool) -> Option<(u16, u16)> {
                 _ => break,
             }
         }
-        (next, l4)
+        Some((next, l4))
     } else {
-        return None;
-    };
+        None
+    }
+}
 
-    if l4proto != IPPROTO_UDP && l4proto != IPPROTO_TCP {
+#[inline(always)]
+fn l4_ports(data: usize, end: usize, proto: u8, l4: usize) -> Option<(u16, u16)> {
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
         return None;
     }
     let [s0, s1, d0, d1] = bytes::<4>(data, end, l4)?;
     Some((u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1])))
+}
+
+/// The ports of the UDP or TCP packet inside a VXLAN or Geneve datagram sent to `dport`
+/// (an Ethernet frame after the tunnel header and, for Geneve, its options), or None.
+#[inline(always)]
+fn tunneled_ports(data: usize, end: usize, ethernet: bool, dport: u16) -> Option<(u16, u16)> {
+    let (proto, udp) = transport(data, end, ethernet)?;
+    if proto != IPPROTO_UDP {
+        return None;
+    }
+    let tunnel = udp + 8;
+    let [flags, _, p0, p1] = bytes::<4>(data, end, tunnel)?;
+    let frame = if dport == GENEVE_PORT {
+        // Version 0, an Ethernet frame inside, options in 4-byte words.
+        if flags >> 6 != 0 || u16::from_be_bytes([p0, p1]) != ETH_P_TEB {
+            return None;
+        }
+        tunnel + 8 + ((flags & 0x3f) as usize) * 4
+    } else {
+        if flags & VXLAN_I == 0 {
+            return None;
+        }
+        tunnel + 8
+    };
+    let (ethertype, off) = l3(data, end, frame)?;
+    let (proto, l4) = ip_transport(data, end, ethertype, off)?;
+    l4_ports(data, end, proto, l4)
 }
 
 /// Reads a `T` at `base + off` in kernel memory.
