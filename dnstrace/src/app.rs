@@ -3,6 +3,7 @@
 //! per-upstream table and the exit summary.
 use std::{
     io::{BufWriter, Write},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -203,6 +204,35 @@ async fn run(
         _ => None,
     };
 
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let m = Arc::new(crate::metrics::Metrics::new());
+            let (bound, task) = crate::metrics::serve(addr, m.clone()).await?;
+            crate::say!("dnstrace: metrics on http://{bound}/metrics");
+            Some((m, task))
+        }
+        None => None,
+    };
+    let tracer_figures = |capture: &Capture| crate::metrics::Tracer {
+        kernel: capture.counters(),
+        interfaces: capture
+            .attached()
+            .iter()
+            .filter(|p| matches!(p.point, decode::Point::TcIngress))
+            .count() as u64,
+        socket_hop: capture
+            .attached()
+            .iter()
+            .any(|p| p.point == decode::Point::SocketIn),
+        drops: capture
+            .attached()
+            .iter()
+            .any(|p| p.point == decode::Point::Drop),
+    };
+    if let Some((m, _)) = &metrics {
+        m.tracer(&tracer_figures(capture));
+    }
+
     // Only now has everything started: tell the script or test that waits.
     if let Some(path) = &cfg.ready_file
         && let Err(e) = crate::outfile::write_ready(path)
@@ -222,6 +252,7 @@ async fn run(
     let feed = ui.as_ref().map(|(feed, _)| feed.clone());
     let mut consumer = Consumer::new(cfg, names, correlator, lost_rx, feed);
     consumer.pcap = pcap;
+    consumer.metrics = metrics.as_ref().map(|(m, _)| m.clone());
     if let Some(p) = consumer.pcap.as_mut().filter(|_| !cfg.filter.is_empty()) {
         p.only_shown();
     }
@@ -254,6 +285,9 @@ async fn run(
                         break Stop::OutputClosed;
                     }
                     let _ = lost_tx.send(capture.counters().lost());
+                    if let Some((m, _)) = &metrics {
+                        m.tracer(&tracer_figures(capture));
+                    }
                 }
             }
         }
@@ -563,6 +597,8 @@ pub(crate) struct Consumer {
     filter: crate::filter::LookupFilter,
     not_shown: u64,
     problems_shown: u64,
+    /// `--metrics`: every finished lookup is counted there.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Consumer {
@@ -615,6 +651,7 @@ impl Consumer {
             filter,
             not_shown: 0,
             problems_shown: 0,
+            metrics: None,
         }
     }
 
@@ -759,6 +796,9 @@ impl Consumer {
         }
         let mut finished = std::mem::take(&mut self.finished);
         for l in finished.drain(..) {
+            if let Some(m) = &self.metrics {
+                m.lookup(&l);
+            }
             let shown = self.filter.matches(&l);
             if let Some(pcap) = &mut self.pcap {
                 pcap.lookup_done(&l, shown);
@@ -800,6 +840,9 @@ impl Consumer {
         // Time moved on: held pcapng packets may have reached their bound.
         self.drain_pcap(now);
         self.live(now);
+        if let Some(m) = &self.metrics {
+            m.correlator(&self.correlator.stats());
+        }
         self.trim.tick(self.tcp.held_bytes());
         r
     }

@@ -349,8 +349,24 @@ pub struct WatchArgs {
     /// The `node` named in every JSON record [default: the host name].
     #[arg(long, value_name = "NAME", env = "DNSTRACE_NODE", value_parser = parse_node)]
     pub node: Option<String>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9968, or :9968 for every
+    /// address): lookups by verdict, qtype and rcode, latency histograms, per-upstream figures,
+    /// and the tracer's own losses and coverage. Counts every lookup, whatever the filters show.
+    #[arg(long, value_name = "ADDR", env = "DNSTRACE_METRICS", value_parser = parse_listen)]
+    pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// "127.0.0.1:9968", "[::1]:9968", or ":9968" (every address).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("[::]:{port}"),
+        None => s.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("{s:?} is not ADDR:PORT (e.g. 127.0.0.1:9968 or :9968)"))
 }
 
 /// Which lookups are shown (`watch` and `replay`). Every lookup is still stitched and
@@ -578,6 +594,8 @@ pub struct WatchConfig {
     pub filter: crate::filter::LookupFilter,
     /// `--hops`.
     pub hops: Hops,
+    /// `--metrics`: where to serve them.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -639,6 +657,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             pcap: a.pcap,
             node: a.node.unwrap_or_else(crate::sink::hostname),
             hops: a.filter.hops,
+            metrics: a.metrics,
             filter: a.filter.build(),
         })
     }

@@ -8,6 +8,7 @@ pub mod correlate;
 pub mod decode;
 pub mod filter;
 pub mod logging;
+pub mod metrics;
 pub mod outfile;
 pub mod replay;
 pub mod sink;

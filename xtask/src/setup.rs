@@ -73,6 +73,9 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("mount", "mount"),
     ("chroot", "coreutils"),
+    // `--metrics` scraped by a real Prometheus, queried over its HTTP API
+    ("prometheus", "prometheus"),
+    ("curl", "curl"),
     // `cargo xtask dist` and its checks
     ("objcopy", "binutils"),
     ("readelf", "binutils"),
