@@ -46,19 +46,27 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| crate::target_dir().join("dist"));
     let t = Instant::now();
-    let a = build(&out)?;
-    let report = verify(&a)?;
-    eprintln!("{report}");
+    build_checked(&out)?;
     eprintln!("[dist] done in {}", fmt_duration(t.elapsed()));
     Ok(())
 }
 
-/// For `cargo xtask test`: the whole dist into target/dist-test, then its checks.
-pub fn in_test() -> Result<()> {
-    let a = build(&crate::target_dir().join("dist-test"))?;
+/// The whole dist into `out`, then its checks (`cargo xtask test` and `image` use it).
+pub fn build_checked(out: &Path) -> Result<Artifacts> {
+    let a = build(out)?;
     let report = verify(&a)?;
     eprintln!("{report}");
-    Ok(())
+    Ok(a)
+}
+
+/// "0.1.0" from `BIN --version` ("dnstrace 0.1.0 (0123456789ab)").
+pub fn version_number(bin: &Path) -> Result<String> {
+    let version = tool(path_str(bin)?, &["--version"])?;
+    Ok(version
+        .split_whitespace()
+        .nth(1)
+        .context("dnstrace --version printed no version")?
+        .to_owned())
 }
 
 fn tool(program: &str, args: &[&str]) -> Result<String> {
@@ -88,13 +96,7 @@ fn build(out: &Path) -> Result<Artifacts> {
         cargo().args(["build", "--release", "-p", "dnstrace"]),
     )?;
     let built = crate::target_dir().join("release/dnstrace");
-    let version = tool(path_str(&built)?, &["--version"])?;
-    // "dnstrace 0.1.0 (0123456789ab)" → "0.1.0"
-    let number = version
-        .split_whitespace()
-        .nth(1)
-        .context("dnstrace --version printed no version")?
-        .to_owned();
+    let number = version_number(&built)?;
     let arch = std::env::consts::ARCH;
     let name = format!("dnstrace-{number}-{arch}-linux");
     let tree = out.join(&name);

@@ -6,6 +6,7 @@
 //! - `test`: setup, build, then every test (privileged ones single-threaded).
 //! - `lab up|down`: keep a lab node up for manual poking / remove leftovers.
 //! - `dist`: the release artifacts (stripped binary, debug file, completions, man pages).
+//! - `image`: the container image (podman), from the `dist` binary.
 //! - `bench`: measure dnstrace's overhead and throughput, write BENCHMARKS.md.
 //! - `minroot`: run `test` and `demo` in a debootstrapped minimal Debian 12.
 //! - `fuzz`: build the fuzz targets, seed them from the capture corpus, run each for a
@@ -18,6 +19,7 @@ mod bench;
 mod demo;
 mod dist;
 mod fuzz;
+mod image;
 mod lab;
 mod minroot;
 mod setup;
@@ -71,6 +73,8 @@ enum Task {
     Fuzz(fuzz::Args),
     /// Build the release artifacts into target/dist (stripped binary, its debug file, completions, man pages, licenses, SHA256SUMS) and check them.
     Dist(dist::Args),
+    /// Build the container image localhost/dnstrace:VERSION with podman (deploy/Containerfile) from the stripped binary of `dist` and its libraries.
+    Image,
     /// The bench's UDP/DNS flood generator (runs inside a lab netns).
     #[command(hide = true)]
     BenchFlood(bench::flood::FloodArgs),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Task::Minroot(args) => minroot::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Dist(args) => dist::run(&args),
+        Task::Image => image::run(),
         Task::BenchFlood(args) => bench::flood::run(&args),
     };
     match result {

@@ -76,6 +76,9 @@ pub const COMMANDS: &[(&str, &str)] = &[
     // `--metrics` scraped by a real Prometheus, queried over its HTTP API
     ("prometheus", "prometheus"),
     ("curl", "curl"),
+    // `cargo xtask image` and the test that runs it
+    ("podman", "podman"),
+    ("ldd", "libc-bin"),
     // `cargo xtask dist` and its checks
     ("objcopy", "binutils"),
     ("readelf", "binutils"),

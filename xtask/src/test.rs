@@ -28,12 +28,38 @@ pub fn run(extra: &[String]) -> Result<()> {
     times.push(("build".to_owned(), t.elapsed()));
 
     let mut failed = Vec::new();
+    // The release artifacts and the image: before the tests, which run the image.
+    let mut image = None;
+    if extra.is_empty() || extra.iter().any(|a| a.contains("image")) {
+        let t = Instant::now();
+        let built = crate::dist::build_checked(&crate::target_dir().join("dist-test"))
+            .and_then(|a| crate::image::build(&a.tree.join("bin/dnstrace")));
+        match built {
+            Ok(i) => {
+                eprintln!(
+                    "[test] image {} ({:.1} MiB)",
+                    i.tag,
+                    i.bytes as f64 / (1024.0 * 1024.0)
+                );
+                image = Some(i.tag);
+            }
+            Err(e) => {
+                bail_if_stopped()?;
+                eprintln!("[test] dist and image: {e:#}");
+                failed.push("dist and image".to_owned());
+            }
+        }
+        times.push(("dist and image".to_owned(), t.elapsed()));
+    }
     for (phase, args) in phases(extra) {
         bail_if_stopped()?;
         eprintln!("[test] {phase}: cargo {}", args.join(" "));
         let t = Instant::now();
         let mut cmd = cargo();
         cmd.args(&args).env(DNSTRACE_BIN_ENV, &bin);
+        if let Some(tag) = &image {
+            cmd.env("DNSTRACE_IMAGE", tag);
+        }
         if phase != UNIT {
             // Every lookup written with its hops: the lab tests read them. A test of the
             // default (`--hops problems`) says so on its own command line. Not for the
@@ -47,15 +73,13 @@ pub fn run(extra: &[String]) -> Result<()> {
             failed.push(phase);
         }
     }
+    if let Some(tag) = &image {
+        // The image is rebuilt by every run; it is not left to pile up.
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "--force", tag])
+            .output();
+    }
     if extra.is_empty() {
-        let t = Instant::now();
-        if let Err(e) = crate::dist::in_test() {
-            bail_if_stopped()?;
-            eprintln!("[test] dist: {e:#}");
-            failed.push("dist".to_owned());
-        }
-        times.push(("dist".to_owned(), t.elapsed()));
-        bail_if_stopped()?;
         let t = Instant::now();
         if let Err(e) = crate::fuzz::in_test() {
             bail_if_stopped()?;
