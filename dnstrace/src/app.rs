@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Batch, Capture, CaptureConfig, links::Framing},
+    capture::{Batch, Capture, CaptureConfig, CoverageChange, LinkNote, Monitor, links::Framing},
     cli::{Output, WatchConfig},
     correlate::{self, Correlator, Coverage, Lookup, Placement},
     decode::{self, LinkType, Meta, Packet},
@@ -57,12 +57,23 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
     let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
     let mut ifaces = cfg.ifaces.clone();
+    // Subscribed before the listing, so that no interface slips in between.
+    let mut monitor = None;
     if cfg.auto {
+        monitor = match Monitor::open() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!(
+                    "not following interfaces that appear later: subscribing to link notifications failed: {e}"
+                );
+                None
+            }
+        };
         let links = crate::capture::links::list()
             .await
             .context("listing interfaces")?;
         for l in links {
-            if l.framing == Framing::Unsupported {
+            if !crate::capture::links::auto_selects(&l) {
                 log::warn!("skipping {}: link-layer type dnstrace cannot parse", l.name);
             } else if !ifaces.contains(&l.name) {
                 ifaces.push(l.name);
@@ -102,19 +113,38 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         tc_mode: cfg.tc_mode,
         tc_priority: cfg.tc_priority,
         drops: cfg.drops,
+        follow: monitor.is_some(),
     };
     let mut capture = Capture::open(&capture_cfg).await?;
-    let signals = Signals { sigint, sigterm };
-    let result = run(&cfg, &mut capture, ifaces, uplinks, started, signals).await;
+    let inputs = Inputs {
+        sigint,
+        sigterm,
+        monitor,
+    };
+    let result = run(&cfg, &mut capture, ifaces, uplinks, started, inputs).await;
     // Whatever failed after attaching, nothing stays attached (a no-op once `run` detached).
     capture.detach().await;
     result
 }
 
-struct Signals {
+struct Inputs {
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
+    /// `--auto`: link notifications, to follow interfaces as they come and go.
+    monitor: Option<Monitor>,
 }
+
+/// What the main task tells the consumer besides packets.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// An interface's name, before anything captured on it can arrive.
+    Name(u32, String),
+    /// The interfaces watched changed, at this monotonic time.
+    Coverage(CoverageChange, u64),
+}
+
+/// Coverage changes waiting for the consumer; beyond this they are dropped and logged.
+const CONTROL_QUEUE: usize = 4096;
 
 /// Everything after the attach: the caller detaches whatever this returns.
 async fn run(
@@ -123,12 +153,13 @@ async fn run(
     ifaces: Vec<String>,
     uplinks: Vec<String>,
     started: Instant,
-    signals: Signals,
+    inputs: Inputs,
 ) -> anyhow::Result<Summary> {
-    let Signals {
+    let Inputs {
         mut sigint,
         mut sigterm,
-    } = signals;
+        mut monitor,
+    } = inputs;
     announce(capture, cfg, &uplinks);
 
     let names = Names::new(
@@ -249,10 +280,12 @@ async fn run(
     let (tx, rx) = mpsc::channel::<Batch>(cfg.queue);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (lost_tx, lost_rx) = watch::channel(0u64);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let feed = ui.as_ref().map(|(feed, _)| feed.clone());
     let mut consumer = Consumer::new(cfg, names, correlator, lost_rx, feed);
     consumer.pcap = pcap;
     consumer.metrics = metrics.as_ref().map(|(m, _)| m.clone());
+    consumer.control = Some(ctl_rx);
     if let Some(p) = consumer.pcap.as_mut().filter(|_| !cfg.filter.is_empty()) {
         p.only_shown();
     }
@@ -278,6 +311,9 @@ async fn run(
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
                 () = &mut deadline => break Stop::Duration,
                 () = ui_ended(&mut ui) => break Stop::Quit,
+                note = next_link(&mut monitor) => {
+                    follow_link(capture, note, &mut monitor, &ctl_tx).await;
+                }
                 _ = tick.tick() => {
                     // The consumer only ends early when writing to stdout failed; a
                     // reader that went away (`| head`) is noticed even with nothing to write.
@@ -302,6 +338,8 @@ async fn run(
         None => None,
     };
 
+    drop(monitor);
+    drop(ctl_tx);
     let _ = stop_tx.send(true);
     let (mut drain, tx) = drain_task.await.context("the ring buffer task failed")?;
     // Detach first, then collect what the kernel emitted until that moment.
@@ -378,6 +416,62 @@ async fn run(
         anyhow::bail!("writing the pcapng file {} failed: {e}", p.path);
     }
     Ok(summary)
+}
+
+/// The next link notification; never without a monitor.
+async fn next_link(monitor: &mut Option<Monitor>) -> Option<LinkNote> {
+    match monitor {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Follows one link notification: attaches to a new interface, lets go of one that
+/// went away, and tells the consumer. `None`: the notification socket closed; it is
+/// opened again and the links listed afresh.
+async fn follow_link(
+    capture: &mut Capture,
+    note: Option<LinkNote>,
+    monitor: &mut Option<Monitor>,
+    ctl: &mpsc::Sender<Control>,
+) {
+    let tell = |c: Control| {
+        if let Err(e) = ctl.try_send(c) {
+            log::warn!("interface change not passed on (output behind): {e}");
+        }
+    };
+    let changes = match note {
+        Some(LinkNote::New(link)) => {
+            tell(Control::Name(link.index, link.name.clone()));
+            capture.link_seen(link).await.into_iter().collect()
+        }
+        Some(LinkNote::Gone { index, .. }) => capture.link_gone(index).into_iter().collect(),
+        Some(LinkNote::Overrun) | None => {
+            if note.is_none() {
+                log::warn!("link notifications stopped; subscribing again");
+                *monitor = Monitor::open()
+                    .inspect_err(|e| {
+                        log::warn!("not following interfaces any more: subscribing failed: {e}")
+                    })
+                    .ok();
+            } else {
+                log::warn!("link notifications were lost; listing the interfaces again");
+            }
+            match capture.resync().await {
+                Ok(changes) => changes,
+                Err(e) => {
+                    log::warn!("listing the interfaces again: {e}");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    for c in changes {
+        if c.event == crate::capture::CoverageEvent::Attached {
+            tell(Control::Name(c.ifindex, c.iface.clone()));
+        }
+        tell(Control::Coverage(c, mono_now_ns()));
+    }
 }
 
 /// True once stdout is a pipe or socket whose reader has gone: poll(2) reports
@@ -599,6 +693,8 @@ pub(crate) struct Consumer {
     problems_shown: u64,
     /// `--metrics`: every finished lookup is counted there.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// `watch --auto`: interface names and coverage changes from the main task.
+    pub control: Option<mpsc::Receiver<Control>>,
 }
 
 impl Consumer {
@@ -652,6 +748,7 @@ impl Consumer {
             not_shown: 0,
             problems_shown: 0,
             metrics: None,
+            control: None,
         }
     }
 
@@ -661,6 +758,9 @@ impl Consumer {
         let mut open = true;
         while open {
             let result = tokio::select! {
+                // Names first: a batch may hold packets of an interface just attached.
+                biased;
+                Some(c) = recv_control(&mut self.control) => self.control(c),
                 batch = rx.recv() => match batch {
                     Some(batch) => self.batch(batch),
                     None => { open = false; Ok(()) }
@@ -691,6 +791,10 @@ impl Consumer {
     }
 
     fn batch(&mut self, batch: Batch) -> std::io::Result<()> {
+        // Whatever the main task said before these packets were drained.
+        while let Some(c) = self.control.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.control(c)?;
+        }
         for c in batch {
             let drop_reason = c.drop_reason.map(|r| self.names.drop_reason(r));
             self.frame(
@@ -704,6 +808,36 @@ impl Consumer {
             )?;
         }
         self.sink.flush()
+    }
+
+    /// A message from the main task: an interface's name, or a change of coverage, which
+    /// the correlator takes into account and the output shows.
+    fn control(&mut self, c: Control) -> std::io::Result<()> {
+        match c {
+            Control::Name(index, name) => {
+                self.names.add_iface(index, name);
+                Ok(())
+            }
+            Control::Coverage(change, at) => {
+                use crate::capture::CoverageEvent as E;
+                match change.event {
+                    E::Attached => self.correlator.iface_watched(&change.iface),
+                    E::Detached => {
+                        self.correlator.iface_gone(&change.iface, at);
+                        self.names.retire(change.ifindex, at);
+                    }
+                    E::AttachFailed => self.correlator.iface_unwatched(&change.iface),
+                    E::Renamed => {
+                        if let Some(old) = &change.old_name {
+                            self.correlator.iface_renamed(old, &change.iface);
+                        }
+                    }
+                }
+                let watched = &self.correlator.config().watched;
+                self.sink
+                    .coverage(&change, &self.names, self.names.epoch_ns(at), watched)
+            }
+        }
     }
 
     /// Decodes one frame and takes it through the pipeline.
@@ -836,6 +970,7 @@ impl Consumer {
         let expired = self.correlator.expire(now);
         self.finished.extend(expired);
         self.tcp.expire(now);
+        self.names.forget_retired(now);
         let r = self.emit_finished(now);
         // Time moved on: held pcapng packets may have reached their bound.
         self.drain_pcap(now);
@@ -896,6 +1031,20 @@ impl Consumer {
             end_epoch_ns: self.end_epoch_ns,
             error,
         }
+    }
+}
+
+/// The next control message; never without a control channel, nor once it closed.
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => match rx.recv().await {
+            Some(c) => Some(c),
+            None => {
+                *control = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -227,7 +227,7 @@ pub struct WatchArgs {
     )]
     pub ifaces: Vec<String>,
 
-    /// Capture on every interface of the current network namespace, plus the socket hop and kernel drops.
+    /// Capture on every interface of the current network namespace (and each one that appears later), plus the socket hop and kernel drops.
     #[arg(short, long, env = "DNSTRACE_AUTO")]
     pub auto: bool,
 

@@ -6,7 +6,7 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder,
         SchedClassifier, TcAttachType,
-        tc::{NlOptions, TcAttachOptions, TcHandle, qdisc_add_clsact},
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
     util::KernelVersion,
 };
@@ -73,12 +73,29 @@ pub const TCX_AUTO_MAX_IFACES: usize = 32;
 /// that was free when listed (another tool took it meanwhile).
 const PRIORITY_TRIES: usize = 16;
 
-pub(super) struct Attacher<'a> {
-    ebpf: &'a mut Ebpf,
+/// A tc program attached to one direction of an interface, for detaching it alone
+/// (when its interface goes away while the others stay).
+#[derive(Debug)]
+pub(super) struct TcLink {
+    program: &'static str,
+    id: SchedClassifierLinkId,
+}
+
+/// A clsact qdisc this process added, by interface index: a name may come back as
+/// another device, whose qdisc is not ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct OwnClsact {
+    pub index: u32,
+    pub name: String,
+}
+
+/// How tc programs are attached, and what this process holds: kept for the whole run,
+/// since interfaces that appear later are attached the same way.
+pub(super) struct Attacher {
     tcx: bool,
     explicit_tcx: bool,
     priority: u16,
-    created_clsact: Vec<String>,
+    created_clsact: Vec<OwnClsact>,
     /// Netlink priorities taken on each hook, by anyone (see [`Self::set_used`]).
     used: std::collections::HashMap<(u32, TcDir), std::collections::BTreeSet<u16>>,
     /// Liveness markers of the classifiers this process loaded.
@@ -87,10 +104,9 @@ pub(super) struct Attacher<'a> {
     marked: Vec<String>,
 }
 
-impl<'a> Attacher<'a> {
+impl Attacher {
     /// `interfaces`: how many interfaces will get tc hooks (auto mode picks by it).
     pub(super) fn new(
-        ebpf: &'a mut Ebpf,
         mode: TcMode,
         priority: u16,
         interfaces: usize,
@@ -107,7 +123,6 @@ impl<'a> Attacher<'a> {
             TcMode::Netlink => false,
         };
         Ok(Self {
-            ebpf,
             tcx,
             explicit_tcx: mode == TcMode::Tcx,
             priority: priority.max(2),
@@ -118,10 +133,32 @@ impl<'a> Attacher<'a> {
         })
     }
 
-    /// The clsact qdiscs this process added, and the markers to hold while its
-    /// programs are attached.
-    pub(super) fn finish(self) -> (Vec<String>, Vec<stale::Marker>) {
-        (self.created_clsact, self.markers)
+    /// The clsact qdiscs this process added (to remove once detached), and the
+    /// markers held while its programs are attached.
+    pub(super) fn finish(&mut self) -> (Vec<OwnClsact>, Vec<stale::Marker>) {
+        (
+            std::mem::take(&mut self.created_clsact),
+            std::mem::take(&mut self.markers),
+        )
+    }
+
+    /// Forgets what is known of interface `index`, which has gone away: the kernel
+    /// removed its qdisc and filters with it.
+    pub(super) fn forget(&mut self, index: u32) {
+        self.created_clsact.retain(|c| c.index != index);
+        self.used.retain(|(i, _), _| *i != index);
+    }
+
+    /// Takes the priorities now used on the hooks of one interface (seen after the start).
+    pub(super) fn add_used(&mut self, filters: &[stale::TcFilter]) {
+        for (key, prios) in stale::used_priorities(filters) {
+            self.used.entry(key).or_default().extend(prios);
+        }
+    }
+
+    /// Whether netlink filters are used (their priorities must be known first).
+    pub(super) fn netlink(&self) -> bool {
+        !self.tcx
     }
 
     /// The filters now on the hooks: netlink filters go only at a priority
@@ -131,8 +168,13 @@ impl<'a> Attacher<'a> {
     }
 
     /// Loads (once) the tc classifier `name` and holds its liveness marker.
-    fn classifier(&mut self, name: &str, action: &str) -> Result<(), CaptureError> {
-        let prog: &mut SchedClassifier = program(self.ebpf, name, action)?;
+    fn classifier(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &str,
+        action: &str,
+    ) -> Result<(), CaptureError> {
+        let prog: &mut SchedClassifier = program(ebpf, name, action)?;
         if self.marked.iter().any(|n| n == name) {
             return Ok(());
         }
@@ -151,13 +193,16 @@ impl<'a> Attacher<'a> {
 
     /// Tags (the kernel's hash of the instructions) of this build's tc
     /// classifiers, by name; loads them.
-    pub(super) fn tc_tags(&mut self) -> Result<Vec<(&'static str, u64)>, CaptureError> {
+    pub(super) fn tc_tags(
+        &mut self,
+        ebpf: &mut Ebpf,
+    ) -> Result<Vec<(&'static str, u64)>, CaptureError> {
         let mut tags = Vec::new();
         for dir in TcDir::BOTH {
             for name in dir.programs() {
                 let action = format!("loading {name}");
-                self.classifier(name, &action)?;
-                let prog: &mut SchedClassifier = program(self.ebpf, name, &action)?;
+                self.classifier(ebpf, name, &action)?;
+                let prog: &mut SchedClassifier = program(ebpf, name, &action)?;
                 let info = prog.info().map_err(|e| {
                     CaptureError::from_aya(format!("reading the tag of {name}"), &e)
                 })?;
@@ -167,16 +212,34 @@ impl<'a> Attacher<'a> {
         Ok(tags)
     }
 
-    /// Attaches on ingress and egress of `link`.
-    pub(super) fn attach_tc(&mut self, link: &Link) -> Result<Vec<AttachPoint>, CaptureError> {
+    /// Attaches on ingress and egress of `link`. When the second direction fails, the
+    /// first is detached again.
+    pub(super) fn attach_tc(
+        &mut self,
+        ebpf: &mut Ebpf,
+        link: &Link,
+    ) -> Result<Vec<(AttachPoint, TcLink)>, CaptureError> {
         let mut points = Vec::with_capacity(2);
         for point in [Point::TcIngress, Point::TcEgress] {
-            points.push(self.attach_tc_dir(link, point)?);
+            match self.attach_tc_dir(ebpf, link, point) {
+                Ok(p) => points.push(p),
+                Err(e) => {
+                    for (_, l) in points {
+                        detach_tc(ebpf, l);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(points)
     }
 
-    fn attach_tc_dir(&mut self, link: &Link, point: Point) -> Result<AttachPoint, CaptureError> {
+    fn attach_tc_dir(
+        &mut self,
+        ebpf: &mut Ebpf,
+        link: &Link,
+        point: Point,
+    ) -> Result<(AttachPoint, TcLink), CaptureError> {
         let (name, tc_type) = match (link.framing, point) {
             (Framing::Ethernet, Point::TcIngress) => (PROG_TC_ETH_IN, TcAttachType::Ingress),
             (Framing::Ethernet, _) => (PROG_TC_ETH_OUT, TcAttachType::Egress),
@@ -190,18 +253,20 @@ impl<'a> Attacher<'a> {
             }
         };
         let action = format!("attaching {name} to {} {}", link.name, point.as_str());
-        self.classifier(name, &action)?;
-        let prog: &mut SchedClassifier = program(self.ebpf, name, &action)?;
+        self.classifier(ebpf, name, &action)?;
+        let prog: &mut SchedClassifier = program(ebpf, name, &action)?;
+        let held = |id| TcLink { program: name, id };
         if self.tcx {
             let opts = TcAttachOptions::TcxOrder(LinkOrder::first());
             match prog.attach_with_options(&link.name, tc_type, opts) {
-                Ok(_) => {
-                    return Ok(AttachPoint {
+                Ok(id) => {
+                    let p = AttachPoint {
                         target: link.name.clone(),
                         ifindex: link.index,
                         point,
                         mode: AttachMode::Tcx,
-                    });
+                    };
+                    return Ok((p, held(id)));
                 }
                 Err(e) if self.explicit_tcx => return Err(CaptureError::from_aya(action, &e)),
                 Err(e) => {
@@ -216,8 +281,11 @@ impl<'a> Attacher<'a> {
         }
         match qdisc_add_clsact(&link.name) {
             Ok(()) => {
-                if !self.created_clsact.contains(&link.name) {
-                    self.created_clsact.push(link.name.clone());
+                if !self.created_clsact.iter().any(|c| c.index == link.index) {
+                    self.created_clsact.push(OwnClsact {
+                        index: link.index,
+                        name: link.name.clone(),
+                    });
                 }
             }
             // EEXIST: someone (maybe an earlier direction of ours) has it; never ours to delete.
@@ -249,14 +317,15 @@ impl<'a> Attacher<'a> {
                 ..Default::default()
             });
             match prog.attach_with_options(&link.name, tc_type, opts) {
-                Ok(_) => {
+                Ok(id) => {
                     used.insert(priority);
-                    return Ok(AttachPoint {
+                    let p = AttachPoint {
                         target: link.name.clone(),
                         ifindex: link.index,
                         point,
                         mode: AttachMode::Netlink { priority },
-                    });
+                    };
+                    return Ok((p, held(id)));
                 }
                 Err(e) => last = Some(CaptureError::from_aya(action.clone(), &e)),
             }
@@ -273,6 +342,7 @@ impl<'a> Attacher<'a> {
     /// Attaches the socket hop programs to the cgroup v2 root.
     pub(super) fn attach_cgroup(
         &mut self,
+        ebpf: &mut Ebpf,
         dir: &std::fs::File,
         label: &str,
     ) -> Result<Vec<AttachPoint>, CaptureError> {
@@ -282,7 +352,7 @@ impl<'a> Attacher<'a> {
             (PROG_SOCK_OUT, CgroupSkbAttachType::Egress, Point::SocketOut),
         ] {
             let action = format!("attaching {name} to {label}");
-            let prog: &mut CgroupSkb = program(self.ebpf, name, &action)?;
+            let prog: &mut CgroupSkb = program(ebpf, name, &action)?;
             // bpf_link attachments (5.7+) always share the cgroup and take no
             // flags; the older prog_attach path must ask to share it.
             let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
@@ -303,14 +373,16 @@ impl<'a> Attacher<'a> {
     }
 }
 
-impl Attacher<'_> {
+impl Attacher {
     /// Attaches the drop observer to the skb:kfree_skb tracepoint.
-    pub(super) fn attach_drops(&mut self) -> Result<Vec<AttachPoint>, CaptureError> {
+    pub(super) fn attach_drops(
+        &mut self,
+        ebpf: &mut Ebpf,
+    ) -> Result<Vec<AttachPoint>, CaptureError> {
         let action = format!("attaching {PROG_DROP} to tp_btf/{DROP_TRACEPOINT}");
         let btf = aya::Btf::from_sys_fs()
             .map_err(|e| CaptureError::from_aya(format!("{action}: reading kernel BTF"), &e))?;
-        let prog: &mut BtfTracePoint = self
-            .ebpf
+        let prog: &mut BtfTracePoint = ebpf
             .program_mut(PROG_DROP)
             .ok_or_else(|| CaptureError::Bpf {
                 action: action.clone(),
@@ -328,6 +400,20 @@ impl Attacher<'_> {
             point: Point::Drop,
             mode: AttachMode::Tracepoint,
         }])
+    }
+}
+
+/// Detaches one tc program from one interface hook. The interface may be gone (then the
+/// kernel has removed the hook already, and only our handle is let go).
+pub(super) fn detach_tc(ebpf: &mut Ebpf, link: TcLink) {
+    let Some(Ok(prog)) = ebpf
+        .program_mut(link.program)
+        .map(<&mut SchedClassifier>::try_from)
+    else {
+        return;
+    };
+    if let Err(e) = prog.detach(link.id) {
+        log::debug!("detaching {}: {e} (its interface is gone)", link.program);
     }
 }
 
@@ -375,28 +461,46 @@ impl Loadable for CgroupSkb {
 }
 
 /// Deletes a clsact qdisc this process added, but only when no filter is
-/// left on it: someone may have added theirs since.
-pub(super) async fn remove_own_clsact(iface: &str) {
-    if let Err(e) = try_remove_own_clsact(iface).await {
-        log::warn!("could not remove the clsact qdisc dnstrace added on {iface}: {e}");
+/// left on it: someone may have added theirs since. By interface index: a
+/// device that went away took its qdisc along, and its name may now be another's.
+pub(super) async fn remove_own_clsact(own: &OwnClsact) {
+    if let Err(e) = try_remove_own_clsact(own.index).await {
+        log::warn!(
+            "could not remove the clsact qdisc dnstrace added on {}: {e}",
+            own.name
+        );
     }
 }
 
-async fn try_remove_own_clsact(iface: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn try_remove_own_clsact(index: u32) -> Result<(), Box<dyn std::error::Error>> {
     use rtnetlink::packet_route::tc::TcHandle;
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
     let result = async {
-        let Some(link) = handle
+        let link = match handle
             .link()
             .get()
-            .match_name(iface.to_owned())
+            .match_index(index)
             .execute()
             .try_next()
-            .await?
-        else {
-            return Ok(());
+            .await
+        {
+            Ok(Some(link)) => link,
+            Ok(None) => return Ok(()),
+            // Gone: the kernel removed its qdisc with it.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         };
+        let iface = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
         let index = link.header.index as i32;
         let ingress: Vec<_> = handle
             .traffic_filter(index)

@@ -1,6 +1,8 @@
 //! Interfaces of the current network namespace, read over rtnetlink.
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType};
+use rtnetlink::packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
 
 /// What the tc program has to expect at the start of a frame on this device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,12 @@ pub struct Link {
     pub up: bool,
 }
 
+/// `--auto`'s rule, at start and for interfaces that appear later: every interface
+/// whose frames dnstrace can parse.
+pub fn auto_selects(link: &Link) -> bool {
+    link.framing != Framing::Unsupported
+}
+
 /// Lists the links of the calling thread's network namespace.
 pub async fn list() -> std::io::Result<Vec<Link>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
@@ -30,31 +38,36 @@ pub async fn list() -> std::io::Result<Vec<Link>> {
     let mut stream = handle.link().get().execute();
     let mut links = Vec::new();
     while let Some(msg) = stream.try_next().await.map_err(std::io::Error::other)? {
-        let mut link = Link {
-            index: msg.header.index,
-            name: String::new(),
-            kind: String::new(),
-            framing: framing(msg.header.link_layer_type),
-            up: msg.header.flags.contains(LinkFlags::Up),
-        };
-        for attr in msg.attributes {
-            match attr {
-                LinkAttribute::IfName(name) => link.name = name,
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = kind_name(&kind);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        links.push(link);
+        links.push(from_message(msg));
     }
     task.abort();
     links.sort_by_key(|l| l.index);
     Ok(links)
+}
+
+/// The link an RTM_NEWLINK (a dump's answer or a notification) describes.
+pub(super) fn from_message(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: String::new(),
+        framing: framing(msg.header.link_layer_type),
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = kind_name(&kind);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
 }
 
 fn framing(t: LinkLayerType) -> Framing {

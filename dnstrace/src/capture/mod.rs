@@ -4,7 +4,9 @@
 mod attach;
 mod btf;
 mod cgroup;
+mod follow;
 pub mod links;
+mod monitor;
 mod noop;
 mod ring;
 pub mod stale;
@@ -23,6 +25,8 @@ use dnstrace_common::{
 
 pub use attach::{AttachMode, AttachPoint, TcMode};
 pub use cgroup::open_cgroup2_root;
+pub use follow::{CoverageChange, CoverageEvent, CoverageTotals};
+pub use monitor::{LinkNote, Monitor};
 pub use noop::NoopClassifier;
 pub use ring::{Batch, Drain, DrainStats};
 
@@ -51,6 +55,9 @@ pub struct CaptureConfig {
     pub tc_priority: u16,
     /// Trace kernel drops of DNS packets (tp_btf skb:kfree_skb).
     pub drops: bool,
+    /// `--auto`: the interfaces follow the netns, so one that went away since it was
+    /// listed is left out rather than an error.
+    pub follow: bool,
 }
 
 /// A packet as delivered by the kernel, ready for `decode`.
@@ -256,10 +263,14 @@ pub struct Capture {
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     own_netns: u64,
+    /// The interfaces of the netns, as listed at start and followed since.
     names: Vec<links::Link>,
-    created_clsact: Vec<String>,
-    /// Say that our classifiers are in use while they are attached (see `stale`).
-    _markers: Vec<stale::Marker>,
+    /// How tc programs are attached, the clsact qdiscs this process added and the
+    /// markers that say our classifiers are in use (see `stale`).
+    attacher: attach::Attacher,
+    /// What is held on each interface, by index.
+    followed: follow::Followed<attach::TcLink>,
+    totals: CoverageTotals,
     drop_reasons: std::collections::HashMap<u32, String>,
 }
 
@@ -302,6 +313,21 @@ impl Capture {
         let counters = PerCpuArray::try_from(counters)
             .map_err(|e| CaptureError::from_aya("opening the counters", &e))?;
 
+        // Every interface must exist before anything is attached.
+        let mut links = Vec::with_capacity(cfg.ifaces.len());
+        for name in &cfg.ifaces {
+            let Some(link) = names.iter().find(|l| &l.name == name) else {
+                if cfg.follow {
+                    log::debug!("{name} went away before it could be attached");
+                    continue;
+                }
+                return Err(CaptureError::NoSuchInterface { name: name.clone() });
+            };
+            if !links.iter().any(|l: &links::Link| l.index == link.index) {
+                links.push(link.clone());
+            }
+        }
+        let attacher = attach::Attacher::new(cfg.tc_mode, cfg.tc_priority, links.len())?;
         let mut capture = Self {
             ebpf: None,
             attached: Vec::new(),
@@ -309,24 +335,12 @@ impl Capture {
             counters,
             own_netns: own_netns_cookie(),
             names,
-            created_clsact: Vec::new(),
-            _markers: Vec::new(),
+            attacher,
+            followed: follow::Followed::default(),
+            totals: CoverageTotals::default(),
             drop_reasons,
         };
-        // Every interface must exist before anything is attached.
-        let mut links = Vec::with_capacity(cfg.ifaces.len());
-        for name in &cfg.ifaces {
-            let link = capture
-                .names
-                .iter()
-                .find(|l| &l.name == name)
-                .ok_or_else(|| CaptureError::NoSuchInterface { name: name.clone() })?;
-            if !links.iter().any(|l: &links::Link| l.index == link.index) {
-                links.push(link.clone());
-            }
-        }
-        let mut attacher =
-            attach::Attacher::new(&mut ebpf, cfg.tc_mode, cfg.tc_priority, links.len())?;
+        let attacher = &mut capture.attacher;
         // A killed run's netlink filters go first, whatever this run attaches.
         let (conn, nl, _) = rtnetlink::new_connection().map_err(|source| CaptureError::Io {
             action: "opening rtnetlink".into(),
@@ -341,35 +355,220 @@ impl Capture {
                         action: "listing tc filters".into(),
                         source,
                     })?;
-            stale::remove_at_start(&nl, &mut attacher, filters).await
+            stale::remove_at_start(&nl, &mut ebpf, attacher, filters).await
         }
         .await;
         task.abort();
         attacher.set_used(&filters?);
         let attached = attach_all(
-            &mut attacher,
+            &mut ebpf,
+            attacher,
             &links,
             cfg.socket_hop,
             config.skb.enabled != 0,
         );
-        let (created_clsact, markers) = attacher.finish();
         match attached {
-            Ok(points) => {
+            Ok((points, held)) => {
                 capture.attached = points;
-                (capture.created_clsact, capture._markers) = (created_clsact, markers);
+                for (link, tc) in held {
+                    capture.followed.insert(&link, follow::Held::Attached(tc));
+                }
+                for link in &capture.names {
+                    if capture.followed.get(link.index).is_none() {
+                        capture.followed.insert(link, follow::Held::Skipped);
+                    }
+                }
                 capture.ebpf = Some(ebpf);
                 Ok(capture)
             }
             Err(e) => {
                 // Dropping the programs removes their links and filters; then the
                 // clsact qdiscs this run added go too.
+                let (created_clsact, markers) = capture.attacher.finish();
                 drop(ebpf);
                 drop(markers);
-                for iface in created_clsact {
-                    attach::remove_own_clsact(&iface).await;
+                for own in created_clsact {
+                    attach::remove_own_clsact(&own).await;
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Interfaces with tc programs attached now.
+    pub fn tc_interfaces(&self) -> usize {
+        self.followed.attached()
+    }
+
+    /// A link notification (or a fresh listing's entry): a new interface gets the tc
+    /// programs, as `--auto` chose at start; a renamed one keeps them under its new
+    /// name. Returns the change of coverage, if any. An interface that goes away before
+    /// it is attached is one debug line, no change.
+    pub async fn link_seen(&mut self, link: links::Link) -> Option<CoverageChange> {
+        self.ebpf.as_ref()?;
+        match self.followed.seen(&link) {
+            follow::Seen::Known => None,
+            follow::Seen::Renamed { old } => {
+                log::info!("{old} (ifindex {}) is now called {}", link.index, link.name);
+                self.followed.rename(link.index, &link.name);
+                for l in self.names.iter_mut().filter(|l| l.index == link.index) {
+                    l.name.clone_from(&link.name);
+                }
+                for p in self.attached.iter_mut().filter(|p| {
+                    p.ifindex == link.index
+                        && matches!(p.mode, AttachMode::Tcx | AttachMode::Netlink { .. })
+                }) {
+                    p.target.clone_from(&link.name);
+                }
+                let mut c = self.change(CoverageEvent::Renamed, &link);
+                c.old_name = Some(old);
+                Some(c)
+            }
+            follow::Seen::New => self.attach_new(link).await,
+        }
+    }
+
+    async fn attach_new(&mut self, link: links::Link) -> Option<CoverageChange> {
+        if !links::auto_selects(&link) {
+            log::info!(
+                "not attaching to {} (ifindex {}): link-layer type dnstrace cannot parse",
+                link.name,
+                link.index
+            );
+            self.followed.insert(&link, follow::Held::Skipped);
+            return None;
+        }
+        if self.attacher.netlink() {
+            // Never into a priority that someone (a CNI) already uses on it.
+            match self.filters_of(&link).await {
+                Ok(filters) => self.attacher.add_used(&filters),
+                Err(e) => log::debug!("listing the tc filters of {}: {e}", link.name),
+            }
+        }
+        let ebpf = self.ebpf.as_mut()?;
+        // aya attaches by name: the name must still be this device's.
+        let vanished = |link: &links::Link| index_of(&link.name) != Some(link.index);
+        if vanished(&link) {
+            log::debug!(
+                "{} (ifindex {}) went away before it could be attached",
+                link.name,
+                link.index
+            );
+            return None;
+        }
+        match self.attacher.attach_tc(ebpf, &link) {
+            Ok(points) if vanished(&link) => {
+                // The name moved on meanwhile: whatever was hooked is let go.
+                for (_, tc) in points {
+                    attach::detach_tc(ebpf, tc);
+                }
+                self.attacher.forget(link.index);
+                log::debug!(
+                    "{} (ifindex {}) went away while it was being attached",
+                    link.name,
+                    link.index
+                );
+                None
+            }
+            Ok(points) => {
+                let mode = points.first().map(|(p, _)| p.mode.to_string());
+                let (points, tc): (Vec<_>, Vec<_>) = points.into_iter().unzip();
+                self.attached.extend(points);
+                self.followed.insert(&link, follow::Held::Attached(tc));
+                self.names.retain(|l| l.index != link.index);
+                self.names.push(link.clone());
+                self.totals.attached += 1;
+                let mut c = self.change(CoverageEvent::Attached, &link);
+                c.mode = mode;
+                Some(c)
+            }
+            Err(_) if vanished(&link) => {
+                log::debug!(
+                    "{} (ifindex {}) went away before it could be attached",
+                    link.name,
+                    link.index
+                );
+                self.attacher.forget(link.index);
+                None
+            }
+            Err(e) => {
+                log::warn!("could not attach to the new interface {}: {e}", link.name);
+                self.followed.insert(&link, follow::Held::Failed);
+                self.totals.attach_failed += 1;
+                let mut c = self.change(CoverageEvent::AttachFailed, &link);
+                c.error = Some(e.to_string());
+                Some(c)
+            }
+        }
+    }
+
+    async fn filters_of(&self, link: &links::Link) -> std::io::Result<Vec<stale::TcFilter>> {
+        let (conn, nl, _) = rtnetlink::new_connection()?;
+        let task = tokio::spawn(conn);
+        let filters = stale::dump(&nl, std::slice::from_ref(link)).await;
+        task.abort();
+        filters
+    }
+
+    /// Interface `index` went away: its hooks are let go (the kernel removed them with
+    /// the device) and forgotten. Returns the change of coverage, if it was hooked.
+    pub fn link_gone(&mut self, index: u32) -> Option<CoverageChange> {
+        let entry = self.followed.remove(index)?;
+        self.attacher.forget(index);
+        let link = self
+            .names
+            .iter()
+            .position(|l| l.index == index)
+            .map(|i| self.names.swap_remove(i))
+            .unwrap_or_else(|| links::Link {
+                index,
+                name: entry.name.clone(),
+                kind: String::new(),
+                framing: links::Framing::Ethernet,
+                up: false,
+            });
+        let follow::Held::Attached(tc) = entry.held else {
+            return None;
+        };
+        if let Some(ebpf) = self.ebpf.as_mut() {
+            for l in tc {
+                attach::detach_tc(ebpf, l);
+            }
+        }
+        self.attached.retain(|p| {
+            p.ifindex != index || !matches!(p.mode, AttachMode::Tcx | AttachMode::Netlink { .. })
+        });
+        self.totals.detached += 1;
+        Some(self.change(CoverageEvent::Detached, &link))
+    }
+
+    /// Lists the links again after notifications were lost: lets go of the ones that
+    /// are gone, attaches to the new ones.
+    pub async fn resync(&mut self) -> std::io::Result<Vec<CoverageChange>> {
+        let links = links::list().await?;
+        let mut changes = Vec::new();
+        for index in self.followed.missing_from(&links) {
+            changes.extend(self.link_gone(index));
+        }
+        for link in links {
+            changes.extend(self.link_seen(link).await);
+        }
+        Ok(changes)
+    }
+
+    fn change(&self, event: CoverageEvent, link: &links::Link) -> CoverageChange {
+        CoverageChange {
+            event,
+            iface: link.name.clone(),
+            ifindex: link.index,
+            netns: self.own_netns,
+            mode: None,
+            old_name: None,
+            error: None,
+            totals: CoverageTotals {
+                interfaces: self.followed.attached(),
+                ..self.totals
+            },
         }
     }
 
@@ -412,9 +611,12 @@ impl Capture {
     /// stay readable so that the last events and counters can be collected.
     pub async fn detach(&mut self) {
         self.ebpf = None;
-        for iface in std::mem::take(&mut self.created_clsact) {
-            attach::remove_own_clsact(&iface).await;
+        self.followed.take_all();
+        let (created_clsact, markers) = self.attacher.finish();
+        for own in created_clsact {
+            attach::remove_own_clsact(&own).await;
         }
+        drop(markers);
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -438,24 +640,39 @@ impl Capture {
 
 /// Attaches everywhere asked, in order; stops at the first failure (the caller
 /// detaches what was attached).
+/// What [`attach_all`] attached: every point, and the tc handles of each interface.
+type AttachedAll = (Vec<AttachPoint>, Vec<(links::Link, Vec<attach::TcLink>)>);
+
 fn attach_all(
-    attacher: &mut attach::Attacher<'_>,
+    ebpf: &mut Ebpf,
+    attacher: &mut attach::Attacher,
     links: &[links::Link],
     socket_hop: bool,
     drops: bool,
-) -> Result<Vec<AttachPoint>, CaptureError> {
+) -> Result<AttachedAll, CaptureError> {
     let mut attached = Vec::new();
+    let mut held = Vec::with_capacity(links.len());
     for link in links {
-        attached.extend(attacher.attach_tc(link)?);
+        let (points, tc): (Vec<_>, Vec<_>) = attacher.attach_tc(ebpf, link)?.into_iter().unzip();
+        attached.extend(points);
+        held.push((link.clone(), tc));
     }
     if socket_hop {
         let (dir, label) = open_cgroup2_root()?;
-        attached.extend(attacher.attach_cgroup(&dir, &label)?);
+        attached.extend(attacher.attach_cgroup(ebpf, &dir, &label)?);
     }
     if drops {
-        attached.extend(attacher.attach_drops()?);
+        attached.extend(attacher.attach_drops(ebpf)?);
     }
-    Ok(attached)
+    Ok((attached, held))
+}
+
+/// The index of the interface called `name` in this netns, if there is one.
+fn index_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// Converts one ring buffer record, copying the packet.

@@ -298,13 +298,14 @@ async fn delete(handle: &Handle, f: &TcFilter) -> Result<(), rtnetlink::Error> {
 /// for each, and returns the filters that stay (their priorities are taken).
 pub(super) async fn remove_at_start(
     handle: &Handle,
-    attacher: &mut super::attach::Attacher<'_>,
+    ebpf: &mut aya::Ebpf,
+    attacher: &mut super::attach::Attacher,
     mut filters: Vec<TcFilter>,
 ) -> Result<Vec<TcFilter>, CaptureError> {
     if !filters.iter().any(looks_ours) {
         return Ok(filters);
     }
-    let tags = attacher.tc_tags()?;
+    let tags = attacher.tc_tags(ebpf)?;
     let found = match sweep(handle, &filters, tag_lookup(&tags), false).await {
         Ok(found) => found,
         // Not fatal: the leftovers keep their priorities, and `dnstrace cleanup` can retry.
@@ -383,8 +384,8 @@ pub async fn cleanup(ifaces: &[String], dry_run: bool) -> Result<Vec<Found>, Cap
         }
         super::raise_memlock();
         let mut ebpf = super::load_object(&dnstrace_common::RawConfig::empty(), 4096)?;
-        let mut attacher = super::attach::Attacher::new(&mut ebpf, super::TcMode::Netlink, 2, 0)?;
-        let tags = attacher.tc_tags()?;
+        let mut attacher = super::attach::Attacher::new(super::TcMode::Netlink, 2, 0)?;
+        let tags = attacher.tc_tags(&mut ebpf)?;
         sweep(&handle, &filters, tag_lookup(&tags), dry_run)
             .await
             .map_err(io("removing stale dnstrace tc filters"))

@@ -1,12 +1,13 @@
-//! Holes in the capture of TCP streams: bytes a server sent that were never seen (its
-//! sequence number jumped past them). A lookup whose reply could have been in them cannot
+//! Holes in the capture: bytes of a TCP stream that were never seen (its sequence number
+//! jumped past them), and interfaces that went away while lookups crossed them (a pod's
+//! veth, deleted with the pod). A lookup whose reply could have been in such a hole cannot
 //! be said to have gone unanswered.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::Correlator;
 use super::state::{Fx, Leg, LookupState};
-use crate::decode::Proto;
+use crate::decode::{Point, Proto};
 
 /// Streams whose latest hole is remembered; past this the oldest hole is forgotten.
 const MAX_STREAMS: usize = 16_384;
@@ -59,7 +60,110 @@ impl TcpGaps {
     }
 }
 
+/// Interfaces remembered as gone; past this the oldest is forgotten.
+const MAX_GONE: usize = 4096;
+
+/// An interface that went away while the capture ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct IfaceGap {
+    /// The interface's interned name.
+    pub iface: u16,
+    /// When it was seen gone (monotonic, the clock of the events).
+    pub ts: u64,
+}
+
+/// Interfaces that went away, oldest first.
+#[derive(Debug, Default)]
+pub(super) struct IfaceGaps {
+    gone: VecDeque<IfaceGap>,
+}
+
+impl IfaceGaps {
+    fn note(&mut self, iface: u16, ts: u64) {
+        if self.gone.len() >= MAX_GONE {
+            self.gone.pop_front();
+        }
+        self.gone.push_back(IfaceGap { iface, ts });
+    }
+
+    /// Forgets the interfaces gone before `ts`: no open lookup started before it.
+    pub fn prune(&mut self, ts: u64) {
+        while self.gone.front().is_some_and(|g| g.ts < ts) {
+            self.gone.pop_front();
+        }
+    }
+
+    /// The first interface among `ifaces` gone in [from, to].
+    fn within(&self, mut on: impl FnMut(u16) -> bool, from: u64, to: u64) -> Option<IfaceGap> {
+        self.gone
+            .iter()
+            .find(|g| from <= g.ts && g.ts <= to && on(g.iface))
+            .copied()
+    }
+}
+
 impl Correlator {
+    /// A new interface is hooked (`--auto` follows the netns).
+    pub fn iface_watched(&mut self, name: &str) {
+        let w = &mut self.cfg.watched;
+        if !w.ifaces.iter().any(|i| i == name) {
+            w.ifaces.push(name.to_owned());
+        }
+    }
+
+    /// A new interface could not be hooked: packets may now leave unseen.
+    pub fn iface_unwatched(&mut self, name: &str) {
+        let w = &mut self.cfg.watched;
+        w.ifaces.retain(|i| i != name);
+        w.all_ifaces = false;
+    }
+
+    /// A watched interface was renamed.
+    pub fn iface_renamed(&mut self, old: &str, new: &str) {
+        let w = &mut self.cfg.watched;
+        if let Some(i) = w.ifaces.iter_mut().find(|i| *i == old) {
+            new.clone_into(i);
+        }
+    }
+
+    /// A watched interface went away at `ts_ns` (a pod's veth, deleted with the pod):
+    /// lookups open then that crossed it, and have no reply by their end, are `unknown`
+    /// (what became of them happened out of sight), not `unanswered`.
+    pub fn iface_gone(&mut self, name: &str, ts_ns: u64) {
+        self.cfg.watched.ifaces.retain(|i| i != name);
+        let id = self.intern_iface(name);
+        self.iface_gaps.note(id, ts_ns);
+    }
+
+    /// An interface that a hop of this lookup (at any depth) was seen on, gone by `end`
+    /// after the lookup started.
+    pub(super) fn iface_gap(&self, lk: &LookupState, end: u64) -> Option<IfaceGap> {
+        if self.iface_gaps.gone.is_empty() {
+            return None;
+        }
+        let crossed = |iface: u16| {
+            lk.legs
+                .iter()
+                .flat_map(|l| l.hops.iter())
+                .chain(lk.tcp_hops.iter())
+                .any(|h| h.iface == iface && matches!(h.point, Point::TcIngress | Point::TcEgress))
+        };
+        self.iface_gaps.within(crossed, lk.start, end)
+    }
+
+    /// The same for one leg.
+    pub(super) fn leg_iface_gap(&self, leg: &Leg, end: u64) -> Option<IfaceGap> {
+        if self.iface_gaps.gone.is_empty() {
+            return None;
+        }
+        let crossed = |iface: u16| {
+            leg.hops
+                .iter()
+                .any(|h| h.iface == iface && matches!(h.point, Point::TcIngress | Point::TcEgress))
+        };
+        self.iface_gaps.within(crossed, leg.first_ts, end)
+    }
+
     /// The capture missed `bytes` of the TCP stream `src` → `dst`, just before a segment
     /// seen at `ts_ns`: a lookup whose reply that stream would carry, and that has no reply
     /// by its end, is `unknown`, not `unanswered`.

@@ -383,9 +383,12 @@ impl Correlator {
             reply,
             answered: reply.is_some_and(|h| !h.has(B_TC)),
             lost: self.lost_during(lk.start, end),
-            // Capture stopped before the client's timeout ran out, or missed bytes of a
-            // TCP stream that could hold the reply: no reply seen proves nothing.
-            premature: how == End::Stopped && end < lk.deadline || self.tcp_gap(lk, end).is_some(),
+            // Capture stopped before the client's timeout ran out, missed bytes of a TCP
+            // stream that could hold the reply, or an interface it crossed went away: no
+            // reply seen proves nothing.
+            premature: how == End::Stopped && end < lk.deadline
+                || self.tcp_gap(lk, end).is_some()
+                || self.iface_gap(lk, end).is_some(),
             latest_client,
             qdesc: format!("{} {}", lk.qname, lk.qtype),
         };
@@ -427,6 +430,15 @@ impl Correlator {
                     ms(g.ts.saturating_sub(lk.start))
                 ),
                 "the capture lost TCP segments: capture where nothing is dropped (a larger buffer, on the node itself)",
+            )
+        } else if let Some(g) = self.iface_gap(lk, end) {
+            (
+                format!(
+                    "interface {} went away {:.0} ms after the query (a coverage gap): what became of it after that was not seen",
+                    self.ifaces.get(g.iface),
+                    ms(g.ts.saturating_sub(lk.start))
+                ),
+                "an interface it crossed was deleted while it was open (a pod stopped?); nothing is wrong that the capture could show",
             )
         } else {
             (
@@ -1064,6 +1076,7 @@ impl Correlator {
                 || self.lost_during(leg.first_ts, end) > 0
                 || how == End::Stopped && end < lk.deadline
                 || self.leg_tcp_gap(leg, end).is_some()
+                || self.leg_iface_gap(leg, end).is_some()
             {
                 Verdict::Unknown
             } else {

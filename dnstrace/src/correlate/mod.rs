@@ -389,6 +389,8 @@ pub struct Correlator {
     loss: VecDeque<(u64, u64, u64)>,
     /// Holes in the capture of TCP streams (`note_tcp_gap`).
     tcp_gaps: gaps::TcpGaps,
+    /// Interfaces that went away while the capture ran (`iface_gone`).
+    iface_gaps: gaps::IfaceGaps,
     upstreams: Upstreams,
     stats: CorrelateStats,
     /// Where the last ingested event went.
@@ -420,6 +422,7 @@ impl Correlator {
             tunnels: state::Tunnels::default(),
             loss: VecDeque::new(),
             tcp_gaps: gaps::TcpGaps::default(),
+            iface_gaps: gaps::IfaceGaps::default(),
             upstreams,
             stats: CorrelateStats::default(),
             placed: None,
@@ -1162,6 +1165,7 @@ impl Correlator {
             self.loss.pop_front();
         }
         self.tcp_gaps.prune(keep_from);
+        self.iface_gaps.prune(keep_from);
         self.upstreams.prune(now_ns);
     }
 

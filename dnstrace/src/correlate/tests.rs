@@ -1103,3 +1103,63 @@ fn a_late_reply_to_a_superseded_forwarded_query_is_no_drop() {
     assert_eq!(l.verdict, Verdict::Ok, "{}", l.detail);
     assert_eq!(l.children.len(), 2, "{}", scenario::summary(&out.lookups));
 }
+
+/// A pod's query crosses its veth to a server on the node; the server's reply finds the
+/// pod gone (deleted with its veth). Without the gap that is `unanswered`; with it, the
+/// lookup is `unknown` and says why. A lookup of a new pod with the same veth name,
+/// started after the gap, is judged as usual.
+#[test]
+fn an_interface_gone_while_a_lookup_crossed_it_is_a_coverage_gap() {
+    let ms = |t: f64| (t * 1e6) as u64;
+    let server = "10.244.0.1:53";
+    let pod = |t: f64, id: u16| {
+        vec![
+            q(t, "socket-out 2", POD, server, id),
+            q(t + 0.01, "vethpod1 ingress", POD, server, id),
+            q(t + 0.02, "socket-in 1", POD, server, id),
+            r(t + 0.5, "socket-out 1", server, POD, id, "NOERROR"),
+        ]
+    };
+    let judge = |gone_at: Option<f64>| {
+        let mut c = Correlator::new(Config {
+            uplinks: Vec::new(),
+            host_netns: scenario::HOST_NETNS,
+            ..Config::default()
+        });
+        let mut out = Vec::new();
+        let mut rows = pod(0.0, 7);
+        rows.extend(pod(100.0, 8));
+        for row in &rows {
+            if let Some(g) = gone_at
+                && ms(row.ts_ms) > ms(g)
+                && ms(row.ts_ms) < ms(g) + ms(1.0)
+            {
+                c.iface_gone("vethpod1", ms(g));
+            }
+            out.extend(c.expire(ms(row.ts_ms)));
+            out.extend(c.ingest(
+                scenario::event(row, "www.example.test.", "A"),
+                ms(row.ts_ms),
+            ));
+        }
+        out.extend(c.expire(ms(60_000.0)));
+        out
+    };
+    let before = judge(None);
+    assert_eq!(before.len(), 2);
+    assert!(
+        before.iter().all(|l| l.verdict == Verdict::Unanswered),
+        "{before:?}"
+    );
+    // The veth went away 0.2 ms after the query crossed it, before the reply came.
+    let after = judge(Some(0.2));
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].verdict, Verdict::Unknown, "{}", after[0].detail);
+    assert!(
+        after[0].detail.contains("interface vethpod1 went away")
+            && after[0].detail.contains("coverage gap"),
+        "{}",
+        after[0].detail
+    );
+    assert_eq!(after[1].verdict, Verdict::Unanswered, "{}", after[1].detail);
+}

@@ -48,6 +48,15 @@ struct PacketRecord<'a> {
 }
 
 #[derive(Serialize)]
+struct CoverageRecord<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    stamp: Stamp<'a>,
+    #[serde(flatten)]
+    change: &'a crate::capture::CoverageChange,
+}
+
+#[derive(Serialize)]
 struct SummaryRecord<'a> {
     r#type: &'static str,
     #[serde(flatten)]
@@ -101,6 +110,21 @@ impl<W: Write> JsonSink<W> {
                 .as_ref()
                 .map(|i| format!("{}: {}", i.kind.as_str(), i.detail)),
             tunnel: p.tunnel.as_ref(),
+        };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// A `{"type":"coverage"}` record: the interfaces watched changed.
+    pub fn coverage(
+        &mut self,
+        change: &crate::capture::CoverageChange,
+        stamp: Stamp<'_>,
+    ) -> std::io::Result<()> {
+        let rec = CoverageRecord {
+            r#type: "coverage",
+            stamp,
+            change,
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")

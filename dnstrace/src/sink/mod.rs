@@ -92,7 +92,13 @@ pub struct Names {
     drop_reasons: HashMap<u32, String>,
     /// `--hops`: which lookups are written with their hops.
     hops: crate::cli::Hops,
+    /// Interfaces gone, forgotten once packets captured on them have had time to
+    /// arrive: (monotonic time it went, index, name).
+    retired: std::collections::VecDeque<(u64, u32, String)>,
 }
+
+/// How long the name of an interface that went away is kept for its last packets.
+const RETIRE_AFTER_NS: u64 = 5_000_000_000;
 
 impl Names {
     pub fn new(own_netns: u64, ifaces: impl IntoIterator<Item = (u32, String)>) -> Self {
@@ -106,6 +112,7 @@ impl Names {
             mono_to_epoch_ns: mono_to_epoch_ns(),
             drop_reasons: HashMap::new(),
             hops: crate::cli::Hops::default(),
+            retired: std::collections::VecDeque::new(),
         }
     }
 
@@ -144,6 +151,28 @@ impl Names {
     /// Names an interface index learnt after the start (replay learns them from the file).
     pub fn add_iface(&mut self, index: u32, name: String) {
         self.by_index.insert(index, printable_string(name));
+    }
+
+    /// Interface `index` went away at `at_ns` (monotonic): its name is forgotten a little
+    /// later ([`Self::forget_retired`]), after its last packets.
+    pub fn retire(&mut self, index: u32, at_ns: u64) {
+        if let Some(name) = self.by_index.get(&index) {
+            self.retired.push_back((at_ns, index, name.clone()));
+        }
+    }
+
+    /// Forgets the names of interfaces gone long enough before `now_ns`, unless the
+    /// index names another interface since.
+    pub fn forget_retired(&mut self, now_ns: u64) {
+        while let Some((at, index, name)) = self.retired.front() {
+            if now_ns < at.saturating_add(RETIRE_AFTER_NS) {
+                break;
+            }
+            if self.by_index.get(index) == Some(name) {
+                self.by_index.remove(index);
+            }
+            self.retired.pop_front();
+        }
     }
 
     /// Name of a kernel drop reason value, e.g. "NETFILTER_DROP".
@@ -452,6 +481,25 @@ impl<W: Write> Sink<W> {
         }
     }
 
+    /// Writes a change of the interfaces watched, made at `epoch_ns`; the TUI gets what
+    /// is watched now.
+    pub fn coverage(
+        &mut self,
+        c: &crate::capture::CoverageChange,
+        names: &Names,
+        epoch_ns: u64,
+        watched: &crate::correlate::Coverage,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.raw(&coverage_text(c, epoch_ns)),
+            Self::Json(s) => s.coverage(c, names.stamp(epoch_ns)),
+            Self::Tui(t) => {
+                t.coverage(watched.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// Writes the end-of-run record, the run having ended at `epoch_ns` (JSON only; text
     /// prints it on stderr).
     pub fn summary(
@@ -484,6 +532,37 @@ impl<W: Write> Sink<W> {
             t.live(stats, upstreams);
         }
     }
+}
+
+/// A change of the interfaces watched, as a text line.
+pub fn coverage_text(c: &crate::capture::CoverageChange, epoch_ns: u64) -> String {
+    let mut s = format!(
+        "{}  coverage: {} {} (ifindex {}, netns {})",
+        clock_ms(epoch_ns),
+        c.event.as_str(),
+        printable_string(c.iface.clone()),
+        c.ifindex,
+        c.netns
+    );
+    if let Some(m) = &c.mode {
+        s.push_str(&format!(" via {m}"));
+    }
+    if let Some(old) = &c.old_name {
+        s.push_str(&format!(", was {}", printable_string(old.clone())));
+    }
+    if let Some(e) = &c.error {
+        s.push_str(&format!(": {e}"));
+    }
+    let t = &c.totals;
+    s.push_str(&format!(
+        "; watching {} interface{} ({} attached, {} detached, {} failed since start)\n",
+        t.interfaces,
+        if t.interfaces == 1 { "" } else { "s" },
+        t.attached,
+        t.detached,
+        t.attach_failed
+    ));
+    s
 }
 
 /// For `skip_serializing_if`: a count of nothing is left out.
@@ -762,5 +841,48 @@ mod tests {
             assert_eq!(r["node"], "n1");
             assert_eq!(r["schema"], "dnstrace/1");
         }
+    }
+
+    #[test]
+    fn coverage_changes_are_stamped_records_and_text_lines() {
+        use crate::capture::{CoverageChange, CoverageEvent, CoverageTotals};
+        let names = Names::new(1, [])
+            .with_epoch_timestamps()
+            .with_node("n1".to_owned());
+        let change = CoverageChange {
+            event: CoverageEvent::Attached,
+            iface: "veth1a2b".to_owned(),
+            ifindex: 42,
+            netns: 4_026_531_840,
+            mode: Some("tcx".to_owned()),
+            old_name: None,
+            error: None,
+            totals: CoverageTotals {
+                interfaces: 3,
+                attached: 1,
+                detached: 0,
+                attach_failed: 0,
+            },
+        };
+        let watched = crate::correlate::Coverage::default();
+        let mut sink = Sink::Json(JsonSink::new(Vec::new()));
+        sink.coverage(&change, &names, T, &watched).unwrap();
+        let Sink::Json(json) = sink else {
+            unreachable!()
+        };
+        let out = String::from_utf8(json.into_inner()).unwrap();
+        assert!(
+            out.starts_with(r#"{"type":"coverage","time":"2026-11-23T19:20:05.123456789Z","node":"n1","schema":"dnstrace/1","event":"attached","iface":"veth1a2b","ifindex":42,"netns":4026531840,"mode":"tcx","totals":{"interfaces":3,"attached":1,"detached":0,"attach_failed":0}}"#),
+            "{out}"
+        );
+        let gone = CoverageChange {
+            event: CoverageEvent::Detached,
+            mode: None,
+            ..change
+        };
+        assert_eq!(
+            coverage_text(&gone, T),
+            "19:20:05.123  coverage: detached veth1a2b (ifindex 42, netns 4026531840); watching 3 interfaces (1 attached, 0 detached, 0 failed since start)\n"
+        );
     }
 }

@@ -10,6 +10,8 @@ pub enum Feed {
     Lookup(Box<Lookup>),
     Upstreams(Vec<UpstreamStats>),
     Stats(LiveStats),
+    /// The capture points watched changed (`--auto` follows interfaces).
+    Coverage(crate::correlate::Coverage),
 }
 
 /// One input to [`super::update`].

@@ -120,6 +120,11 @@ impl FeedTx {
         }
     }
 
+    /// Queues what is watched now (a snapshot, like the counters).
+    pub fn coverage(&self, c: crate::correlate::Coverage) {
+        let _ = self.tx.try_send(Feed::Coverage(c));
+    }
+
     /// Lookups dropped because the screen did not keep up.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

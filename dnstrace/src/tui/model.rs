@@ -9,7 +9,8 @@ pub const MAX_ROWS: usize = 10_000;
 /// Rates are averaged over about this long.
 const RATE_WINDOW_NS: u64 = 1_000_000_000;
 
-/// What the header says about where the lookups come from. Fixed for a run.
+/// What the header says about where the lookups come from. Fixed for a run, but for
+/// the interfaces watched, which `--auto` follows as they come and go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderInfo {
     /// "watch" or "replay FILE".

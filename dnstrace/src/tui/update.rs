@@ -13,6 +13,7 @@ pub fn update(m: &mut Model, action: Action) {
         Action::Feed(Feed::Lookup(l)) => m.push(*l),
         Action::Feed(Feed::Upstreams(u)) => m.upstreams = u,
         Action::Feed(Feed::Stats(s)) => m.set_stats(s),
+        Action::Feed(Feed::Coverage(c)) => m.header.coverage = c,
         Action::FeedEnded => m.ended = true,
         Action::Resize(w, h) => {
             m.size = (w, h);
