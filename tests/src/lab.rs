@@ -289,6 +289,15 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Deletes a namespace made by [`Lab::add_netns`] before the lab goes (a pod that
+    /// stops), after killing whatever still runs in it.
+    pub fn del_netns(&self, ns: &str) -> Result<()> {
+        kill_everything_in(ns);
+        delete_netns(ns)?;
+        lock(&self.netns).retain(|n| n != ns);
+        Ok(())
+    }
+
     /// `ip -n <ns> <args…>`.
     pub fn ip(&self, ns: &str, args: &[&str]) -> Result<()> {
         run(Command::new("ip").args(["-n", ns]).args(args)).map(drop)
