@@ -879,3 +879,30 @@ fn a_panic_restores_the_terminal() {
         "the panic hook restored the terminal"
     );
 }
+
+/// `--auto` follows interfaces: a pod's veth that appears, then goes, changes the count
+/// and the names the header shows.
+#[test]
+fn header_follows_the_interfaces_watched() {
+    let mut m = Model::new(header(), (200, 12));
+    assert!(
+        screen(&m).contains("4 interfaces, all of this netns: dtpod0 dtcdns0 dtup0 dtnld0"),
+        "{}",
+        screen(&m)
+    );
+    let mut c = header().coverage;
+    c.ifaces.push("dtveth7".to_owned());
+    handle(&mut m, Event::Feed(Feed::Coverage(c.clone())));
+    assert!(
+        screen(&m).contains("5 interfaces, all of this netns: dtpod0 dtcdns0 dtup0 dtnld0 dtveth7"),
+        "{}",
+        screen(&m)
+    );
+    c.ifaces.retain(|i| i != "dtpod0");
+    handle(&mut m, Event::Feed(Feed::Coverage(c)));
+    let s = screen(&m);
+    assert!(
+        s.contains("4 interfaces, all of this netns: dtcdns0 dtup0 dtnld0 dtveth7"),
+        "{s}"
+    );
+}
