@@ -116,6 +116,15 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         follow: monitor.is_some(),
     };
     let mut capture = Capture::open(&capture_cfg).await?;
+    if monitor.is_some() {
+        // What was really attached: interfaces come and go while it starts.
+        ifaces.clear();
+        for p in capture.attached() {
+            if p.ifindex != 0 && !ifaces.contains(&p.target) {
+                ifaces.push(p.target.clone());
+            }
+        }
+    }
     let inputs = Inputs {
         sigint,
         sigterm,

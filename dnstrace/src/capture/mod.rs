@@ -327,6 +327,15 @@ impl Capture {
                 links.push(link.clone());
             }
         }
+        if cfg.follow {
+            // One that appeared since the caller listed them is attached now: its
+            // notification, already read, would say nothing new.
+            for link in names.iter().filter(|l| links::auto_selects(l)) {
+                if !links.iter().any(|l| l.index == link.index) {
+                    links.push(link.clone());
+                }
+            }
+        }
         let attacher = attach::Attacher::new(cfg.tc_mode, cfg.tc_priority, links.len())?;
         let mut capture = Self {
             ebpf: None,
@@ -366,10 +375,17 @@ impl Capture {
             &links,
             cfg.socket_hop,
             config.skb.enabled != 0,
+            cfg.follow,
         );
         match attached {
             Ok((points, held)) => {
                 capture.attached = points;
+                if cfg.follow {
+                    // Those that went away before they could be attached are no more.
+                    capture.names.retain(|l| {
+                        !links::auto_selects(l) || held.iter().any(|(h, _)| h.index == l.index)
+                    });
+                }
                 for (link, tc) in held {
                     capture.followed.insert(&link, follow::Held::Attached(tc));
                 }
@@ -649,11 +665,26 @@ fn attach_all(
     links: &[links::Link],
     socket_hop: bool,
     drops: bool,
+    follow: bool,
 ) -> Result<AttachedAll, CaptureError> {
     let mut attached = Vec::new();
     let mut held = Vec::with_capacity(links.len());
     for link in links {
-        let (points, tc): (Vec<_>, Vec<_>) = attacher.attach_tc(ebpf, link)?.into_iter().unzip();
+        let points = match attacher.attach_tc(ebpf, link) {
+            Ok(points) => points,
+            // Following the netns, an interface that went away meanwhile is no failure.
+            Err(_) if follow && index_of(&link.name) != Some(link.index) => {
+                log::debug!(
+                    "{} (ifindex {}) went away before it could be attached",
+                    link.name,
+                    link.index
+                );
+                attacher.forget(link.index);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (points, tc): (Vec<_>, Vec<_>) = points.into_iter().unzip();
         attached.extend(points);
         held.push((link.clone(), tc));
     }
