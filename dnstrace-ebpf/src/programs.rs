@@ -154,7 +154,7 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     if !dns_port(sport, dport) {
         // Pod-to-pod DNS across nodes rides inside an overlay tunnel: only a datagram to
         // a tunnel port costs more than these three compares.
-        if dport != VXLAN_PORT && dport != VXLAN_LINUX_PORT && dport != GENEVE_PORT {
+        if !tunnel_port(dport) {
             return None;
         }
         let (sport, dport) = tunneled_ports(data, end, ethernet, dport)?;
@@ -398,7 +398,14 @@ fn on_drop(ctx: &BtfTracePointContext) -> Option<()> {
     let sport = u16::from_be_bytes([hdr[l4 & 63], hdr[(l4 + 1) & 63]]);
     let dport = u16::from_be_bytes([hdr[(l4 + 2) & 63], hdr[(l4 + 3) & 63]]);
     if !dns_port(sport, dport) {
-        return None;
+        // A dropped overlay datagram (a firewall on the tunnel port) with DNS inside.
+        if proto != IPPROTO_UDP || !tunnel_port(dport) {
+            return None;
+        }
+        let (sport, dport) = dropped_tunneled_ports(l3 + l4 as u64, dport)?;
+        if !dns_port(sport, dport) {
+            return None;
+        }
     }
     count(Counter::DnsSeen);
     count(Counter::Drops);
@@ -439,6 +446,49 @@ fn on_drop(ctx: &BtfTracePointContext) -> Option<()> {
     emit_sized(header, cap, None, |dst, len| unsafe {
         probe_read_raw(dst, len, l3 as *const _)
     })
+}
+
+#[inline(always)]
+fn tunnel_port(dport: u16) -> bool {
+    dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT || dport == GENEVE_PORT
+}
+
+/// [`tunneled_ports`] for the drop program, which reads kernel memory: the UDP header at
+/// `udp`, then the tunnel header and the frame inside (no VLAN tag, no IPv6 extension).
+#[inline(always)]
+fn dropped_tunneled_ports(udp: u64, dport: u16) -> Option<(u16, u16)> {
+    let [flags, _, p0, p1]: [u8; 4] = kread(udp, 8)?;
+    let frame = if dport == GENEVE_PORT {
+        if flags >> 6 != 0 || u16::from_be_bytes([p0, p1]) != ETH_P_TEB {
+            return None;
+        }
+        udp + 16 + ((flags & 0x3f) as u64) * 4
+    } else {
+        if flags & VXLAN_I == 0 {
+            return None;
+        }
+        udp + 16
+    };
+    // Small reads, a few helper calls: a dropped datagram to a tunnel port is rare, and
+    // the stack is shared with the rest of the program.
+    let ip = frame + 14;
+    let (proto, l4) = match u16::from_be_bytes(kread(frame, 12)?) {
+        ETH_P_IP => {
+            let h: [u8; 10] = kread(ip, 0)?;
+            // Only the first fragment carries the L4 header.
+            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 || h[0] & 0x0f < 5 {
+                return None;
+            }
+            (h[9], ip + ((h[0] & 0x0f) as u64) * 4)
+        }
+        ETH_P_IPV6 => (kread::<u8>(ip, 6)?, ip + 40),
+        _ => return None,
+    };
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
+        return None;
+    }
+    let [s0, s1, d0, d1]: [u8; 4] = kread(l4, 0)?;
+    Some((u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1])))
 }
 
 /// The settings userspace wrote at load time. Read field by field through

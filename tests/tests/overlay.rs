@@ -1,7 +1,8 @@
 //! DNS between pods on two lab "nodes" across a real overlay: each node is a netns with
 //! a routed pod behind a veth, the nodes are joined by an underlay veth pair, and a real
 //! Linux vxlan or geneve device on each carries the pod networks. A pod on node A queries
-//! a dnsmasq pod on node B; `dnstrace watch --auto --pcap` runs in node A's netns.
+//! a dnsmasq pod on node B; `dnstrace watch --auto --pcap` runs in node A's netns (and
+//! `dnstrace watch --auto` in node B's).
 //! Needs root and DNSTRACE_BIN (run with `cargo xtask test`).
 use std::{io::Write as _, path::Path, process::Command, time::Duration};
 
@@ -93,6 +94,11 @@ impl Overlay {
             },
         )
         .expect("underlay");
+        // The underlay is each node's way off the node (its default route), as on a cloud VM.
+        lab.add_route(&node_a, &format!("default via {under_b}"))
+            .unwrap();
+        lab.add_route(&node_b, &format!("default via {under_a}"))
+            .unwrap();
         let tunnel = format!("{p}tun");
         for (node, uplink, local, remote, addr, other_pods, via) in [
             (
@@ -252,6 +258,42 @@ impl Overlay {
     }
 }
 
+impl Overlay {
+    /// Node B's view of the same two lookups: they arrive by its uplink inside the
+    /// tunnel and leave by the server pod's veth, one chain each, answered.
+    fn check_server_side(&self, lookups: &[Value]) {
+        let p = self.lab.prefix();
+        let (uplink_b, veth_b) = (format!("{p}ub"), format!("{p}pb0"));
+        assert_eq!(lookups.len(), 2, "{}: node B: {lookups:#?}", self.cell.name);
+        for l in lookups {
+            let ctx = format!("{}: node B: {l:#}", self.cell.name);
+            assert_eq!(l["verdict"], "ok", "{ctx}");
+            let hops = l["hops"].as_array().unwrap();
+            // (The socket hop sees every netns: pod A's send is in this chain too.)
+            let first = hops
+                .iter()
+                .find(|h| h["qr"] == false && h["iface"] == uplink_b.as_str())
+                .unwrap_or_else(|| panic!("no query hop at node B's uplink: {ctx}"));
+            assert_eq!(first["dir"], "ingress", "{ctx}");
+            assert_eq!(first["tunnel"]["vni"], VNI, "{ctx}");
+            let port = format!(":{}", self.cell.port);
+            assert!(
+                first["tunnel"]["dst"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(&port)),
+                "{ctx}"
+            );
+            assert!(
+                hops.iter().any(|h| h["iface"] == veth_b.as_str()
+                    && h["dir"] == "egress"
+                    && h["qr"] == false
+                    && h["tunnel"].is_null()),
+                "no query hop at the server pod's veth: {ctx}"
+            );
+        }
+    }
+}
+
 fn lookups_for<'a>(lookups: &'a [Value], qname: &str) -> Vec<&'a Value> {
     let want = format!("{qname}.");
     lookups.iter().filter(|l| l["qname"] == want).collect()
@@ -291,6 +333,9 @@ fn run_cell(tag: &str, cell: Cell) -> bool {
         &["--auto", "--timeout", "2s", "--pcap", &path],
     )
     .expect("start dnstrace in node A");
+    // And one on node B, where the server pod is.
+    let tracer_b = Tracer::start(&o.lab, &o.node_b, "trace-b", &["--auto", "--timeout", "2s"])
+        .expect("start dnstrace in node B");
     let udp = o.dig(&[]);
     assert!(
         udp.contains("203.0.113.7"),
@@ -307,6 +352,11 @@ fn run_cell(tag: &str, cell: Cell) -> bool {
     tracer
         .wait_lookups(|l| l["qname"] == want, 2, WAIT)
         .unwrap_or_else(|e| panic!("{}: {e:#}", cell.name));
+    let on_b = tracer_b
+        .wait_lookups(|l| l["qname"] == want, 2, WAIT)
+        .unwrap_or_else(|e| panic!("{}: node B: {e:#}", cell.name));
+    tracer_b.stop(Signal::Int).expect("stop dnstrace on node B");
+    o.check_server_side(&on_b);
     let trace = tracer.stop(Signal::Int).expect("stop dnstrace");
     let lookups = lookups_for(&trace.lookups, &o.qname);
     for l in &lookups {
@@ -497,4 +547,52 @@ fn a_query_lost_beyond_the_tunnel_is_judged_at_the_uplink() {
         (&"vxlan".into(), &VNI.into()),
         "{l:#}"
     );
+}
+
+/// Node A's own firewall drops the tunnel's datagrams (the overlay port left closed):
+/// the kernel's drop of the encapsulated query is the lookup's fault, with the tunnel.
+#[test]
+fn a_dropped_tunnel_datagram_is_the_lookups_drop() {
+    if !setup() {
+        return;
+    }
+    let o = Overlay::new("ovld", CELLS[0]).expect("a vxlan overlay");
+    o.lab
+        .iptables(&o.node_a, "-A OUTPUT -p udp --dport 4789 -j DROP")
+        .expect("drop the tunnel on node A");
+    let tracer = Tracer::start(&o.lab, &o.node_a, "trace", &["--auto", "--timeout", "1s"])
+        .expect("start dnstrace in node A");
+    let out = o.dig(&["+time=1"]);
+    assert!(
+        !out.contains("203.0.113.7"),
+        "answered through the drop: {out}"
+    );
+    let want = format!("{}.", o.qname);
+    let found = tracer
+        .wait_lookups(|l| l["qname"] == want, 1, WAIT)
+        .expect("the lookup ends");
+    tracer.stop(Signal::Int).expect("stop dnstrace");
+    let l = &found[0];
+    eprintln!("{}\n{l:#}", one_line(l));
+    assert_eq!(l["verdict"], "dropped", "{l:#}");
+    let hops = l["hops"].as_array().unwrap();
+    let drop = hops
+        .iter()
+        .find(|h| h["dir"] == "drop")
+        .unwrap_or_else(|| panic!("no drop hop: {l:#}"));
+    assert_eq!(drop["drop_reason"], "NETFILTER_DROP", "{l:#}");
+    assert!(
+        l["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("udp 4789 (vxlan)")),
+        "{l:#}"
+    );
+    assert!(drop["src"].as_str().unwrap().starts_with(POD_A), "{l:#}");
+    let t = &drop["tunnel"];
+    assert_eq!(
+        (&t["kind"], &t["vni"]),
+        (&"vxlan".into(), &VNI.into()),
+        "{l:#}"
+    );
+    assert_eq!(t["dst"], format!("{}:4789", o.under_b), "{l:#}");
 }

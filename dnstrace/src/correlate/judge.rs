@@ -161,8 +161,19 @@ impl Facts<'_> {
     }
 
     /// Drops of a query after it left the node by an uplink: beyond the node, a consequence.
+    /// A drop of the encapsulated datagram is on the node until that datagram was seen
+    /// leaving by an uplink: the overlay device's sighting (before encapsulation, and an
+    /// uplink to the routes) is not the way out.
     fn beyond_node(&self, leg: &Leg, h: &HopRec) -> bool {
-        h.is_query() && leg.hop(leg.uplink).is_some_and(|u| u.ts <= h.ts)
+        if !h.is_query() {
+            return false;
+        }
+        if h.tunnel == 0 {
+            return leg.hop(leg.uplink).is_some_and(|u| u.ts <= h.ts);
+        }
+        leg.hops.iter().any(|u| {
+            u.tunnel != 0 && u.point == Point::TcEgress && self.c.is_uplink(u.iface) && u.ts <= h.ts
+        })
     }
 
     /// " ; further on, it was dropped at X (netns N): REASON", for drops beyond the node.
@@ -546,15 +557,27 @@ fn dropped(f: &Facts) -> Option<Finding> {
     let what = if h.is_response() { "reply" } else { "query" };
     let iface = f.c.ifaces.get(h.iface);
     let reason = f.c.reason(h);
+    let tunnel = f.c.tunnels.get(h.tunnel, h.tunnel_sport);
+    let hint = match tunnel {
+        Some(t) if reason == "NETFILTER_DROP" => format!(
+            "a netfilter rule drops the overlay's datagrams: check `iptables-save` / \
+             `nft list ruleset` on this node for udp {} ({}) to and from the other nodes",
+            t.dst.port(),
+            t.kind.as_str()
+        ),
+        _ => drop_hint(reason, h),
+    };
     let j = Judgement::new(
         Verdict::Dropped,
         Some(format!("{iface} ({reason})")),
         Some(f.c.at(h)),
     )
-    .hint(drop_hint(reason, h))
+    .hint(hint)
     .detail(format!(
-        "the kernel dropped the {what} {} → {} at {iface}: {reason}",
-        h.src, h.dst
+        "the kernel dropped the {what} {} → {} at {iface}{}: {reason}",
+        h.src,
+        h.dst,
+        tunnel.map_or_else(String::new, |t| format!(" inside {t}"))
     ));
     Some(j.at(h.ts))
 }

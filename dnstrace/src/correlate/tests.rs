@@ -888,6 +888,72 @@ fn left_via_uplink_then_dropped_further_on_is_left_via_uplink() {
     );
 }
 
+/// A node firewall that drops the overlay's datagrams: the drop of the encapsulated
+/// query is on this node even though the overlay device (an uplink to the routes) saw the
+/// query first; once the datagram has left by the underlay, a drop is further on.
+#[test]
+fn a_dropped_overlay_datagram_is_dropped_until_it_left_by_the_underlay() {
+    const SERVER: &str = "10.244.1.10:53";
+    let tunnel = "vxlan 42 10.0.0.1:51000 10.0.0.2:4789";
+    let both_uplinks = || Scenario {
+        config: scenario::ConfigRow {
+            uplinks: Some(vec!["eth0".into(), "vxlan0".into()]),
+            ..Default::default()
+        },
+        ..Scenario::default()
+    };
+    let drop = |ts: f64, netns: u64| Row {
+        netns: Some(netns),
+        drop_reason: Some("NETFILTER_DROP".into()),
+        tunnel: Some(tunnel.into()),
+        ..q(ts, "vxlan0 drop", POD, SERVER, 9)
+    };
+    let out = run_with(
+        both_uplinks(),
+        vec![
+            q(0.0, "lxcpod0 ingress", POD, SERVER, 9),
+            q(0.01, "vxlan0 egress", POD, SERVER, 9),
+            drop(0.02, 1),
+        ],
+    );
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Dropped, "{}", l.detail);
+    assert_eq!(l.culprit.as_deref(), Some("vxlan0 (NETFILTER_DROP)"));
+    assert!(
+        l.detail.ends_with(
+            "at vxlan0 inside vxlan vni 42 10.0.0.1:51000→10.0.0.2:4789: NETFILTER_DROP"
+        ),
+        "{}",
+        l.detail
+    );
+    assert!(
+        l.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("udp 4789 (vxlan)")),
+        "{:?}",
+        l.hint
+    );
+    let out = run_with(
+        both_uplinks(),
+        vec![
+            q(0.0, "lxcpod0 ingress", POD, SERVER, 9),
+            q(0.01, "vxlan0 egress", POD, SERVER, 9),
+            Row {
+                tunnel: Some(tunnel.into()),
+                ..q(0.02, "eth0 egress", POD, SERVER, 9)
+            },
+            drop(0.05, 7),
+        ],
+    );
+    let l = only(&out);
+    assert_eq!(l.verdict, Verdict::Unanswered, "{}", l.detail);
+    assert!(
+        l.detail.contains("further on it was dropped"),
+        "{}",
+        l.detail
+    );
+}
+
 /// A drop on the node before the query could leave is still the cause.
 #[test]
 fn a_drop_on_the_node_before_the_uplink_is_dropped() {
