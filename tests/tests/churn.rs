@@ -1,7 +1,9 @@
 //! Pods that come and go while `dnstrace watch --auto` runs: 100 pod netns with their
 //! veth (host side in the lab's node netns, as a CNI plugin makes them), created and
 //! deleted one after the other while every live pod sends queries to a DNS server on
-//! the node. Each host-side name comes back once as another device (another ifindex).
+//! the node. Each host-side name comes back once as another device (another ifindex),
+//! and every tenth veth is made under a temporary name and renamed at once, as some CNI
+//! plugins do.
 //!
 //! A pod "lived long enough" when its veth was reported attached (a `coverage`
 //! record) before its first query; here every pod waits for that, so every one of
@@ -31,6 +33,8 @@ const SERVER: &str = "10.77.0.53";
 const BLACKHOLE: &str = "10.77.9.9";
 /// After the first this many pods, the tracer's RSS is the baseline.
 const RSS_AFTER: usize = 20;
+/// Pods whose veth is made under a temporary name, then renamed.
+const RENAMED_EVERY: usize = 10;
 /// How much the tracer's RSS may grow over the last 80 pods.
 const RSS_GROWTH_MAX_KB: u64 = 6 * 1024;
 
@@ -93,6 +97,17 @@ impl Tail {
                 && r["ifindex"] == ifindex
         })
     }
+
+    /// The device was reported attached (under whatever name), and is now reported
+    /// under `iface`: attached under it, or renamed to it.
+    fn watched(&self, iface: &str, ifindex: u64) -> bool {
+        let attached = self.records.iter().any(|r| {
+            r["type"] == "coverage" && r["event"] == "attached" && r["ifindex"] == ifindex
+        });
+        attached
+            && (self.coverage("attached", iface, ifindex)
+                || self.coverage("renamed", iface, ifindex))
+    }
 }
 
 fn ifindex(lab: &Lab, ns: &str, dev: &str) -> u64 {
@@ -142,19 +157,38 @@ fn create_pod(lab: &Lab, node: &str, i: usize) -> Pod {
     let ns = lab.add_netns(&format!("pod{i}")).expect("pod netns");
     let veth = format!("{p}v{:02}", i % NAMES);
     let (gw, addr) = (format!("10.78.{i}.1/24"), format!("10.78.{i}.2/24"));
-    lab.add_veth(
-        &VethEnd {
-            ns: node,
-            name: &veth,
-            addrs: &[&gw],
-        },
-        &VethEnd {
-            ns: &ns,
-            name: "eth0",
-            addrs: &[&addr],
-        },
-    )
-    .expect("pod veth");
+    if i % RENAMED_EVERY == 3 {
+        let tmp = format!("{p}t{:02}", i % NAMES);
+        lab.ip(
+            node,
+            &[
+                "link", "add", &tmp, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )
+        .expect("pod veth");
+        lab.ip(node, &["link", "set", &tmp, "name", &veth])
+            .expect("renaming the veth");
+        lab.add_addr(node, &veth, &gw).expect("gateway address");
+        lab.add_addr(&ns, "eth0", &addr).expect("pod address");
+        lab.ip(node, &["link", "set", &veth, "up"])
+            .expect("veth up");
+        lab.ip(&ns, &["link", "set", "eth0", "up"])
+            .expect("eth0 up");
+    } else {
+        lab.add_veth(
+            &VethEnd {
+                ns: node,
+                name: &veth,
+                addrs: &[&gw],
+            },
+            &VethEnd {
+                ns: &ns,
+                name: "eth0",
+                addrs: &[&addr],
+            },
+        )
+        .expect("pod veth");
+    }
     lab.add_route(&ns, &format!("default via 10.78.{i}.1"))
         .expect("pod route");
     let ifindex = ifindex(lab, node, &veth);
@@ -262,7 +296,7 @@ fn churn(tag: &str, tc_mode: &str) {
                 Duration::from_secs(10),
                 || {
                     tail.poll();
-                    tail.coverage("attached", &pod.veth, pod.ifindex)
+                    tail.watched(&pod.veth, pod.ifindex)
                 },
             );
             pod.queries = Some(start_queries(&lab, &pod, i));
@@ -315,12 +349,21 @@ fn churn(tag: &str, tc_mode: &str) {
     }
     let mut missing = Vec::new();
     for pod in &pods {
-        for event in ["attached", "detached"] {
-            if !tail.coverage(event, &pod.veth, pod.ifindex) {
-                missing.push(format!("{event} {} ifindex {}", pod.veth, pod.ifindex));
-            }
+        if !tail.watched(&pod.veth, pod.ifindex) {
+            missing.push(format!("attached {} ifindex {}", pod.veth, pod.ifindex));
+        }
+        if !tail.coverage("detached", &pod.veth, pod.ifindex) {
+            missing.push(format!("detached {} ifindex {}", pod.veth, pod.ifindex));
         }
     }
+    // One way of attaching for the whole run: a device that vanishes or is renamed
+    // while it is being attached is no reason to change it.
+    let modes: BTreeSet<&str> = coverage
+        .iter()
+        .filter(|r| r["event"] == "attached")
+        .filter_map(|r| r["mode"].as_str())
+        .collect();
+    assert_eq!(modes.len(), 1, "attached in several ways: {modes:?}");
     assert!(missing.is_empty(), "coverage records missing: {missing:?}");
     let indexes: BTreeSet<u64> = pods.iter().map(|p| p.ifindex).collect();
     assert_eq!(indexes.len(), PODS, "each name came back as another device");

@@ -269,6 +269,10 @@ impl Attacher {
                     return Ok((p, held(id)));
                 }
                 Err(e) if self.explicit_tcx => return Err(CaptureError::from_aya(action, &e)),
+                // The device went away (or its name moved on): no reason to give up tcx.
+                Err(e) if super::links::index_of(&link.name) != Some(link.index) => {
+                    return Err(CaptureError::from_aya(action, &e));
+                }
                 Err(e) => {
                     let err = CaptureError::from_aya(action.clone(), &e);
                     if matches!(err, CaptureError::Permission { .. }) {

@@ -31,6 +31,14 @@ pub fn auto_selects(link: &Link) -> bool {
     link.framing != Framing::Unsupported
 }
 
+/// The index of the interface called `name` in this netns, if there is one.
+pub(super) fn index_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// Lists the links of the calling thread's network namespace.
 pub async fn list() -> std::io::Result<Vec<Link>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;

@@ -463,7 +463,7 @@ impl Capture {
         }
         let ebpf = self.ebpf.as_mut()?;
         // aya attaches by name: the name must still be this device's.
-        let vanished = |link: &links::Link| index_of(&link.name) != Some(link.index);
+        let vanished = |link: &links::Link| links::index_of(&link.name) != Some(link.index);
         if vanished(&link) {
             log::debug!(
                 "{} (ifindex {}) went away before it could be attached",
@@ -673,7 +673,7 @@ fn attach_all(
         let points = match attacher.attach_tc(ebpf, link) {
             Ok(points) => points,
             // Following the netns, an interface that went away meanwhile is no failure.
-            Err(_) if follow && index_of(&link.name) != Some(link.index) => {
+            Err(_) if follow && links::index_of(&link.name) != Some(link.index) => {
                 log::debug!(
                     "{} (ifindex {}) went away before it could be attached",
                     link.name,
@@ -696,14 +696,6 @@ fn attach_all(
         attached.extend(attacher.attach_drops(ebpf)?);
     }
     Ok((attached, held))
-}
-
-/// The index of the interface called `name` in this netns, if there is one.
-fn index_of(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 /// Converts one ring buffer record, copying the packet.
