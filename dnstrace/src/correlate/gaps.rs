@@ -72,10 +72,17 @@ pub(super) struct IfaceGap {
     pub ts: u64,
 }
 
+/// An interface's name is given back this long after the last event seen on it, at
+/// the earliest (timestamps of events from several CPUs may be a little out of order).
+const RELEASE_SLACK_NS: u64 = 1_000_000_000;
+
 /// Interfaces that went away, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct IfaceGaps {
     gone: VecDeque<IfaceGap>,
+    /// Interfaces gone whose interned name is to be given back once no open lookup
+    /// can refer to it.
+    releasing: Vec<IfaceGap>,
 }
 
 impl IfaceGaps {
@@ -84,6 +91,8 @@ impl IfaceGaps {
             self.gone.pop_front();
         }
         self.gone.push_back(IfaceGap { iface, ts });
+        self.releasing.retain(|g| g.iface != iface);
+        self.releasing.push(IfaceGap { iface, ts });
     }
 
     /// Forgets the interfaces gone before `ts`: no open lookup started before it.
@@ -105,6 +114,10 @@ impl IfaceGaps {
 impl Correlator {
     /// A new interface is hooked (`--auto` follows the netns).
     pub fn iface_watched(&mut self, name: &str) {
+        // A name that comes back keeps its id.
+        if let Some(id) = self.ifaces.find(name) {
+            self.iface_gaps.releasing.retain(|g| g.iface != id);
+        }
         let w = &mut self.cfg.watched;
         if !w.ifaces.iter().any(|i| i == name) {
             w.ifaces.push(name.to_owned());
@@ -162,6 +175,25 @@ impl Correlator {
                 .any(|h| h.iface == iface && matches!(h.point, Point::TcIngress | Point::TcEgress))
         };
         self.iface_gaps.within(crossed, leg.first_ts, end)
+    }
+
+    /// Gives back the names of interfaces gone before `keep_from` and last seen in an event
+    /// before it: every open lookup started later, so none has a hop there, and the gap is
+    /// forgotten already.
+    pub(super) fn release_gone_ifaces(&mut self, keep_from: u64) {
+        if self.iface_gaps.releasing.is_empty() {
+            return;
+        }
+        let last = &self.iface_last;
+        let (done, wait): (Vec<IfaceGap>, Vec<IfaceGap>) =
+            self.iface_gaps.releasing.drain(..).partition(|g| {
+                let seen = last.get(usize::from(g.iface)).copied().unwrap_or(0);
+                g.ts < keep_from && seen.saturating_add(RELEASE_SLACK_NS) < keep_from
+            });
+        self.iface_gaps.releasing = wait;
+        for g in done {
+            self.ifaces.release(g.iface);
+        }
     }
 
     /// The capture missed `bytes` of the TCP stream `src` → `dst`, just before a segment

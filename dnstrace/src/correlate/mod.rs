@@ -383,6 +383,8 @@ pub struct Correlator {
     tcp_flows: HashMap<SocketAddr, u64, Fx>,
     ifaces: Interner,
     uplink: Vec<bool>,
+    /// By interface id: the capture time of the last event seen there.
+    iface_last: Vec<u64>,
     reasons: Interner,
     tunnels: state::Tunnels,
     /// (first, last, n): times events were reported lost, merged when close.
@@ -418,6 +420,7 @@ impl Correlator {
             tcp_flows: HashMap::default(),
             ifaces: Interner::new("?"),
             uplink: vec![false],
+            iface_last: vec![0],
             reasons: Interner::new(""),
             tunnels: state::Tunnels::default(),
             loss: VecDeque::new(),
@@ -487,6 +490,9 @@ impl Correlator {
             tunnel,
             tunnel_sport,
         };
+        if let Some(last) = self.iface_last.get_mut(usize::from(iface)) {
+            *last = (*last).max(hop.ts);
+        }
         let Some(msg) = dns else {
             self.on_segment(hop);
             return out;
@@ -607,12 +613,18 @@ impl Correlator {
     }
 
     fn intern_iface(&mut self, name: &str) -> u16 {
-        let id = self.ifaces.intern(name);
-        if usize::from(id) >= self.uplink.len() {
-            let up = self.cfg.uplinks.iter().any(|u| u == name);
-            self.uplink.resize(usize::from(id) + 1, false);
-            self.uplink[usize::from(id)] = up;
+        if let Some(id) = self.ifaces.find(name) {
+            return id;
         }
+        // New, or an id given back by an interface gone: its facts start afresh.
+        let id = self.ifaces.intern(name);
+        let i = usize::from(id);
+        if i >= self.uplink.len() {
+            self.uplink.resize(i + 1, false);
+            self.iface_last.resize(i + 1, 0);
+        }
+        self.uplink[i] = self.cfg.uplinks.iter().any(|u| u == name);
+        self.iface_last[i] = 0;
         id
     }
 
@@ -1166,6 +1178,7 @@ impl Correlator {
         }
         self.tcp_gaps.prune(keep_from);
         self.iface_gaps.prune(keep_from);
+        self.release_gone_ifaces(keep_from);
         self.upstreams.prune(now_ns);
     }
 

@@ -314,6 +314,8 @@ pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
 pub(super) struct Interner {
     names: Vec<String>,
     index: HashMap<String, u16>,
+    /// Ids given back ([`Self::release`]), handed out again first.
+    free: Vec<u16>,
 }
 
 impl Interner {
@@ -322,11 +324,22 @@ impl Interner {
         Self {
             names: vec![zero.to_owned()],
             index: HashMap::new(),
+            free: Vec::new(),
         }
+    }
+
+    /// The id of `name`, if it has one.
+    pub fn find(&self, name: &str) -> Option<u16> {
+        self.index.get(name).copied()
     }
 
     pub fn intern(&mut self, name: &str) -> u16 {
         if let Some(&id) = self.index.get(name) {
+            return id;
+        }
+        if let Some(id) = self.free.pop() {
+            name.clone_into(&mut self.names[usize::from(id)]);
+            self.index.insert(name.to_owned(), id);
             return id;
         }
         if self.names.len() >= usize::from(u16::MAX) {
@@ -340,6 +353,25 @@ impl Interner {
 
     pub fn get(&self, id: u16) -> &str {
         self.names.get(usize::from(id)).map_or("?", String::as_str)
+    }
+
+    /// Gives `id` back for another name: nothing refers to it any more (an interface
+    /// that went away, whose lookups have all ended). Interfaces come and go for as long
+    /// as dnstrace runs; their names must not pile up.
+    pub fn release(&mut self, id: u16) {
+        let Some(name) = self.names.get_mut(usize::from(id)).filter(|_| id != 0) else {
+            return;
+        };
+        if self.index.remove(name.as_str()).is_some() {
+            name.clear();
+            self.free.push(id);
+        }
+    }
+
+    /// Names held now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.index.len()
     }
 }
 

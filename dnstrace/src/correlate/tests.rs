@@ -1229,3 +1229,60 @@ fn an_interface_gone_while_a_lookup_crossed_it_is_a_coverage_gap() {
     );
     assert_eq!(after[1].verdict, Verdict::Unanswered, "{}", after[1].detail);
 }
+
+/// Pods come and go for as long as dnstrace runs, each with a veth of its own name. Their
+/// names are given back once nothing refers to them: more of them than a hop's 16-bit
+/// interface id can tell apart still get their own names, and the table stays small.
+#[test]
+fn names_of_interfaces_gone_are_given_back() {
+    let ms = |t: f64| (t * 1e6) as u64;
+    let server = "10.244.0.1:53";
+    let mut c = Correlator::new(Config {
+        uplinks: Vec::new(),
+        host_netns: scenario::HOST_NETNS,
+        timeout_ns: ms(100.0),
+        ..Config::default()
+    });
+    let pods = 70_000u32;
+    let mut last = Vec::new();
+    for n in 0..pods {
+        let t = f64::from(n) * 100.0;
+        let veth = format!("veth{n:x}");
+        c.iface_watched(&veth);
+        let rows = [
+            q(t, &format!("{veth} ingress"), POD, server, n as u16),
+            r(
+                t + 1.0,
+                &format!("{veth} egress"),
+                server,
+                POD,
+                n as u16,
+                "NOERROR",
+            ),
+        ];
+        for row in &rows {
+            c.expire(ms(row.ts_ms));
+            last = c.ingest(
+                scenario::event(row, "www.example.test.", "A"),
+                ms(row.ts_ms),
+            );
+        }
+        c.iface_gone(&veth, ms(t + 50.0));
+    }
+    // The last pod's lookup names its own veth, not the overflow slot.
+    assert_eq!(last.len(), 1);
+    let want = format!("veth{:x}", pods - 1);
+    assert!(
+        last[0].hops.iter().all(|h| h.iface == want),
+        "{:?}",
+        last[0].hops
+    );
+    assert_eq!(last[0].verdict, Verdict::Ok);
+    // Only the interfaces of the last second or so are still named.
+    assert!(c.ifaces.len() < 64, "{} names held", c.ifaces.len());
+    // A name that comes back before it was given back keeps its id.
+    let id = c.ifaces.find(&want).expect("the last veth is still named");
+    c.iface_watched(&want);
+    c.expire(ms(f64::from(pods) * 100.0 + 60_000.0));
+    assert_eq!(c.ifaces.find(&want), Some(id));
+}
