@@ -55,44 +55,26 @@ impl<'a> Prometheus<'a> {
         p
     }
 
-    fn get(&self, path: &str) -> Option<String> {
-        let out = self
-            .node
-            .lab
-            .exec(
-                &self.node.node_ns,
-                &[
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "5",
-                    &format!("http://{PROMETHEUS}{path}"),
-                ],
-            )
-            .ok()?;
+    /// `curl -sf URL EXTRA…` in the node netns: the body, if it answered 2xx.
+    fn curl(&self, path: &str, extra: &[&str]) -> Option<String> {
+        let url = format!("http://{PROMETHEUS}{path}");
+        let mut argv = vec!["curl", "-sf", "--max-time", "5", &url];
+        argv.extend_from_slice(extra);
+        let out = self.node.lab.exec(&self.node.node_ns, &argv).ok()?;
         out.success().then_some(out.stdout)
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        self.curl(path, &[])
     }
 
     /// An instant PromQL query: each series' labels and value.
     fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let out = self
-            .node
-            .lab
-            .exec(
-                &self.node.node_ns,
-                &[
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "5",
-                    &format!("http://{PROMETHEUS}/api/v1/query"),
-                    "--data-urlencode",
-                    &format!("query={promql}"),
-                ],
-            )
-            .expect("curl");
-        assert!(out.success(), "{promql}: {}", out.stderr);
-        let v: Value = serde_json::from_str(&out.stdout).expect("Prometheus's JSON");
+        let query = format!("query={promql}");
+        let body = self
+            .curl("/api/v1/query", &["--data-urlencode", &query])
+            .unwrap_or_else(|| panic!("Prometheus did not answer {promql}"));
+        let v: Value = serde_json::from_str(&body).expect("Prometheus's JSON");
         assert_eq!(v["status"], "success", "{promql}: {v}");
         v["data"]["result"]
             .as_array()
