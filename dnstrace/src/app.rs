@@ -177,7 +177,8 @@ async fn run(
     )
     .with_drop_reasons(capture.drop_reasons().clone())
     .with_node(cfg.node.clone())
-    .with_hops(cfg.hops);
+    .with_hops(cfg.hops)
+    .with_identity(crate::identity::Identity::start(cfg.pods.clone()).await);
     let all_ifaces = cfg.auto
         && capture
             .links()
@@ -938,7 +939,10 @@ impl Consumer {
             return Ok(());
         }
         let mut finished = std::mem::take(&mut self.finished);
-        for l in finished.drain(..) {
+        for mut l in finished.drain(..) {
+            if let Some(id) = self.names.identity() {
+                id.fill(&mut l);
+            }
             if let Some(m) = &self.metrics {
                 m.lookup(&l);
             }

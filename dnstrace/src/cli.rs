@@ -355,6 +355,19 @@ pub struct WatchArgs {
     /// and the tracer's own losses and coverage. Counts every lookup, whatever the filters show.
     #[arg(long, value_name = "ADDR", env = "DNSTRACE_METRICS", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
+
+    /// The container runtime's CRI socket, which names the pods [default: /run/containerd/containerd.sock, else /run/crio/crio.sock].
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DNSTRACE_CRI_SOCKET",
+        conflicts_with = "no_cri"
+    )]
+    pub cri_socket: Option<PathBuf>,
+
+    /// Do not ask the container runtime: pods are known by the UID in their cgroup only.
+    #[arg(long, env = "DNSTRACE_NO_CRI")]
+    pub no_cri: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }
@@ -596,6 +609,8 @@ pub struct WatchConfig {
     pub hops: Hops,
     /// `--metrics`: where to serve them.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--cri-socket`, `--no-cri`.
+    pub pods: crate::identity::PodSource,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -659,6 +674,11 @@ impl TryFrom<WatchArgs> for WatchConfig {
             hops: a.filter.hops,
             metrics: a.metrics,
             filter: a.filter.build(),
+            pods: match (a.cri_socket, a.no_cri) {
+                (_, true) => crate::identity::PodSource::Cgroups,
+                (Some(p), false) => crate::identity::PodSource::Socket(p),
+                (None, false) => crate::identity::PodSource::Auto,
+            },
         })
     }
 }

@@ -210,6 +210,7 @@ mod tests {
             netns: None,
             hops_omitted: 0,
             children_omitted: 0,
+            origin: Default::default(),
         }
     }
 

@@ -86,9 +86,18 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("sha256sum", "coreutils"),
     ("man", "man-db"),
     ("bash", "bash"),
+    // the CRI test: a real containerd running pods, its image built from busybox-static
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+    // building: the CRI client's protobuf definitions (k8s-cri's build script)
+    ("protoc", "protobuf-compiler"),
 ];
 /// Packages that provide something other than a program on PATH.
 const LIBRARY_PACKAGES: &[&str] = &[
+    // the CNI plugins (bridge, host-local, loopback) in /usr/lib/cni, for the CRI test
+    "containernetworking-plugins",
     // the `dns` module of the tests' Python DNS servers and clients
     "python3-dnspython",
 ];
@@ -198,6 +207,9 @@ fn apt_packages() -> Result<bool> {
         return Err(e).context(format!("[setup] apt packages{hint}"));
     }
     check_installed()?;
+    if missing.contains(&"containerd") {
+        keep_containerd_off_at_boot();
+    }
     step(
         "apt packages",
         &format!(
@@ -296,6 +308,27 @@ impl Drop for NoServiceStarts {
             let _ = fs::remove_file(POLICY_RC_D);
         }
     }
+}
+
+/// The CRI test runs a containerd of its own. The package enables the system's at boot
+/// (policy-rc.d only kept it from starting now): on a systemd host that setup just
+/// installed it on, it stays off.
+fn keep_containerd_off_at_boot() {
+    if !Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    let disabled = Command::new("systemctl")
+        .args(["disable", "containerd.service"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    step(
+        "containerd service",
+        if disabled {
+            "disabled at boot (setup installed it for the tests only)"
+        } else {
+            "could not disable it at boot (systemctl disable containerd.service failed)"
+        },
+    );
 }
 
 /// A policy-rc.d we left behind when killed mid-install.
@@ -612,6 +645,10 @@ mod commands_table {
         "link",
         "nl",
         "node",
+        // run inside the CRI test's containers (a busybox applet), not on the host
+        "nslookup",
+        // setup runs it only on a systemd host, which a minimal root is not
+        "systemctl",
         "route",
         "rustc",
         "setcap",

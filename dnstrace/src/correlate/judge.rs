@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use super::state::{B_TC, HopRec, Leg, LegKind, LookupState};
-use super::{Correlator, End, Hop, HopEdns, Lookup, Verdict};
+use super::{Correlator, End, Hop, HopEdns, Lookup, Origin, Verdict};
 use crate::decode::{Point, dns::Rcode, text::socket_addr_string};
 
 /// Forwarding this deep is a loop whatever the addresses.
@@ -365,6 +365,11 @@ impl Correlator {
             netns: (root.first.point == Point::SocketOut).then_some(root.first.netns),
             hops_omitted: client_legs().map(|l| l.hops_omitted).sum(),
             children_omitted: lk.legs_omitted,
+            origin: lk.task.map_or_else(Origin::default, |(pid, comm)| Origin {
+                pid: Some(pid),
+                comm: (!comm.is_empty()).then_some(comm),
+                ..Origin::default()
+            }),
             qname: lk.qname,
             qtype: lk.qtype,
         }
@@ -1048,6 +1053,7 @@ impl Correlator {
             netns: (leg.first.point == Point::SocketOut).then_some(leg.first.netns),
             hops_omitted: leg.hops_omitted,
             children_omitted: 0,
+            origin: Origin::default(),
         }
     }
 

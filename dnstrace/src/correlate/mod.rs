@@ -269,6 +269,62 @@ pub struct Lookup {
     pub hops_omitted: u32,
     /// Forwarded queries not kept (per-lookup cap).
     pub children_omitted: u32,
+    /// Who sent it: the task from the socket hop here, the rest from `crate::identity`.
+    #[serde(flatten)]
+    pub origin: Origin,
+}
+
+/// Who sent a lookup, as far as the node can tell; every field may be unknown. In JSON
+/// the fields are flat: `pid`, `comm`, `netns_inode`, `pod_namespace`, `pod_name`,
+/// `pod_uid`, `container`, `container_id`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Origin {
+    /// The sending task (its thread group id), when the socket hop saw the query leave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The inode of the client's netns (what `lsns` and `/proc/PID/ns/net` show).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u64>,
+    #[serde(flatten)]
+    pub pod: Option<std::sync::Arc<PodRef>>,
+    #[serde(flatten)]
+    pub container: Option<std::sync::Arc<ContainerRef>>,
+}
+
+/// A Kubernetes pod, as the container runtime (CRI) or the cgroup path names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct PodRef {
+    /// Unknown without the CRI (the cgroup path holds only the UID).
+    #[serde(rename = "pod_namespace", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(rename = "pod_name", skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "pod_uid")]
+    pub uid: String,
+}
+
+impl PodRef {
+    /// "namespace/name", or "pod <uid>" when only the UID is known.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            (None, Some(name)) => name.clone(),
+            _ => format!("pod {}", self.uid),
+        }
+    }
+}
+
+/// One container of a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct ContainerRef {
+    /// Unknown without the CRI.
+    #[serde(rename = "container", skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The runtime's container id (64 hex digits).
+    #[serde(rename = "container_id")]
+    pub id: String,
 }
 
 impl Lookup {
@@ -399,6 +455,8 @@ pub struct Correlator {
     placed: Option<Placement>,
     /// Lookups evicted while ingesting the current event, to hand back with it.
     evicted: Vec<Lookup>,
+    /// The sending task of the event being ingested (socket hop only), for a new lookup.
+    task: Option<(u32, String)>,
 }
 
 impl Correlator {
@@ -430,6 +488,7 @@ impl Correlator {
             stats: CorrelateStats::default(),
             placed: None,
             evicted: Vec::new(),
+            task: None,
         }
     }
 
@@ -449,7 +508,7 @@ impl Correlator {
             drop_reason,
         } = ev;
         let Packet {
-            meta,
+            mut meta,
             proto,
             src,
             dst,
@@ -462,6 +521,8 @@ impl Correlator {
             self.stats.ignored += 1;
             return out;
         };
+        self.task = (meta.point == Point::SocketOut && meta.pid != 0)
+            .then(|| (meta.pid, meta.comm.take().unwrap_or_default()));
         let iface = self.intern_iface(&iface);
         let drop_reason = match drop_reason {
             Some(r) => self.reasons.intern(&r),
@@ -940,6 +1001,7 @@ impl Correlator {
                 last_client_ts: hop.ts,
                 deadline,
                 await_tcp: None,
+                task: self.task.take(),
             },
         );
         self.deadlines.insert((deadline, lid));

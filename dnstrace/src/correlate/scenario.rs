@@ -119,6 +119,8 @@ pub(super) struct Row {
     pub drop_reason: Option<String>,
     /// The overlay tunnel the packet was seen in: "vxlan VNI OUTER_SRC OUTER_DST".
     pub tunnel: Option<String>,
+    /// The sending task, on socket-out rows: "PID COMM".
+    pub task: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -282,8 +284,15 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
                 point,
                 wire_len: 100,
                 cap_len: 100,
-                pid: 0,
-                comm: None,
+                pid: row
+                    .task
+                    .as_deref()
+                    .and_then(|t| t.split_once(' ')?.0.parse().ok())
+                    .unwrap_or(0),
+                comm: row
+                    .task
+                    .as_deref()
+                    .and_then(|t| Some(t.split_once(' ')?.1.to_owned())),
             },
             proto: Some(proto),
             src: Some(

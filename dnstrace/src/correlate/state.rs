@@ -243,6 +243,8 @@ pub(super) struct LookupState {
     pub deadline: u64,
     /// When a TC=1 answer reached the client: a TCP retry is now expected.
     pub await_tcp: Option<u64>,
+    /// The task that sent the first query (pid, comm), when the socket hop saw it.
+    pub task: Option<(u32, String)>,
 }
 
 /// Refers to one leg of one live lookup.

@@ -1286,3 +1286,48 @@ fn names_of_interfaces_gone_are_given_back() {
     c.expire(ms(f64::from(pods) * 100.0 + 60_000.0));
     assert_eq!(c.ifaces.find(&want), Some(id));
 }
+
+/// The task that sent the query (the socket hop's pid and comm) is the lookup's; one seen
+/// only on tc has none, and neither has a forwarded query.
+#[test]
+fn the_socket_hops_task_is_the_lookups() {
+    let out = run(vec![
+        Row {
+            task: Some("4242 curl".into()),
+            ..q(0.0, "socket-out 7", "10.0.0.2:40000", "10.0.0.1:53", 1)
+        },
+        q(0.1, "eth0 egress", "10.0.0.2:40000", "10.0.0.1:53", 1),
+        r(
+            1.0,
+            "eth0 ingress",
+            "10.0.0.1:53",
+            "10.0.0.2:40000",
+            1,
+            "NOERROR",
+        ),
+        r(
+            1.1,
+            "socket-in 7",
+            "10.0.0.1:53",
+            "10.0.0.2:40000",
+            1,
+            "NOERROR",
+        ),
+    ]);
+    let l = only(&out);
+    assert_eq!(l.netns, Some(7));
+    assert_eq!(l.origin.pid, Some(4242));
+    assert_eq!(l.origin.comm.as_deref(), Some("curl"));
+    let out = run(vec![
+        q(0.0, "eth0 egress", "10.0.0.2:40000", "10.0.0.1:53", 1),
+        r(
+            1.0,
+            "eth0 ingress",
+            "10.0.0.1:53",
+            "10.0.0.2:40000",
+            1,
+            "NOERROR",
+        ),
+    ]);
+    assert_eq!(only(&out).origin, Origin::default());
+}

@@ -22,6 +22,8 @@ struct PacketRecord<'a> {
     iface: String,
     ifindex: u32,
     netns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns_inode: Option<u64>,
     dir: &'static str,
     proto: Option<&'static str>,
     src: Option<String>,
@@ -40,6 +42,10 @@ struct PacketRecord<'a> {
     tcp_flags: Option<String>,
     pid: Option<u32>,
     comm: Option<&'a str>,
+    /// The client's pod (`pod_namespace`, `pod_name`, `pod_uid`): the sender of a
+    /// query, the receiver of a response.
+    #[serde(flatten)]
+    pod: Option<std::sync::Arc<crate::correlate::PodRef>>,
     drop_reason: Option<&'a str>,
     issue: Option<String>,
     /// The overlay tunnel the packet was seen in (`src`/`dst` are the inner packet's).
@@ -76,6 +82,7 @@ impl<W: Write> JsonSink<W> {
         let dns = p.dns.as_ref();
         let q = dns.and_then(|d| d.question.as_ref());
         let ts_ns = names.epoch_ns(m.ts_ns);
+        let (netns_inode, pod) = names.packet_origin(p);
         let rec = PacketRecord {
             r#type: "packet",
             stamp: names.stamp(ts_ns),
@@ -83,6 +90,7 @@ impl<W: Write> JsonSink<W> {
             iface: names.iface(m),
             ifindex: m.ifindex,
             netns: m.netns,
+            netns_inode,
             dir: m.point.as_str(),
             proto: p.proto.map(|p| match p {
                 crate::decode::Proto::Udp => "udp",
@@ -104,6 +112,7 @@ impl<W: Write> JsonSink<W> {
             tcp_flags: p.tcp_flags.map(|f| f.short()),
             pid: (m.pid != 0).then_some(m.pid),
             comm: m.comm.as_deref(),
+            pod,
             drop_reason: drop,
             issue: p
                 .issue

@@ -124,6 +124,18 @@ struct CompactRecord<'a> {
     start_ts_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u64>,
+    /// The client's netns inode and pod, each when known; no process and no long ids:
+    /// `pod_uid` only when the pod has no name, no `container_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns_inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
     /// The client's hops (its own attempts), as in the full record.
     hop_count: usize,
     /// Where they were seen, each place once, in the order first seen: "socket>pod0".
@@ -157,6 +169,7 @@ impl<'a> CompactRecord<'a> {
             }
         }
         let path = places.join(">");
+        let pod = l.origin.pod.as_deref();
         Self {
             r#type: "lookup",
             stamp,
@@ -171,6 +184,15 @@ impl<'a> CompactRecord<'a> {
             retries: l.retries,
             start_ts_ns: l.start_ts_ns,
             netns: l.netns,
+            netns_inode: l.origin.netns_inode,
+            pod_namespace: pod.and_then(|p| p.namespace.as_deref()),
+            pod_name: pod.and_then(|p| p.name.as_deref()),
+            pod_uid: pod.filter(|p| p.name.is_none()).map(|p| p.uid.as_str()),
+            container: l
+                .origin
+                .container
+                .as_deref()
+                .and_then(|c| c.name.as_deref()),
             hop_count: l.hops.len() + l.hops_omitted as usize,
             path,
             forwarded: l.descendants() + l.children_omitted as usize,
@@ -195,11 +217,15 @@ pub fn upstreams_json(u: &[UpstreamStats], stamp: Stamp<'_>) -> String {
 /// gets its hop timeline, the forwarded queries, what is to blame and the hint.
 pub fn lookup_text(l: &Lookup, names: &Names) -> String {
     let mut s = String::new();
+    let client = match &l.origin.pod {
+        Some(pod) => format!("{} {}", pod.label(), l.client),
+        None => l.client.clone(),
+    };
     let _ = writeln!(
         s,
         "{}  {} → {}  {} {}  {} {}  {}",
         super::clock_ms(names.epoch_ns(l.start_ts_ns)),
-        l.client,
+        client,
         host(&l.server),
         l.qtype,
         l.qname.trim_end_matches('.'),

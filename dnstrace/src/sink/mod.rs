@@ -95,6 +95,8 @@ pub struct Names {
     /// Interfaces gone, forgotten once packets captured on them have had time to
     /// arrive: (monotonic time it went, index, name).
     retired: std::collections::VecDeque<(u64, u32, String)>,
+    /// Netns inodes and pods (live runs only).
+    identity: Option<crate::identity::Identity>,
 }
 
 /// How long the name of an interface that went away is kept for its last packets.
@@ -113,7 +115,35 @@ impl Names {
             drop_reasons: HashMap::new(),
             hops: crate::cli::Hops::default(),
             retired: std::collections::VecDeque::new(),
+            identity: None,
         }
+    }
+
+    /// Names netns by inode and clients by pod.
+    pub fn with_identity(mut self, identity: crate::identity::Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    pub fn identity(&self) -> Option<&crate::identity::Identity> {
+        self.identity.as_ref()
+    }
+
+    /// A packet's netns inode and its client's pod (the sender of a query, the receiver
+    /// of a response), when known.
+    pub fn packet_origin(
+        &self,
+        p: &Packet,
+    ) -> (
+        Option<u64>,
+        Option<std::sync::Arc<crate::correlate::PodRef>>,
+    ) {
+        let Some(id) = &self.identity else {
+            return (None, None);
+        };
+        let response = p.dns.as_ref().is_some_and(|d| d.qr);
+        let client = if response { p.dst } else { p.src };
+        id.packet(p.meta.netns, client.map(|a| a.ip()))
     }
 
     /// `--hops`: which lookups are written with their hops.
@@ -687,6 +717,7 @@ mod tests {
             netns: None,
             hops_omitted: 0,
             children_omitted: 0,
+            origin: Default::default(),
         }
     }
 
@@ -768,6 +799,61 @@ mod tests {
         assert_eq!(lookup_text(&l, &names).lines().count(), 1);
         assert!(lookup_text(&bad, &names).lines().count() > 8);
         assert!(lookup_text(&bad, &none).lines().count() < 8);
+    }
+
+    #[test]
+    fn origin_fields_are_flat_in_full_and_compact_records() {
+        use crate::correlate::{ContainerRef, Origin, PodRef};
+        let mut l = lookup(1_000_000_000);
+        l.netns = Some(4099);
+        l.origin = Origin {
+            pid: Some(4242),
+            comm: Some("curl".to_owned()),
+            netns_inode: Some(4026532400),
+            pod: Some(std::sync::Arc::new(PodRef {
+                namespace: Some("shop".to_owned()),
+                name: Some("web-1".to_owned()),
+                uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".to_owned(),
+            })),
+            container: Some(std::sync::Arc::new(ContainerRef {
+                name: Some("web".to_owned()),
+                id: "ab".repeat(32),
+            })),
+        };
+        let full: serde_json::Value = serde_json::from_str(&lookup_json(
+            &l,
+            &Names::new(1, []).with_hops(crate::cli::Hops::All),
+        ))
+        .unwrap();
+        assert_eq!(full["pid"], 4242);
+        assert_eq!(full["comm"], "curl");
+        assert_eq!(full["netns_inode"], 4026532400u64);
+        assert_eq!(full["pod_namespace"], "shop");
+        assert_eq!(full["pod_name"], "web-1");
+        assert_eq!(full["pod_uid"], "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        assert_eq!(full["container"], "web");
+        assert_eq!(full["container_id"], "ab".repeat(32));
+        let compact: serde_json::Value =
+            serde_json::from_str(&lookup_json(&l, &Names::new(1, []))).unwrap();
+        assert!(compact.get("hops").is_none(), "{compact}");
+        assert_eq!(compact["netns_inode"], 4026532400u64);
+        assert_eq!(compact["pod_namespace"], "shop");
+        assert_eq!(compact["pod_name"], "web-1");
+        assert_eq!(compact["container"], "web");
+        for long in ["pod_uid", "container_id", "pid", "comm"] {
+            assert!(compact.get(long).is_none(), "{long}: {compact}");
+        }
+        // A pod known by its cgroup only: its UID stands in for the name.
+        l.origin.pod = Some(std::sync::Arc::new(PodRef {
+            uid: "u-1".to_owned(),
+            ..PodRef::default()
+        }));
+        let compact: serde_json::Value =
+            serde_json::from_str(&lookup_json(&l, &Names::new(1, []))).unwrap();
+        assert_eq!(compact["pod_uid"], "u-1");
+        assert!(compact.get("pod_name").is_none(), "{compact}");
+        let text = lookup_text(&l, &Names::new(1, []));
+        assert!(text.contains("pod u-1 10.0.0.2:40000 → 10.0.0.1"), "{text}");
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub fn format_line(p: &Packet, drop: Option<&str>, names: &Names) -> String {
     if m.pid != 0 {
         let _ = write!(s, "  [pid {} {}]", m.pid, m.comm.as_deref().unwrap_or("?"));
     }
+    if let (_, Some(pod)) = names.packet_origin(p) {
+        let _ = write!(s, "  [pod {}]", pod.label());
+    }
     if let Some(i) = &p.issue {
         let _ = write!(s, "  !! {}: {}", i.kind.as_str(), i.detail);
     }

@@ -192,7 +192,14 @@ impl Model {
     /// Adds a finished lookup (to the pending ones while paused).
     pub(super) fn push(&mut self, lookup: Lookup) {
         *self.totals.entry(lookup.verdict).or_default() += 1;
-        let key = format!("{} {}", lookup.qname, lookup.client).to_lowercase();
+        let pod = lookup.origin.pod.as_ref().map(|p| p.label());
+        let key = format!(
+            "{} {} {}",
+            lookup.qname,
+            lookup.client,
+            pod.unwrap_or_default()
+        )
+        .to_lowercase();
         let row = Row {
             seq: self.next_seq,
             lookup,

@@ -49,6 +49,9 @@ pub fn lines(l: &Lookup, host: u64) -> Vec<Line<'static>> {
         Span::styled(format!("{} {}", l.qtype, l.qname), bold()),
         Span::raw(format!("  from {}", l.client)),
     ];
+    if let Some(pod) = &l.origin.pod {
+        first.push(Span::raw(format!(" pod {}", pod.label())));
+    }
     if !ns.is_empty() {
         first.push(Span::styled(format!(" ({ns})"), dim()));
     }

@@ -79,10 +79,11 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
             let mut cells = vec![
                 Cell::from(if i == sel { "▶" } else { " " }),
                 Cell::from(fmt_time(l.start_ts_ns, m.header.clock_offset_ns)),
-                Cell::from(if client_w >= 21 {
-                    l.client.clone()
-                } else {
-                    host(&l.client).to_owned()
+                // A pod's client is shown by its name: "namespace/name".
+                Cell::from(match &l.origin.pod {
+                    Some(pod) if pod.name.is_some() => pod.label(),
+                    _ if client_w >= 21 => l.client.clone(),
+                    _ => host(&l.client).to_owned(),
                 }),
             ];
             if show_netns {
