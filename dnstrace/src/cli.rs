@@ -408,11 +408,20 @@ pub struct FilterArgs {
     /// Only lookups with these verdicts: `problems` (every verdict but ok) or names, comma-separated, e.g. problems, server_error,unanswered.
     #[arg(long = "verdict", value_name = "LIST", value_parser = crate::filter::parse_verdicts)]
     pub verdicts: Vec<crate::filter::VerdictSet>,
+
+    /// Only lookups from a pod matching NAMESPACE/NAME, each part a glob, or NAME in any namespace (repeatable, or comma-separated), e.g. 'shop/web-*', '*/coredns-*'.
+    #[arg(long = "pod", value_name = "NS/NAME", value_delimiter = ',', value_parser = crate::filter::parse_pod)]
+    pub pods: Vec<crate::filter::PodGlob>,
+
+    /// Only lookups from a pod in this namespace (repeatable, or comma-separated).
+    #[arg(long = "namespace", value_name = "NS", value_delimiter = ',', value_parser = crate::filter::parse_namespace)]
+    pub namespaces: Vec<String>,
 }
 
 impl FilterArgs {
     pub fn build(self) -> crate::filter::LookupFilter {
         crate::filter::LookupFilter::new(self.clients, &self.qnames, self.verdicts)
+            .with_pods(&self.pods, self.namespaces)
     }
 }
 

@@ -1,4 +1,5 @@
-//! `--client`, `--qname` and `--verdict`: which finished lookups are written out (text,
+//! `--client`, `--qname`, `--verdict`, `--pod` and `--namespace`: which finished lookups
+//! are written out (text,
 //! JSON, the live view) and which packets go to the pcapng. Lookups are still stitched
 //! and counted whatever the filter says: it only selects what is shown, so no lookup
 //! loses a packet it needs.
@@ -15,6 +16,10 @@ pub struct LookupFilter {
     clients: Vec<IpNet>,
     qnames: Option<GlobSet>,
     verdicts: Option<BTreeSet<Verdict>>,
+    /// `--pod`: globs over the client pod's "namespace/name".
+    pods: Option<GlobSet>,
+    /// `--namespace`: the client pod's namespace, exactly.
+    namespaces: Vec<String>,
 }
 
 impl LookupFilter {
@@ -37,15 +42,52 @@ impl LookupFilter {
             clients,
             qnames,
             verdicts,
+            pods: None,
+            namespaces: Vec::new(),
         }
+    }
+
+    /// Adds `--pod` and `--namespace`: only lookups from a named pod that matches.
+    pub fn with_pods(mut self, pods: &[PodGlob], namespaces: Vec<String>) -> Self {
+        self.pods = (!pods.is_empty()).then(|| {
+            let mut set = GlobSetBuilder::new();
+            for p in pods {
+                set.add(p.0.clone());
+            }
+            set.build().unwrap_or_else(|_| GlobSet::empty())
+        });
+        self.namespaces = namespaces;
+        self
     }
 
     /// Nothing asked: everything is shown.
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.qnames.is_none() && self.verdicts.is_none()
+        self.clients.is_empty()
+            && self.qnames.is_none()
+            && self.verdicts.is_none()
+            && self.pods.is_none()
+            && self.namespaces.is_empty()
     }
 
     pub fn matches(&self, l: &Lookup) -> bool {
+        if self.pods.is_some() || !self.namespaces.is_empty() {
+            let Some((ns, name)) = l
+                .origin
+                .pod
+                .as_deref()
+                .and_then(|p| Some((p.namespace.as_deref()?, p.name.as_deref()?)))
+            else {
+                return false;
+            };
+            if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == ns) {
+                return false;
+            }
+            if let Some(pods) = &self.pods
+                && !pods.is_match(format!("{ns}/{name}"))
+            {
+                return false;
+            }
+        }
         if let Some(v) = &self.verdicts
             && !v.contains(&l.verdict)
         {
@@ -83,13 +125,17 @@ impl Query {
     pub fn parse(text: &str) -> Result<Query, String> {
         let (mut clients, mut qnames, mut verdicts, mut words) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut pods, mut namespaces) = (Vec::new(), Vec::new());
         let mut tokens = text.split_whitespace();
         while let Some(t) = tokens.next() {
             let (flag, inline) = match t.split_once('=') {
                 Some((f, v)) if f.starts_with("--") => (f, Some(v)),
                 _ => (t, None),
             };
-            if !matches!(flag, "--client" | "--qname" | "--verdict") {
+            if !matches!(
+                flag,
+                "--client" | "--qname" | "--verdict" | "--pod" | "--namespace"
+            ) {
                 words.push(t.to_lowercase());
                 continue;
             }
@@ -107,11 +153,21 @@ impl Query {
                     }
                 }
                 "--qname" => qnames.push(parse_qname(value).map_err(err)?),
+                "--pod" => {
+                    for v in value.split(',').filter(|v| !v.is_empty()) {
+                        pods.push(parse_pod(v).map_err(err)?);
+                    }
+                }
+                "--namespace" => {
+                    for v in value.split(',').filter(|v| !v.is_empty()) {
+                        namespaces.push(parse_namespace(v).map_err(err)?);
+                    }
+                }
                 _ => verdicts.push(parse_verdicts(value).map_err(err)?),
             }
         }
         Ok(Query {
-            filter: LookupFilter::new(clients, &qnames, verdicts),
+            filter: LookupFilter::new(clients, &qnames, verdicts).with_pods(&pods, namespaces),
             words,
         })
     }
@@ -154,6 +210,43 @@ pub fn parse_qname(s: &str) -> Result<QnameGlob, String> {
         .build()
         .map(QnameGlob)
         .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `--pod`: `NAMESPACE/NAME` as `hubble observe --pod` writes it, each part a glob
+/// (`shop/web-*`, `*/coredns-*`); a bare `NAME` glob matches in every namespace.
+#[derive(Clone, Debug)]
+pub struct PodGlob(globset::Glob);
+
+pub fn parse_pod(s: &str) -> Result<PodGlob, String> {
+    let pattern = if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("*/{s}")
+    };
+    match pattern.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
+        _ => return Err(format!("{s:?} is not NAMESPACE/NAME or NAME")),
+    }
+    GlobBuilder::new(&pattern)
+        .literal_separator(true)
+        .build()
+        .map(PodGlob)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `--namespace`: a Kubernetes namespace name, matched exactly.
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and -)"
+        ))
+    }
 }
 
 /// `--verdict`: `problems` (every verdict but `ok`) or verdict names, comma-separated.
@@ -277,6 +370,58 @@ mod tests {
             Query::parse("--qname").unwrap_err(),
             "--qname needs a value"
         );
+    }
+
+    #[test]
+    fn pod_and_namespace_match_the_clients_pod() {
+        use crate::correlate::PodRef;
+        let named = |ns: &str, name: &str| {
+            let mut l = lookup("10.244.0.10:40000", "www.example.test.", Verdict::Ok);
+            l.origin.pod = Some(std::sync::Arc::new(PodRef {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                uid: "u".into(),
+            }));
+            l
+        };
+        let web = named("shop", "web-7f9c");
+        let dns = named("kube-system", "coredns-5d78");
+        let node = lookup("10.0.0.1:40000", "www.example.test.", Verdict::Ok);
+        let uid_only = {
+            let mut l = named("x", "y");
+            l.origin.pod = Some(std::sync::Arc::new(PodRef {
+                uid: "u".into(),
+                ..PodRef::default()
+            }));
+            l
+        };
+        let f = |pods: &[&str], ns: &[&str]| {
+            LookupFilter::default().with_pods(
+                &pods
+                    .iter()
+                    .map(|p| parse_pod(p).unwrap())
+                    .collect::<Vec<_>>(),
+                ns.iter().map(|n| parse_namespace(n).unwrap()).collect(),
+            )
+        };
+        assert!(f(&["shop/web-*"], &[]).matches(&web));
+        assert!(!f(&["shop/web-*"], &[]).matches(&dns));
+        assert!(f(&["coredns-*"], &[]).matches(&dns));
+        assert!(f(&["*/coredns-*", "shop/*"], &[]).matches(&web));
+        assert!(!f(&["web-*"], &[]).matches(&node));
+        assert!(!f(&["*"], &[]).matches(&uid_only));
+        assert!(f(&[], &["kube-system"]).matches(&dns));
+        assert!(!f(&[], &["kube"]).matches(&dns));
+        assert!(!f(&[], &["shop"]).matches(&node));
+        assert!(!f(&["shop/web-*"], &["kube-system"]).matches(&web));
+        assert!(f(&[], &[]).is_empty() && !f(&[], &["shop"]).is_empty());
+        // The live view takes them too.
+        let m = |text: &str, l: &Lookup| Query::parse(text).unwrap().matches(l, "");
+        assert!(m("--pod shop/web-*", &web) && !m("--pod=shop/web-*", &dns));
+        assert!(m("--namespace kube-system,shop", &web));
+        assert!(!m("--namespace kube-system", &web));
+        assert!(parse_pod("shop/").is_err() && parse_pod("a/b/c").is_err());
+        assert!(parse_namespace("Shop").is_err());
     }
 
     #[test]

@@ -539,8 +539,7 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         }
     }
     let out = tracer.out.clone();
-    let trace = tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
-    let _ = trace;
+    tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
     for pod in &pods {
         for l in &results[&pod.name] {
             check_lookup(l, pod);
@@ -572,6 +571,38 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
     assert_eq!(packet["pod_name"], first.name.as_str(), "{packet}");
     assert_eq!(packet["netns_inode"], first.netns_inode, "{packet}");
     assert_eq!(packet["comm"], "nslookup", "{packet}");
+
+    // `--pod` and `--namespace` show the lookups of the pods asked for, and only those.
+    for (args, shown) in [
+        (&["--pod", "*/web-*"][..], "web-1"),
+        (&["--namespace", "ops"][..], "probe-1"),
+    ] {
+        let mut all = vec!["--auto", "--cri-socket"];
+        let socket_arg = socket.display().to_string();
+        all.push(&socket_arg);
+        all.extend_from_slice(args);
+        let tracer = Tracer::start_lookups(&lab, &node, &format!("filter-{shown}"), &all)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        for pod in &pods {
+            let qname = format!("{}.{ZONE}", pod.name);
+            rt.block_on(nslookup(&mut cri, pod, &qname));
+        }
+        let fq = format!("{shown}.{ZONE}.");
+        tracer
+            .wait_lookups(|l| l["qname"] == fq.as_str(), 1, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+        let trace = tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
+        let lookups = trace.lookups_for(&fq);
+        assert!(!lookups.is_empty(), "{args:?}");
+        for r in &trace.lookups {
+            assert_eq!(r["pod_name"], shown, "{args:?} showed {r}");
+        }
+        let summary = &trace.summary;
+        assert!(
+            summary["lookups"]["not_shown"].as_u64().unwrap_or(0) >= 1,
+            "{args:?}: the other pod's lookups were not counted as not shown: {summary}"
+        );
+    }
 
     // Stop the pods the way the kubelet does, then everything else.
     for pod in &pods {

@@ -38,7 +38,7 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model) {
             Span::raw(" cancel  "),
             match m.query() {
                 Ok(_) => Span::styled(
-                    "(words in qname or client; --client CIDR --qname GLOB --verdict LIST)",
+                    "(words, or --client --qname --verdict --pod --namespace)",
                     dim(),
                 ),
                 Err(e) => Span::styled(format!("({e}: matched as text)"), bold()),
@@ -69,7 +69,7 @@ pub fn help(f: &mut Frame, area: Rect) {
         ("[  ]", "scroll the detail up / down"),
         (
             "/",
-            "filter by qname or client: type, Enter applies, Esc cancels",
+            "filter by qname, client or pod: type, Enter applies, Esc cancels",
         ),
         (
             "v  V",
