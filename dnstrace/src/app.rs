@@ -178,7 +178,11 @@ async fn run(
     .with_drop_reasons(capture.drop_reasons().clone())
     .with_node(cfg.node.clone())
     .with_hops(cfg.hops)
-    .with_identity(crate::identity::Identity::start(cfg.pods.clone()).await);
+    .with_identity({
+        let identity = crate::identity::Identity::start(cfg.pods.clone()).await;
+        say!("dnstrace: {}", identity.source);
+        identity
+    });
     let all_ifaces = cfg.auto
         && capture
             .links()

@@ -538,6 +538,8 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
             );
         }
     }
+    let said = format!("pod names: from the CRI socket {}", socket.display());
+    assert!(tracer.stderr().contains(&said), "{}", tracer.stderr());
     let out = tracer.out.clone();
     tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
     for pod in &pods {
@@ -601,6 +603,41 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         assert!(
             summary["lookups"]["not_shown"].as_u64().unwrap_or(0) >= 1,
             "{args:?}: the other pod's lookups were not counted as not shown: {summary}"
+        );
+    }
+
+    // Without the runtime (`--no-cri`), the pod is known by the cgroup of the processes
+    // in its netns: its UID, no name.
+    {
+        let tracer = Tracer::start_lookups(
+            &lab,
+            &node,
+            "no-cri",
+            &["--auto", "--hops", "all", "--no-cri"],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let pod = &pods[0];
+        let fq = format!("{}.{ZONE}.", pod.name);
+        rt.block_on(nslookup(&mut cri, pod, &format!("{}.{ZONE}", pod.name)));
+        tracer
+            .wait_lookups(|l| l["qname"] == fq.as_str(), 1, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("--no-cri: {e:#}"));
+        let trace = tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
+        let l = trace
+            .lookups_for(&fq)
+            .into_iter()
+            .find(|l| l["qtype"] == "A")
+            .expect("an A lookup");
+        assert_eq!(l["pod_uid"], pod.uid.as_str(), "{l}");
+        assert_eq!(l["netns_inode"], pod.netns_inode, "{l}");
+        assert!(
+            l.get("pod_name").is_none() && l.get("container").is_none(),
+            "{l}"
+        );
+        assert!(
+            !trace.stderr.contains("CRI socket"),
+            "--no-cri still asked the runtime: {}",
+            trace.stderr
         );
     }
 

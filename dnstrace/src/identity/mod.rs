@@ -69,6 +69,8 @@ type TaskCache = lru::LruCache<(u32, u64), Option<cgroup::PodCgroup>>;
 /// The pipeline's view: cheap to clone, read once per finished lookup.
 #[derive(Clone)]
 pub struct Identity {
+    /// Where names came from at the start, for the start line.
+    pub source: String,
     rx: watch::Receiver<Arc<Snapshot>>,
     wake: Arc<Notify>,
     proc_root: PathBuf,
@@ -88,10 +90,16 @@ impl Identity {
         let proc_root = PathBuf::from("/proc");
         let mut r = Refresher::new(source, proc_root.clone());
         let first = r.refresh().await;
+        let told = r.said.clone().unwrap_or_else(|| {
+            "pod names: none asked (--no-cri): pods known by their cgroup (UID only)".to_owned()
+        });
+        // From here on, a change is logged.
+        r.quiet = false;
         let (tx, rx) = watch::channel(Arc::new(first));
         let wake = Arc::new(Notify::new());
         tokio::spawn(r.run(tx, wake.clone()));
         Identity {
+            source: told,
             rx,
             wake,
             proc_root,
@@ -119,29 +127,10 @@ impl Identity {
     /// cgroup, or its address) and the container (by its process's cgroup).
     pub fn fill(&self, l: &mut Lookup) {
         let snap = self.snapshot();
-        let o = &mut l.origin;
-        if let Some(cookie) = l.netns {
-            o.netns_inode = self.inode(&snap, cookie);
+        if l.netns.is_some_and(|c| c != 0 && snap.inode(c).is_none()) {
+            self.wake.notify_one();
         }
-        let mut pod = o.netns_inode.and_then(|i| snap.by_netns.get(&i).cloned());
-        if let (Some(pid), Some(cookie)) = (o.pid, l.netns)
-            && let Some(pc) = self.task_cgroup(pid, cookie)
-        {
-            pod = pod.or_else(|| Some(snap.pod_of_uid(&pc.uid)));
-            o.container = pc.container_id.map(|id| snap.container(id));
-        }
-        o.pod = pod.or_else(|| {
-            let ip = l.client.parse::<SocketAddr>().ok()?.ip();
-            snap.by_ip.get(&ip).cloned()
-        });
-        // A process that exited before its lookup ended has no cgroup left to read; in a
-        // pod with one container, it ran in that one.
-        if o.container.is_none() {
-            o.container = o
-                .pod
-                .as_ref()
-                .and_then(|p| snap.only_container.get(&p.uid).cloned());
-        }
+        snap.fill(l, |pid, cookie| self.task_cgroup(pid, cookie));
     }
 
     /// The netns inode and the pod of a packet: by its netns, else by `client`'s address.
@@ -167,6 +156,31 @@ impl Identity {
 }
 
 impl Snapshot {
+    /// Fills in `l`'s origin from this snapshot; `task` reads a process's cgroup.
+    fn fill(&self, l: &mut Lookup, mut task: impl FnMut(u32, u64) -> Option<cgroup::PodCgroup>) {
+        let o = &mut l.origin;
+        o.netns_inode = l.netns.and_then(|c| self.inode(c));
+        let mut pod = o.netns_inode.and_then(|i| self.by_netns.get(&i).cloned());
+        if let (Some(pid), Some(cookie)) = (o.pid, l.netns)
+            && let Some(pc) = task(pid, cookie)
+        {
+            pod = pod.or_else(|| Some(self.pod_of_uid(&pc.uid)));
+            o.container = pc.container_id.map(|id| self.container(id));
+        }
+        o.pod = pod.or_else(|| {
+            let ip = l.client.parse::<SocketAddr>().ok()?.ip();
+            self.by_ip.get(&ip).cloned()
+        });
+        // A process that exited before its lookup ended has no cgroup left to read; in a
+        // pod with one container, it ran in that one.
+        if o.container.is_none() {
+            o.container = o
+                .pod
+                .as_ref()
+                .and_then(|p| self.only_container.get(&p.uid).cloned());
+        }
+    }
+
     /// The runtime's pod of this UID, else one known by its UID alone.
     fn pod_of_uid(&self, uid: &str) -> Arc<PodRef> {
         self.by_uid.get(uid).cloned().unwrap_or_else(|| {
@@ -206,6 +220,8 @@ struct Refresher {
     /// What was said last about the CRI, so that a missing socket is one line, not one
     /// per refresh.
     said: Option<String>,
+    /// At the start, the caller prints what was found, once.
+    quiet: bool,
     /// netns inode → cookie.
     cookies: HashMap<u64, u64>,
     /// netns inode → what the cgroup of its lowest pid says.
@@ -221,6 +237,7 @@ impl Refresher {
             proc_root,
             cri: None,
             said: None,
+            quiet: true,
             cookies: HashMap::new(),
             cgroups: HashMap::new(),
             sandboxes: HashMap::new(),
@@ -325,7 +342,8 @@ impl Refresher {
     /// Says `what` once (again only after something else was said).
     fn say(&mut self, what: String, warn: bool) {
         if self.said.as_deref() != Some(what.as_str()) {
-            if warn {
+            if self.quiet {
+            } else if warn {
                 log::warn!("{what}");
             } else {
                 log::info!("{what}");
@@ -426,4 +444,100 @@ fn netns_inode(path: &Path) -> Option<u64> {
         let rel = path.strip_prefix("/").ok()?;
         netns::inode(&Path::new("/proc/1/root").join(rel))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::{Origin, Verdict};
+
+    fn lookup(client: &str, netns: Option<u64>, pid: Option<u32>) -> Lookup {
+        Lookup {
+            id: 1,
+            client: client.into(),
+            server: "10.96.0.10:53".into(),
+            qname: "a.test.".into(),
+            qtype: "A".into(),
+            rcode: None,
+            verdict: Verdict::Ok,
+            culprit: None,
+            last_hop: None,
+            hint: None,
+            latency_ms: None,
+            detail: String::new(),
+            hops: Vec::new(),
+            children: Vec::new(),
+            retries: 0,
+            start_ts_ns: 0,
+            netns,
+            hops_omitted: 0,
+            children_omitted: 0,
+            origin: Origin {
+                pid,
+                ..Origin::default()
+            },
+        }
+    }
+
+    fn pod(ns: &str, name: &str, uid: &str) -> Arc<PodRef> {
+        Arc::new(PodRef {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            uid: uid.into(),
+        })
+    }
+
+    /// netns first, then the process's cgroup, then the address; the container from the
+    /// cgroup, else the pod's only one.
+    #[test]
+    fn a_lookup_is_named_by_netns_then_cgroup_then_address() {
+        let web = pod("shop", "web-1", "u-web");
+        let dns = pod("kube-system", "coredns-1", "u-dns");
+        let app = Arc::new(ContainerRef {
+            name: Some("app".into()),
+            id: "c-app".into(),
+        });
+        let snap = Snapshot {
+            inodes: HashMap::from([(7, 4026532001), (9, 4026531840)]),
+            by_netns: HashMap::from([(4026532001, web.clone())]),
+            by_ip: HashMap::from([("10.244.0.9".parse().unwrap(), dns.clone())]),
+            by_uid: HashMap::from([("u-dns".to_owned(), dns.clone())]),
+            containers: HashMap::from([("c-app".to_owned(), app.clone())]),
+            only_container: HashMap::from([("u-web".to_owned(), app.clone())]),
+        };
+        let none = |_: u32, _: u64| None;
+
+        // By netns; the process is gone, so the pod's only container.
+        let mut l = lookup("10.244.0.5:4000", Some(7), Some(42));
+        snap.fill(&mut l, none);
+        assert_eq!(l.origin.netns_inode, Some(4026532001));
+        assert_eq!(l.origin.pod, Some(web.clone()));
+        assert_eq!(l.origin.container, Some(app.clone()));
+
+        // A host-network pod: the node's netns, named by its process's cgroup.
+        let mut l = lookup("10.0.0.1:4000", Some(9), Some(43));
+        snap.fill(&mut l, |pid, cookie| {
+            assert_eq!((pid, cookie), (43, 9));
+            Some(cgroup::PodCgroup {
+                uid: "u-dns".into(),
+                container_id: Some("c-unknown".into()),
+            })
+        });
+        assert_eq!(l.origin.netns_inode, Some(4026531840));
+        assert_eq!(l.origin.pod, Some(dns.clone()));
+        let c = l.origin.container.as_deref().unwrap();
+        assert_eq!((c.name.as_deref(), c.id.as_str()), (None, "c-unknown"));
+
+        // Seen on tc only: by address; an unknown cookie names nothing.
+        let mut l = lookup("10.244.0.9:4000", Some(1234), None);
+        snap.fill(&mut l, none);
+        assert_eq!(l.origin.netns_inode, None);
+        assert_eq!(l.origin.pod, Some(dns));
+        assert_eq!(l.origin.container, None);
+
+        // Nothing known: nothing made up.
+        let mut l = lookup("192.168.1.1:4000", None, None);
+        snap.fill(&mut l, none);
+        assert_eq!(l.origin, Origin::default());
+    }
 }
