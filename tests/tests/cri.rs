@@ -191,6 +191,8 @@ struct Runtime<'a> {
     containerd: Option<Proc>,
     dir: PathBuf,
     cgroup: String,
+    /// /run/containerd did not exist before: the empty folder is removed at the end.
+    made_run_containerd: bool,
 }
 
 impl Drop for Runtime<'_> {
@@ -228,6 +230,11 @@ impl Drop for Runtime<'_> {
             .flatten()
         {
             remove_cgroup(&hierarchy.path().join(&self.cgroup));
+        }
+        if self.made_run_containerd
+            && let Err(e) = fs::remove_dir("/run/containerd")
+        {
+            eprintln!("removing /run/containerd: {e}");
         }
     }
 }
@@ -429,11 +436,18 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
     let config = containerd_config(&dir, &bridge);
     let socket = dir.join("containerd.sock");
     let cgroup = format!("{}-kubepods", lab.prefix());
-    // containerd in the node's netns, in a mount namespace of its own whose /run/netns
-    // is a fresh tmpfs: its pods' netns mounts exist there only, and go with it.
+    // containerd in the node's netns, in a mount namespace of its own where /run/netns
+    // and /run/containerd (runc's state, the shims' sockets) are fresh tmpfs: what it
+    // puts there exists in that namespace only, and goes with it.
+    let run_containerd = Path::new("/run/containerd");
+    let made_run_containerd = !run_containerd.exists();
+    fs::create_dir_all(run_containerd).unwrap();
     let mut cmd = lab.cmd_setns(&node, "unshare").unwrap();
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs dtpods /run/netns && exec containerd --config "$0""#)
+        .arg(concat!(
+            "mount -t tmpfs dtpods /run/netns && mount -t tmpfs dtpods /run/containerd && ",
+            r#"exec containerd --config "$0""#
+        ))
         .arg(&config);
     let containerd = lab.spawn_logged("containerd", cmd).expect("containerd");
     let mut runtime = Runtime {
@@ -441,6 +455,7 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         containerd: Some(containerd.clone()),
         dir: dir.clone(),
         cgroup: cgroup.clone(),
+        made_run_containerd,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
@@ -669,4 +684,15 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         let left = hierarchy.path().join(&cgroup);
         assert!(!left.exists(), "{} is left", left.display());
     }
+    let left: Vec<_> = fs::read_dir("/run/containerd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in /run/containerd: {left:?}");
+    assert!(
+        !made_run_containerd || !run_containerd.exists(),
+        "/run/containerd, made for the test, is left"
+    );
 }
