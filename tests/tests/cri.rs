@@ -200,42 +200,86 @@ impl Drop for Runtime<'_> {
         if let Some(p) = self.containerd.take() {
             let _ = self.lab.stop(&p, Signal::Term, Duration::from_secs(5));
         }
-        let mine = self.dir.display().to_string();
-        for _ in 0..3 {
-            let mut pids: Vec<i32> = Vec::new();
-            for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cgroups = fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&mine)
-                    || cgroups.contains(&format!("/{}/", self.cgroup))
-                {
-                    pids.push(pid);
-                }
-            }
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) on a pid we found to be ours.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        for hierarchy in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroup(&hierarchy.path().join(&self.cgroup));
-        }
+        kill_and_remove(&self.dir.display().to_string(), &self.cgroup);
         if self.made_run_containerd
             && let Err(e) = fs::remove_dir("/run/containerd")
         {
             eprintln!("removing /run/containerd: {e}");
         }
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (the shims) or that sits in
+/// the cgroup `cgroup` (the pods), then removes that cgroup from every hierarchy.
+fn kill_and_remove(dir: &str, cgroup: &str) {
+    let inside = format!("/{cgroup}/");
+    for _ in 0..3 {
+        let mut pids: Vec<i32> = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cgroups = fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(dir) || cgroups.contains(&inside) {
+                pids.push(pid);
+            }
+        }
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a pid we found to be ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for hierarchy in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        remove_cgroup(&hierarchy.path().join(cgroup));
+    }
+}
+
+/// A run killed outright (SIGKILL, a crash) cannot stop what its containerd started:
+/// the shims and the pods' processes live on, in a cgroup named after its lab. They are
+/// stopped here for every such lab whose creator is gone (`Lab::new` then removes the
+/// lab's netns and folder).
+fn clean_stale_runtimes() {
+    let live: Vec<String> = Lab::live_labs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(prefix, _, _)| prefix)
+        .collect();
+    let mut stale = Vec::new();
+    for hierarchy in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in fs::read_dir(hierarchy.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(prefix) = name.strip_suffix("-kubepods")
+                && prefix.starts_with("dtcri")
+                && !live.iter().any(|l| l == prefix)
+                && !stale.contains(&name)
+            {
+                stale.push(name);
+            }
+        }
+    }
+    for cgroup in stale {
+        let prefix = cgroup.trim_end_matches("-kubepods");
+        eprintln!("cleaning up after a killed run: {cgroup}");
+        kill_and_remove(&format!("{}/{prefix}/", dnstrace_tests::RUN_DIR), &cgroup);
+        // The folder it made for its mount namespace, if nothing else put anything there.
+        let _ = fs::remove_dir("/run/containerd");
     }
 }
 
@@ -416,6 +460,7 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         );
         return;
     }
+    clean_stale_runtimes();
     let lab = Lab::new("cri").expect("lab");
     let node = lab.add_netns("node").expect("node netns");
     lab.add_addr(&node, "lo", &format!("{DNS}/32")).unwrap();
