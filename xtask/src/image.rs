@@ -79,10 +79,7 @@ pub fn build(bin: &Path) -> Result<Image> {
     }
     let tmp = rootfs.join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    run_visible(
-        "chmod 1777 rootfs/tmp",
-        Command::new("chmod").arg("1777").arg(&tmp),
-    )?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
     let tag = format!("localhost/dnstrace:{version}");
     let containerfile = workspace_root().join("deploy/Containerfile");
     eprintln!("[image] podman build -t {tag}");

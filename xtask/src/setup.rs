@@ -638,6 +638,8 @@ mod commands_table {
         "debootstrap",
         "dir",
         "echo",
+        // `podman inspect`'s answer ("false") and `podman rm`, not programs run
+        "false",
         "id",
         "init",
         "install",
@@ -649,6 +651,7 @@ mod commands_table {
         "nslookup",
         // setup runs it only on a systemd host, which a minimal root is not
         "systemctl",
+        "rm",
         "route",
         "rustc",
         "setcap",
