@@ -907,3 +907,35 @@ fn header_follows_the_interfaces_watched() {
         "{s}"
     );
 }
+
+/// A pod's lookup shows its namespace/name in the client column and the detail, and the
+/// `/` filter finds it by pod, by word or by `--pod`.
+#[test]
+fn a_pods_lookup_is_shown_and_found_by_its_name() {
+    let mut m = busy((120, 30));
+    let mut l = ok_lookup(1_700 * MS);
+    l.qname = "pod.example.test.".into();
+    l.origin.pod = Some(std::sync::Arc::new(crate::correlate::PodRef {
+        namespace: Some("shop".into()),
+        name: Some("web-7f9c".into()),
+        uid: "u-1".into(),
+    }));
+    handle(&mut m, lookup_ev(l));
+    assert!(screen(&m).contains("shop/web-7f9c"), "{}", screen(&m));
+    for query in ["web-7f9c", "--pod shop/web-*", "--namespace shop"] {
+        handle(&mut m, chr('/'));
+        for c in query.chars() {
+            handle(&mut m, chr(c));
+        }
+        handle(&mut m, key(KeyCode::Enter));
+        assert_eq!(order(&m), ["pod.example.test."], "{query}");
+        handle(&mut m, chr('/'));
+        while m.editing.as_deref().is_some_and(|e| !e.is_empty()) {
+            handle(&mut m, key(KeyCode::Backspace));
+        }
+        handle(&mut m, key(KeyCode::Enter));
+    }
+    handle(&mut m, key(KeyCode::Enter));
+    let selected = screen(&m);
+    assert!(selected.contains("pod shop/web-7f9c"), "{selected}");
+}
