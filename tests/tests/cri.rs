@@ -634,12 +634,13 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
     assert_eq!(packet["netns_inode"], first.netns_inode, "{packet}");
     assert_eq!(packet["comm"], "nslookup", "{packet}");
 
-    // `--pod` and `--namespace` show the lookups of the pods asked for, and only those.
+    // `--pod` and `--namespace` show the lookups of the pods asked for, and only those;
+    // the healthy ones in the default compact form, which keeps the pod.
     for (args, shown) in [
         (&["--pod", "*/web-*"][..], "web-1"),
         (&["--namespace", "ops"][..], "probe-1"),
     ] {
-        let mut all = vec!["--auto", "--cri-socket"];
+        let mut all = vec!["--auto", "--hops", "problems", "--cri-socket"];
         let socket_arg = socket.display().to_string();
         all.push(&socket_arg);
         all.extend_from_slice(args);
@@ -659,6 +660,19 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         for r in &trace.lookups {
             assert_eq!(r["pod_name"], shown, "{args:?} showed {r}");
         }
+        let compact = lookups
+            .iter()
+            .find(|l| l["qtype"] == "A" && l.get("hops").is_none())
+            .unwrap_or_else(|| panic!("{args:?}: no compact A lookup: {lookups:?}"));
+        let pod = pods.iter().find(|p| p.name == shown).unwrap();
+        assert_eq!(
+            compact["pod_namespace"],
+            pod.namespace.as_str(),
+            "{compact}"
+        );
+        assert_eq!(compact["netns_inode"], pod.netns_inode, "{compact}");
+        assert_eq!(compact["container"], "app", "{compact}");
+        eprintln!("a compact lookup of {shown}: {compact}");
         let summary = &trace.summary;
         assert!(
             summary["lookups"]["not_shown"].as_u64().unwrap_or(0) >= 1,
