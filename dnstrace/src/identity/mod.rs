@@ -156,8 +156,20 @@ impl Identity {
 }
 
 impl Snapshot {
-    /// Fills in `l`'s origin from this snapshot; `task` reads a process's cgroup.
+    /// Fills in `l`'s origin from this snapshot, and its forwarded queries' (whose client
+    /// is the forwarder: a CoreDNS pod, node-local-dns); `task` reads a process's cgroup.
     fn fill(&self, l: &mut Lookup, mut task: impl FnMut(u32, u64) -> Option<cgroup::PodCgroup>) {
+        self.fill_one(l, &mut task);
+    }
+
+    fn fill_one(
+        &self,
+        l: &mut Lookup,
+        task: &mut impl FnMut(u32, u64) -> Option<cgroup::PodCgroup>,
+    ) {
+        for c in &mut l.children {
+            self.fill_one(c, task);
+        }
         let o = &mut l.origin;
         o.netns_inode = l.netns.and_then(|c| self.inode(c));
         let mut pod = o.netns_inode.and_then(|i| self.by_netns.get(&i).cloned());
@@ -539,5 +551,13 @@ mod tests {
         let mut l = lookup("192.168.1.1:4000", None, None);
         snap.fill(&mut l, none);
         assert_eq!(l.origin, Origin::default());
+
+        // A forwarded query is named after its own client, the forwarder.
+        let mut l = lookup("10.244.0.5:4000", Some(7), None);
+        l.children.push(lookup("10.244.0.9:5300", None, None));
+        snap.fill(&mut l, none);
+        assert_eq!(l.origin.pod.as_deref().unwrap().label(), "shop/web-1");
+        let fwd = &l.children[0].origin;
+        assert_eq!(fwd.pod.as_deref().unwrap().label(), "kube-system/coredns-1");
     }
 }
