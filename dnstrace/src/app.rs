@@ -709,6 +709,8 @@ pub(crate) struct Consumer {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// `watch --auto`: interface names and coverage changes from the main task.
     pub control: Option<mpsc::Receiver<Control>>,
+    /// `--packets` with a lookup filter: lines wait for their lookup's verdict.
+    held: Option<crate::hold::HoldPackets>,
 }
 
 impl Consumer {
@@ -740,6 +742,7 @@ impl Consumer {
         lost_rx: watch::Receiver<u64>,
         filter: crate::filter::LookupFilter,
     ) -> Self {
+        let held = (packets && !filter.is_empty()).then(crate::hold::HoldPackets::default);
         Self {
             sink,
             names,
@@ -763,6 +766,7 @@ impl Consumer {
             problems_shown: 0,
             metrics: None,
             control: None,
+            held,
         }
     }
 
@@ -905,10 +909,19 @@ impl Consumer {
     /// correlator.
     fn ingest(&mut self, p: Packet, iface: String, f: &Frame<'_>) -> std::io::Result<()> {
         self.issues.add(&p);
-        if self.packets {
-            self.sink
-                .packet(&p, f.drop_reason.as_deref(), &self.names)?;
-        }
+        let held_line = match (&self.held, self.packets) {
+            (Some(_), _) => Some(self.sink.render_packet(
+                &p,
+                f.drop_reason.as_deref(),
+                &self.names,
+            )),
+            (None, true) => {
+                self.sink
+                    .packet(&p, f.drop_reason.as_deref(), &self.names)?;
+                None
+            }
+            (None, false) => None,
+        };
         let now = p.meta.ts_ns;
         let finished = self.correlator.ingest(
             correlate::Event {
@@ -918,7 +931,11 @@ impl Consumer {
             },
             now,
         );
-        if let Some(placed) = self.correlator.placed() {
+        let placed = self.correlator.placed();
+        if let (Some(held), Some(line)) = (&mut self.held, held_line) {
+            held.push(placed.as_ref().map(|p| p.lookup), line);
+        }
+        if let Some(placed) = placed {
             self.placed.push(placed);
         }
         self.finished.extend(finished);
@@ -954,6 +971,9 @@ impl Consumer {
             if let Some(pcap) = &mut self.pcap {
                 pcap.lookup_done(&l, shown);
             }
+            if let Some(held) = &mut self.held {
+                held.decide(l.id, shown);
+            }
             if shown {
                 if l.verdict != correlate::Verdict::Ok {
                     self.problems_shown += 1;
@@ -966,7 +986,15 @@ impl Consumer {
         // Keep the buffer's capacity for the next packet.
         self.finished = finished;
         self.drain_pcap(now);
-        Ok(())
+        self.drain_held(false)
+    }
+
+    /// Writes the held packet lines whose lookups have ended (`all`: every one).
+    fn drain_held(&mut self, all: bool) -> std::io::Result<()> {
+        let (Some(held), sink) = (&mut self.held, &mut self.sink) else {
+            return Ok(());
+        };
+        held.drain(all, |line| sink.held_packet(line))
     }
 
     /// Writes the pcapng packets whose lookups have ended or whose bound has passed.
@@ -1024,7 +1052,7 @@ impl Consumer {
         self.end_epoch_ns = self.names.epoch_ns(now);
         let rest = self.correlator.finish(now);
         self.finished.extend(rest);
-        let r = self.emit_finished(now);
+        let r = self.emit_finished(now).and_then(|()| self.drain_held(true));
         let _ = self.sink.flush();
         r
     }
@@ -1038,6 +1066,7 @@ impl Consumer {
             lookups: correlate::CorrelateStats {
                 not_shown: self.not_shown,
                 problems_shown: self.problems_shown,
+                packets_not_shown: self.held.as_ref().map_or(0, |h| h.not_shown),
                 ..self.correlator.stats()
             },
             upstreams: self.correlator.upstreams(),

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod correlate;
 pub mod decode;
 pub mod filter;
+pub mod hold;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

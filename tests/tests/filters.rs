@@ -190,3 +190,46 @@ fn a_bad_filter_is_exit_2_naming_the_flag() {
         );
     }
 }
+
+/// `--packets` with a filter: a packet line is written once its lookup has ended and was
+/// shown, in the capture's order; the others are counted.
+#[test]
+fn packet_lines_follow_their_lookups() {
+    let Some(bin) = dnstrace_bin() else {
+        eprintln!("SKIP: DNSTRACE_BIN is not set (run with cargo xtask test)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let file = capture(tmp.path());
+    let qnames = |t: &Trace| -> Vec<String> {
+        t.packets
+            .iter()
+            .map(|p| p["qname"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    let all = replay(&file, &["--packets"]).unwrap();
+    assert_eq!(all.packets.len(), 7);
+    let corp = replay(&file, &["--packets", "--qname", "*.corp"]).unwrap();
+    assert_eq!(
+        qnames(&corp),
+        ["api.corp.", "api.corp.", "late.corp.", "late.corp."]
+    );
+    assert_eq!(
+        corp.summary["lookups"]["packets_not_shown"].as_u64(),
+        Some(3)
+    );
+    let problems = replay(&file, &["--packets", "--verdict", "problems"]).unwrap();
+    assert_eq!(qnames(&problems), ["x.example.test."]);
+    // Text: the column header once, then the lines shown.
+    let out = Command::new(bin)
+        .args(["replay", "--packets", "--qname", "*.corp"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("QUESTION / RESULT").count(), 1, "{text}");
+    assert!(!text.contains("example.test"), "{text}");
+    assert_eq!(text.matches("late.corp").count(), 3, "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 packet lines not shown"), "{stderr}");
+}

@@ -374,6 +374,9 @@ pub struct CorrelateStats {
     pub not_shown: u64,
     /// Lookups shown (printed or exported) whose verdict is not `ok` (set by the output stage).
     pub problems_shown: u64,
+    /// `--packets` lines left out by the filters: their lookup was not shown, or they
+    /// went into no lookup (set by the output stage).
+    pub packets_not_shown: u64,
     /// Upstream queries not counted per upstream because too many upstream addresses were seen.
     pub upstreams_untracked: u64,
     pub by_verdict: BTreeMap<&'static str, u64>,

@@ -152,6 +152,16 @@ impl<W: Write> JsonSink<W> {
     }
 
     /// Writes one ready-made JSON line.
+    /// Writes bytes made by another JsonSink (whole lines).
+    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
+    }
+
+    /// What was written, for a sink over a buffer.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     pub fn line(&mut self, json: &str) -> std::io::Result<()> {
         self.out.write_all(json.as_bytes())?;
         self.out.write_all(b"\n")
@@ -159,11 +169,6 @@ impl<W: Write> JsonSink<W> {
 
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
-    }
-
-    #[cfg(test)]
-    pub fn into_inner(self) -> W {
-        self.out
     }
 }
 

@@ -387,8 +387,14 @@ impl Summary {
         ));
         if l.not_shown > 0 {
             v.push(format!(
-                "dnstrace: {} of them not shown (--client, --qname, --verdict)",
+                "dnstrace: {} of them not shown (--client, --qname, --verdict, --pod, --namespace)",
                 l.not_shown
+            ));
+        }
+        if l.packets_not_shown > 0 {
+            v.push(format!(
+                "dnstrace: {} packet lines not shown (their lookups were not, or they went into none)",
+                l.packets_not_shown
             ));
         }
         if !self.issues.by_kind.is_empty() {
@@ -470,6 +476,30 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.packet(p, drop, names),
             Self::Json(s) => s.packet(p, drop, names),
+            Self::Tui(_) => Ok(()),
+        }
+    }
+
+    /// The packet's line, made now and written later ([`Sink::held_packet`]): with a
+    /// lookup filter, a packet is written only once its lookup is known to be shown.
+    pub fn render_packet(&self, p: &Packet, drop: Option<&str>, names: &Names) -> Vec<u8> {
+        match self {
+            Self::Text(_) => text::format_line(p, drop, names).into_bytes(),
+            Self::Json(_) => {
+                let mut j = JsonSink::new(Vec::new());
+                // Writing into a Vec cannot fail.
+                let _ = j.packet(p, drop, names);
+                j.into_inner()
+            }
+            Self::Tui(_) => Vec::new(),
+        }
+    }
+
+    /// Writes a line made by [`Sink::render_packet`].
+    pub fn held_packet(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Text(s) => s.packet_line(line),
+            Self::Json(s) => s.raw(line),
             Self::Tui(_) => Ok(()),
         }
     }

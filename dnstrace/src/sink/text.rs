@@ -21,6 +21,12 @@ impl<W: Write> TextSink<W> {
     }
 
     pub fn packet(&mut self, p: &Packet, drop: Option<&str>, names: &Names) -> std::io::Result<()> {
+        let line = format_line(p, drop, names);
+        self.packet_line(line.as_bytes())
+    }
+
+    /// A packet line made earlier ([`format_line`]), after the column header the first time.
+    pub fn packet_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         if !self.header_done {
             self.header_done = true;
             writeln!(
@@ -29,8 +35,7 @@ impl<W: Write> TextSink<W> {
                 "TIME (UTC)", "IFACE", "DIR", "L4", "SOURCE", "DESTINATION", "ID", "FLAGS",
             )?;
         }
-        let line = format_line(p, drop, names);
-        self.out.write_all(line.as_bytes())
+        self.out.write_all(line)
     }
 
     /// Writes ready-made text.
