@@ -672,7 +672,10 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
         );
         assert_eq!(compact["netns_inode"], pod.netns_inode, "{compact}");
         assert_eq!(compact["container"], "app", "{compact}");
-        eprintln!("a compact lookup of {shown}: {compact}");
+        // Issue 10, part 7: at most 400 bytes for a healthy lookup, pod names included.
+        let bytes = compact.to_string().len();
+        assert!(bytes <= 400, "{bytes} bytes: {compact}");
+        eprintln!("a compact lookup of {shown} ({bytes} bytes): {compact}");
         let summary = &trace.summary;
         assert!(
             summary["lookups"]["not_shown"].as_u64().unwrap_or(0) >= 1,

@@ -121,7 +121,8 @@ struct CompactRecord<'a> {
     latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "super::is_zero")]
     retries: u32,
-    start_ts_ns: u64,
+    // No `start_ts_ns`: `time` is the start. The netns cookie only when its inode is
+    // unknown: the inode is the name other tools know.
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u64>,
     /// The client's netns inode and pod, each when known; no process and no long ids:
@@ -182,8 +183,7 @@ impl<'a> CompactRecord<'a> {
             verdict: l.verdict,
             latency_ms: l.latency_ms,
             retries: l.retries,
-            start_ts_ns: l.start_ts_ns,
-            netns: l.netns,
+            netns: l.netns.filter(|_| l.origin.netns_inode.is_none()),
             netns_inode: l.origin.netns_inode,
             pod_namespace: pod.and_then(|p| p.namespace.as_deref()),
             pod_name: pod.and_then(|p| p.name.as_deref()),
