@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use dnstrace::{
     correlate::{self, Correlator, Coverage},
-    decode::{self, LinkType, Meta, Point},
+    decode::{self, Detail, LinkType, Meta, Point},
 };
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 
@@ -182,7 +182,8 @@ fn run(path: &str) -> Result<()> {
             pid: 0,
             comm: None,
         };
-        let decoded = decode::decode(meta, LinkType::Ethernet, &packet.data);
+        // As `dnstrace watch` without packet lines: answers are checked, not kept.
+        let decoded = decode::decode_with(meta, LinkType::Ethernet, &packet.data, Detail::Stitch);
         events += 1;
         let done = correlator.ingest(
             correlate::Event {

@@ -860,8 +860,17 @@ impl Consumer {
 
     /// Decodes one frame and takes it through the pipeline.
     pub(crate) fn frame(&mut self, meta: Meta, f: Frame<'_>) -> std::io::Result<()> {
-        let p = decode::decode(meta, f.link, f.data);
+        let p = decode::decode_with(meta, f.link, f.data, self.detail());
         self.decoded(&f, p)
+    }
+
+    /// How much of each DNS message to decode: the answers only when packet lines show them.
+    pub(crate) fn detail(&self) -> decode::Detail {
+        if self.packets {
+            decode::Detail::Full
+        } else {
+            decode::Detail::Stitch
+        }
     }
 
     /// Takes one decoded frame through reassembly, the packet output, the correlator and

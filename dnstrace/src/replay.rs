@@ -561,7 +561,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             pid: 0,
             comm: None,
         };
-        let mut p = decode::decode(meta, link, data);
+        let mut p = decode::decode_with(meta, link, data, consumer.detail());
         if !is_dns(&p, &cfg.ports, &mut stats) {
             continue;
         }

@@ -25,7 +25,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use dnstrace::correlate::{self, Correlator, Coverage, Event, Lookup};
 use dnstrace::decode::frag::{Defrag, Outcome};
 use dnstrace::decode::tcp::{Limits, Segment, StreamKey, Streams};
-use dnstrace::decode::{self, Issue, IssueKind, LinkType, Meta, Packet, Point, Proto, dns};
+use dnstrace::decode::{self, Detail, Issue, IssueKind, LinkType, Meta, Packet, Point, Proto, dns};
 use dnstrace::sink::{JsonSink, Names, TextSink, lookup_json, lookup_text, upstreams_json};
 
 use ops::{Op, Ops};
@@ -245,6 +245,16 @@ pub fn dns_message(input: &[u8]) {
                 assert_eq!(Some(m.id), header_id);
             }
         }
+    }
+    // Decoding for stitching reads the same message, less its answers, or fails the same way.
+    let strip = |m: dns::Message| dns::Message {
+        answers: Vec::new(),
+        ..m
+    };
+    let lean = dns::parse_with(input, Detail::Stitch);
+    match dns::parse(input) {
+        Ok(m) => assert_eq!(lean, Ok(strip(m)), "stitch detail differs"),
+        Err((partial, err)) => assert_eq!(lean, Err((partial.map(strip), err))),
     }
     if let Some((Some(fast), full)) = dns::fast_and_full(input) {
         match full {

@@ -9,6 +9,7 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use super::Detail;
 use super::text::printable_string;
 
 /// Bytes in the fixed DNS header.
@@ -127,13 +128,24 @@ pub enum DnsError {
     reason = "the Err carries a header-only Message, as large as the Ok one"
 )]
 pub fn parse(bytes: &[u8]) -> Result<Message, (Option<Message>, DnsError)> {
+    parse_with(bytes, Detail::Full)
+}
+
+/// [`parse`], keeping the answers only when `detail` asks for them: the same result
+/// otherwise, the same error for the same bytes.
+#[expect(
+    clippy::result_large_err,
+    reason = "the Err carries a header-only Message, as large as the Ok one"
+)]
+pub fn parse_with(bytes: &[u8], detail: Detail) -> Result<Message, (Option<Message>, DnsError)> {
     let Some(header) = Header::read(bytes) else {
         return Err((None, DnsError::ShortHeader { len: bytes.len() }));
     };
-    if let Some(message) = fast_parse(bytes, &header) {
+    let answers = detail == Detail::Full;
+    if let Some(message) = fast_parse(bytes, &header, answers) {
         return Ok(message);
     }
-    let reason = match guarded(|| full_parse(bytes, &header)) {
+    let reason = match guarded(|| full_parse(bytes, &header, answers)) {
         Some(Ok(message)) => return Ok(message),
         Some(Err(reason)) => reason,
         None => "decoder panicked".to_owned(),
@@ -154,8 +166,8 @@ pub fn parse(bytes: &[u8]) -> Result<Message, (Option<Message>, DnsError)> {
 pub fn fast_and_full(bytes: &[u8]) -> Option<(Option<Message>, Option<Result<Message, String>>)> {
     let header = Header::read(bytes)?;
     Some((
-        fast_parse(bytes, &header),
-        guarded(|| full_parse(bytes, &header)),
+        fast_parse(bytes, &header, true),
+        guarded(|| full_parse(bytes, &header, true)),
     ))
 }
 
@@ -220,7 +232,8 @@ impl Header {
     }
 }
 
-fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
+/// `answers`: keep the answer records (else `answers` stays empty).
+fn full_parse(bytes: &[u8], header: &Header, answers: bool) -> Result<Message, String> {
     let parsed = op::Message::from_vec(bytes).map_err(|e| printable_string(e.to_string()))?;
     let edns = parsed.edns.as_ref();
     let rcode = u16::from(header.rcode) | edns.map_or(0, |e| u16::from(e.rcode_high()) << 4);
@@ -238,7 +251,7 @@ fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
         answers: parsed
             .answers
             .iter()
-            .take(MAX_ANSWERS)
+            .take(if answers { MAX_ANSWERS } else { 0 })
             .map(answer)
             .collect(),
         edns: edns.map(|e| Edns {
@@ -262,7 +275,10 @@ fn full_parse(bytes: &[u8], header: &Header) -> Result<Message, String> {
 /// plain name; no authority records; and at most one additional record, an
 /// OPT without options. Anything else returns None and takes the full parse,
 /// which gives the same [`Message`] for these (tests compare the two).
-fn fast_parse(bytes: &[u8], header: &Header) -> Option<Message> {
+///
+/// `keep`: keep the answers; without it they are checked (so the same messages take
+/// this path) but their text is never made.
+fn fast_parse(bytes: &[u8], header: &Header, keep: bool) -> Option<Message> {
     if header.opcode != 0
         || header.qdcount != 1
         || header.nscount != 0
@@ -284,20 +300,31 @@ fn fast_parse(bytes: &[u8], header: &Header) -> Option<Message> {
         name: qname,
     };
     at += 4;
-    let mut answers = Vec::with_capacity(usize::from(header.ancount));
+    let mut answers = Vec::with_capacity(if keep { usize::from(header.ancount) } else { 0 });
     for _ in 0..header.ancount {
-        let name = if be16(at)? == 0xc000 | HEADER_LEN as u16 {
+        let pointer = be16(at)? == 0xc000 | HEADER_LEN as u16;
+        let name = if pointer {
             at += 2;
-            question.name.clone()
-        } else {
+            None
+        } else if keep {
             let (name, next) = plain_name(bytes, at)?;
             at = next;
-            name
+            Some(name)
+        } else {
+            at = plain_name_end(bytes, at)?;
+            None
         };
         let (rtype, class, ttl, len) = (be16(at)?, be16(at + 2)?, be32(at + 4)?, be16(at + 8)?);
         at += 10;
         let rdata = bytes.get(at..at + usize::from(len))?;
         at += usize::from(len);
+        if !matches!((rtype, class, rdata.len()), (1, 1, 4) | (28, 1, 16)) {
+            return None;
+        }
+        if !keep {
+            continue;
+        }
+        let name = name.unwrap_or_else(|| question.name.clone());
         let data = match (rtype, class, rdata.len()) {
             (1, 1, 4) => {
                 super::text::ipv4_string(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(rdata).ok()?))
@@ -349,6 +376,34 @@ fn fast_parse(bytes: &[u8], header: &Header) -> Option<Message> {
         answers,
         edns,
     })
+}
+
+/// Where the name [`plain_name`] would read at `at` ends, when it would read it.
+fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let mut name_len = 0;
+    loop {
+        let len = usize::from(*bytes.get(at)?);
+        at += 1;
+        if len == 0 {
+            return Some(at);
+        }
+        if len > 63 {
+            return None;
+        }
+        let label = bytes.get(at..at + len)?;
+        if label.first() == Some(&b'-')
+            || !label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        at += len;
+        name_len += len + 1;
+        if name_len > 253 {
+            return None;
+        }
+    }
 }
 
 /// An uncompressed name at `at` made of letters, digits, `-` and `_`, as
@@ -723,8 +778,16 @@ mod tests {
         ];
         for bytes in fast {
             let header = Header::read(&bytes).unwrap();
-            let message = fast_parse(&bytes, &header).expect("takes the fast path");
-            assert_eq!(Ok(message), full_parse(&bytes, &header));
+            let message = fast_parse(&bytes, &header, true).expect("takes the fast path");
+            assert_eq!(Ok(message.clone()), full_parse(&bytes, &header, true));
+            // Without the answers: the same message less its answers, on the same path.
+            let lean = fast_parse(&bytes, &header, false).expect("takes the fast path");
+            let without = Message {
+                answers: Vec::new(),
+                ..message
+            };
+            assert_eq!(lean, without);
+            assert_eq!(Ok(without), full_parse(&bytes, &header, false));
         }
         let full = [
             // EDNS option (COOKIE), authority record (SOA), CNAME answer, compressed question, trailing byte.
@@ -737,10 +800,19 @@ mod tests {
             hex(&format!("abcd 0100 0001 0000 0000 0000 {www} 00")),
             // A label that starts with `-`, which hickory escapes (found by the dns fuzzer).
             hex("0f3f 0100 0001 0000 0000 0000 02 2d69 00 0010 0001"),
+            // The same in an answer's name, which the fast path skips without its answers.
+            hex(&format!(
+                "1234 8180 0001 0001 0000 0000 {www} 02 2d69 00 0001 0001 0000012c 0004 c0000201"
+            )),
+            // An A record whose data is not 4 bytes.
+            hex(&format!(
+                "1234 8180 0001 0001 0000 0000 {www} c00c 0001 0001 0000012c 0003 c00002"
+            )),
         ];
         for bytes in full {
             let header = Header::read(&bytes).unwrap();
-            assert_eq!(fast_parse(&bytes, &header), None, "{bytes:02x?}");
+            assert_eq!(fast_parse(&bytes, &header, true), None, "{bytes:02x?}");
+            assert_eq!(fast_parse(&bytes, &header, false), None, "{bytes:02x?}");
         }
     }
 

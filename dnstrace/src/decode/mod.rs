@@ -199,8 +199,25 @@ impl IssueKind {
     }
 }
 
+/// How much of a DNS message [`decode_with`] keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything a packet line shows: the answers too.
+    #[default]
+    Full,
+    /// What stitching needs: header, question and OPT. The answers are read as far as
+    /// needed to tell a well-formed message from a broken one (so the issue is the same),
+    /// but not kept: `answers` stays empty.
+    Stitch,
+}
+
 /// Decodes captured bytes. Never panics, never fails: problems end up in `issue`.
 pub fn decode(meta: Meta, link: LinkType, bytes: &[u8]) -> Packet {
+    decode_with(meta, link, bytes, Detail::Full)
+}
+
+/// [`decode`], keeping only as much of the DNS message as `detail` asks for.
+pub fn decode_with(meta: Meta, link: LinkType, bytes: &[u8], detail: Detail) -> Packet {
     let mut packet = Packet {
         proto: None,
         src: None,
@@ -212,7 +229,7 @@ pub fn decode(meta: Meta, link: LinkType, bytes: &[u8]) -> Packet {
         meta,
     };
     let snapped = packet.meta.cap_len < packet.meta.wire_len;
-    if let Err(issue) = decode_into(&mut packet, link, bytes, snapped, false) {
+    if let Err(issue) = decode_into(&mut packet, link, bytes, snapped, false, detail) {
         packet.issue = Some(issue);
     }
     packet
@@ -225,6 +242,7 @@ fn decode_into(
     bytes: &[u8],
     snapped: bool,
     tunneled: bool,
+    detail: Detail,
 ) -> Result<(), Issue> {
     let sliced = slice_link(link, bytes, snapped)?;
     let Some(net) = &sliced.net else {
@@ -311,7 +329,14 @@ fn decode_into(
                             src,
                             dst,
                         });
-                        return decode_into(packet, LinkType::Ethernet, frame, snapped, true);
+                        return decode_into(
+                            packet,
+                            LinkType::Ethernet,
+                            frame,
+                            snapped,
+                            true,
+                            detail,
+                        );
                     }
                     Found::Cut(detail) => {
                         let kind = match cut {
@@ -328,7 +353,7 @@ fn decode_into(
             if usize::from(udp.length()) > udp.slice().len() && cut.is_none() {
                 cut = Some("UDP length exceeds the captured bytes".to_owned());
             }
-            decode_message(packet, udp.payload(), cut.as_deref())
+            decode_message(packet, udp.payload(), cut.as_deref(), detail)
         }
         TransportSlice::Tcp(tcp) => {
             packet.proto = Some(Proto::Tcp);
@@ -341,7 +366,7 @@ fn decode_into(
                 rst: tcp.rst(),
                 psh: tcp.psh(),
             });
-            decode_tcp(packet, tcp.payload(), cut.as_deref())
+            decode_tcp(packet, tcp.payload(), cut.as_deref(), detail)
         }
         _ => Err(Issue::new(
             IssueKind::BadL4,
@@ -377,11 +402,16 @@ pub fn tcp_segment(link: LinkType, bytes: &[u8]) -> Option<(u32, &[u8])> {
 /// Sets `packet`'s DNS message (and issue) from one whole, unframed DNS message.
 pub fn set_message(packet: &mut Packet, message: &[u8]) {
     packet.dns = None;
-    packet.issue = decode_message(packet, message, None).err();
+    packet.issue = decode_message(packet, message, None, Detail::Full).err();
 }
 
-fn decode_message(packet: &mut Packet, payload: &[u8], cut: Option<&str>) -> Result<(), Issue> {
-    match dns::parse(payload) {
+fn decode_message(
+    packet: &mut Packet,
+    payload: &[u8],
+    cut: Option<&str>,
+    detail: Detail,
+) -> Result<(), Issue> {
+    match dns::parse_with(payload, detail) {
         Ok(message) => {
             packet.dns = Some(message);
             Ok(())
@@ -394,7 +424,12 @@ fn decode_message(packet: &mut Packet, payload: &[u8], cut: Option<&str>) -> Res
 }
 
 /// DNS over TCP: a 2-byte length prefix, then the message. Only the first message is decoded.
-fn decode_tcp(packet: &mut Packet, payload: &[u8], cut: Option<&str>) -> Result<(), Issue> {
+fn decode_tcp(
+    packet: &mut Packet,
+    payload: &[u8],
+    cut: Option<&str>,
+    detail: Detail,
+) -> Result<(), Issue> {
     let (prefix, body) = match payload {
         [] => return Ok(()),
         [hi, lo, body @ ..] => (usize::from(u16::from_be_bytes([*hi, *lo])), body),
@@ -406,20 +441,20 @@ fn decode_tcp(packet: &mut Packet, payload: &[u8], cut: Option<&str>) -> Result<
         }
     };
     if body.len() >= prefix {
-        return decode_message(packet, &body[..prefix], cut);
+        return decode_message(packet, &body[..prefix], cut, detail);
     }
     // Some clients write the prefix and the message separately, so a segment may hold a
     // whole message without its prefix; the 2 bytes read as a prefix were then its ID.
-    if let Ok(message) = dns::parse(payload) {
+    if let Ok(message) = dns::parse_with(payload, detail) {
         packet.dns = Some(message);
         return Ok(());
     }
-    let detail = format!("{} of {prefix} announced bytes", body.len());
-    match dns::parse(body) {
+    match dns::parse_with(body, detail) {
         Ok(message) => packet.dns = Some(message),
         Err((partial, _)) => packet.dns = partial,
     }
-    Err(partial_issue(cut, detail))
+    let announced = format!("{} of {prefix} announced bytes", body.len());
+    Err(partial_issue(cut, announced))
 }
 
 fn partial_issue(cut: Option<&str>, detail: String) -> Issue {
@@ -1546,6 +1581,39 @@ mod tests {
             }
             println!("{total} frames in {} files", names.len());
             assert!(total > 1_000);
+        }
+
+        /// Decoding for stitching gives what the full decode gives, less the answers:
+        /// the same header, question, OPT, addresses and issue for every frame.
+        #[test]
+        fn stitch_detail_is_full_without_answers() {
+            let Ok(entries) = std::fs::read_dir(DIR) else {
+                println!("skipped: {DIR} is absent");
+                return;
+            };
+            let (mut frames, mut answered) = (0, 0);
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name().into_string().unwrap_or_default();
+                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
+                    continue;
+                }
+                for f in read(&entry.path()) {
+                    let mut meta = meta(f.data.len());
+                    meta.wire_len = f.wire_len;
+                    let mut full = decode(meta.clone(), f.link, &f.data);
+                    let lean = decode_with(meta, f.link, &f.data, Detail::Stitch);
+                    if let Some(m) = &mut full.dns
+                        && !m.answers.is_empty()
+                    {
+                        answered += 1;
+                        m.answers.clear();
+                    }
+                    assert_eq!(lean, full, "{name}");
+                    frames += 1;
+                }
+            }
+            println!("{frames} frames, {answered} with answers");
+            assert!(frames > 1_000 && answered > 100);
         }
     }
 }
