@@ -463,15 +463,15 @@ fn message(u: &mut Unstructured) -> arbitrary::Result<dns::Message> {
         true => None,
         false => Some(dns::Question {
             name: pick(u, &NAMES)?.to_owned(),
-            qtype: pick(u, &TYPES)?.to_owned(),
-            qclass: pick(u, &["IN", "CH"])?.to_owned(),
+            qtype: pick(u, &TYPES)?.into(),
+            qclass: pick(u, &["IN", "CH"])?.into(),
         }),
     };
     let mut answers = Vec::new();
     for _ in 0..u.int_in_range(0..=3)? {
         answers.push(dns::Answer {
             name: pick(u, &NAMES)?.to_owned(),
-            rtype: pick(u, &TYPES)?.to_owned(),
+            rtype: pick(u, &TYPES)?.into(),
             ttl: u.int_in_range(0..=300)?,
             data: pick(u, &DATA)?.to_owned(),
         });
@@ -488,7 +488,7 @@ fn message(u: &mut Unstructured) -> arbitrary::Result<dns::Message> {
     Ok(dns::Message {
         id: pick(u, &[1, 2, 0x1234])?,
         qr: bool::arbitrary(u)?,
-        opcode: pick(u, &OPCODES)?.to_owned(),
+        opcode: pick(u, &OPCODES)?.into(),
         rcode: dns::Rcode::from_name(pick(u, &RCODES)?).unwrap_or_default(),
         flags: dns::Flags {
             aa: flags & 1 != 0,

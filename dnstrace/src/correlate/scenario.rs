@@ -260,7 +260,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
         },
         question: Some(dns::Question {
             name: row.qname.clone().unwrap_or_else(|| qname.to_owned()),
-            qtype: row.qtype.clone().unwrap_or_else(|| qtype.to_owned()),
+            qtype: row.qtype.clone().unwrap_or_else(|| qtype.to_owned()).into(),
             qclass: "IN".into(),
         }),
         qdcount: 1,

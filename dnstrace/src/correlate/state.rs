@@ -226,7 +226,8 @@ impl Leg {
 pub(super) struct LookupState {
     pub qhash: u64,
     pub qname: String,
-    pub qtype: String,
+    /// A name from the decoder's table: no allocation per lookup.
+    pub qtype: crate::decode::dns::Text,
     pub legs: Vec<Leg>,
     pub tcp_hops: Vec<HopRec>,
     /// Client-side addresses of TCP retries, registered in the flow index.
@@ -315,7 +316,7 @@ pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
 #[derive(Debug)]
 pub(super) struct Interner {
     names: Vec<String>,
-    index: HashMap<String, u16>,
+    index: HashMap<String, u16, Fx>,
     /// Ids given back ([`Self::release`]), handed out again first.
     free: Vec<u16>,
 }
@@ -325,7 +326,7 @@ impl Interner {
     pub fn new(zero: &str) -> Self {
         Self {
             names: vec![zero.to_owned()],
-            index: HashMap::new(),
+            index: HashMap::default(),
             free: Vec::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! DNS wire format: the only module that touches hickory-proto, so the next
 //! breaking hickory release only changes this file.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::panic::{self, AssertUnwindSafe};
 
@@ -11,6 +12,70 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::Detail;
 use super::text::printable_string;
+
+/// A name from a fixed table ("A", "IN", "QUERY": no allocation), or one made up for a
+/// value the table lacks ("TYPE65"). Reads as a `&str`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Text(Cow<'static, str>);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+}
+
+impl From<String> for Text {
+    fn from(name: String) -> Self {
+        Self(Cow::Owned(name))
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 /// Bytes in the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
@@ -25,7 +90,7 @@ pub struct Message {
     pub id: u16,
     pub qr: bool,
     /// "QUERY", "NOTIFY", "UPDATE", … or "OPCODE<n>".
-    pub opcode: String,
+    pub opcode: Text,
     /// "NOERROR", "NXDOMAIN", … or "RCODE<n>"; includes the OPT extended bits when present.
     pub rcode: Rcode,
     pub flags: Flags,
@@ -74,9 +139,9 @@ pub struct Question {
     /// Fully qualified, with the trailing dot, in the case seen on the wire.
     pub name: String,
     /// "A", "AAAA", … or "TYPE<n>".
-    pub qtype: String,
+    pub qtype: Text,
     /// "IN", "CH", … or "CLASS<n>".
-    pub qclass: String,
+    pub qclass: Text,
 }
 
 impl Question {
@@ -94,7 +159,7 @@ impl Question {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Answer {
     pub name: String,
-    pub rtype: String,
+    pub rtype: Text,
     pub ttl: u32,
     /// RDATA in presentation format, at most [`MAX_DATA_CHARS`] characters.
     pub data: String,
@@ -334,7 +399,7 @@ fn fast_parse(bytes: &[u8], header: &Header, keep: bool) -> Option<Message> {
         };
         answers.push(Answer {
             name,
-            rtype: if rtype == 1 { "A" } else { "AAAA" }.to_owned(),
+            rtype: Text::from(if rtype == 1 { "A" } else { "AAAA" }),
             ttl,
             data,
         });
@@ -570,31 +635,30 @@ fn edns_code_name(code: u16) -> Option<&'static str> {
     })
 }
 
-fn type_name(rtype: RecordType) -> String {
+fn type_name(rtype: RecordType) -> Text {
     match rtype {
-        RecordType::Unknown(code) => format!("TYPE{code}"),
-        known => <&str>::from(known).to_owned(),
+        RecordType::Unknown(code) => format!("TYPE{code}").into(),
+        known => <&'static str>::from(known).into(),
     }
 }
 
-fn class_name(class: DNSClass) -> String {
+fn class_name(class: DNSClass) -> Text {
     match class {
-        DNSClass::Unknown(_) | DNSClass::OPT(_) => format!("CLASS{}", u16::from(class)),
-        known => <&str>::from(known).to_owned(),
+        DNSClass::Unknown(_) | DNSClass::OPT(_) => format!("CLASS{}", u16::from(class)).into(),
+        known => <&'static str>::from(known).into(),
     }
 }
 
-fn opcode_name(opcode: u8) -> String {
-    let name = match opcode {
+fn opcode_name(opcode: u8) -> Text {
+    Text::from(match opcode {
         0 => "QUERY",
         1 => "IQUERY",
         2 => "STATUS",
         4 => "NOTIFY",
         5 => "UPDATE",
         6 => "DSO",
-        _ => return format!("OPCODE{opcode}"),
-    };
-    name.to_owned()
+        _ => return format!("OPCODE{opcode}").into(),
+    })
 }
 
 /// A DNS response code, the OPT extended bits included: one type and one name table
