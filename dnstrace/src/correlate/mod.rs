@@ -441,6 +441,8 @@ pub struct Correlator {
     /// Client address of a TCP retry → lookup.
     tcp_flows: HashMap<SocketAddr, u64, Fx>,
     ifaces: Interner,
+    /// The interface of the last event (an id into `ifaces`).
+    last_iface: u16,
     uplink: Vec<bool>,
     /// By interface id: the capture time of the last event seen there.
     iface_last: Vec<u64>,
@@ -454,6 +456,8 @@ pub struct Correlator {
     iface_gaps: gaps::IfaceGaps,
     upstreams: Upstreams,
     stats: CorrelateStats,
+    /// Finished lookups by verdict, indexed as [`Verdict::ALL`] (`stats()` names them).
+    verdicts: [u64; Verdict::ALL.len()],
     /// Where the last ingested event went.
     placed: Option<Placement>,
     /// Lookups evicted while ingesting the current event, to hand back with it.
@@ -480,6 +484,7 @@ impl Correlator {
             tc_wait: HashMap::default(),
             tcp_flows: HashMap::default(),
             ifaces: Interner::new("?"),
+            last_iface: 0,
             uplink: vec![false],
             iface_last: vec![0],
             reasons: Interner::new(""),
@@ -489,6 +494,7 @@ impl Correlator {
             iface_gaps: gaps::IfaceGaps::default(),
             upstreams,
             stats: CorrelateStats::default(),
+            verdicts: [0; Verdict::ALL.len()],
             placed: None,
             evicted: Vec::new(),
             task: None,
@@ -671,13 +677,24 @@ impl Correlator {
 
     pub fn stats(&self) -> CorrelateStats {
         let mut s = self.stats.clone();
+        s.by_verdict = Verdict::ALL
+            .iter()
+            .zip(self.verdicts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| (v.as_str(), n))
+            .collect();
         s.live_lookups = self.lookups.len();
         s.upstreams_untracked = self.upstreams.dropped;
         s
     }
 
     fn intern_iface(&mut self, name: &str) -> u16 {
+        // Events come in runs from one interface: try the last one's first.
+        if self.last_iface != 0 && !name.is_empty() && self.ifaces.get(self.last_iface) == name {
+            return self.last_iface;
+        }
         if let Some(id) = self.ifaces.find(name) {
+            self.last_iface = id;
             return id;
         }
         // New, or an id given back by an interface gone: its facts start afresh.
@@ -689,6 +706,7 @@ impl Correlator {
         }
         self.uplink[i] = self.cfg.uplinks.iter().any(|u| u == name);
         self.iface_last[i] = 0;
+        self.last_iface = id;
         id
     }
 
@@ -1220,11 +1238,7 @@ impl Correlator {
         let mut lookup = self.judge(lk, end, how);
         set_id(&mut lookup, lid);
         self.stats.finished += 1;
-        *self
-            .stats
-            .by_verdict
-            .entry(lookup.verdict.as_str())
-            .or_default() += 1;
+        self.verdicts[lookup.verdict as usize] += 1;
         Some(lookup)
     }
 

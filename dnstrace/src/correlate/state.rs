@@ -503,6 +503,14 @@ mod tests {
         assert_ne!(a, question_hash("www.example.test.", "A", "CH"));
     }
 
+    /// The correlator counts verdicts in an array indexed by `verdict as usize`.
+    #[test]
+    fn verdict_index_is_its_place_in_all() {
+        for (i, v) in crate::correlate::Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{v}");
+        }
+    }
+
     #[test]
     fn refs_insert_and_remove() {
         let mut m: HashMap<u64, Refs, Fx> = HashMap::default();

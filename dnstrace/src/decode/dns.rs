@@ -473,41 +473,22 @@ fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
 
 /// An uncompressed name at `at` made of letters, digits, `-` and `_`, as
 /// hickory's `to_ascii` writes it (trailing dot), and the offset after it.
-fn plain_name(bytes: &[u8], mut at: usize) -> Option<(String, usize)> {
-    let mut name = String::with_capacity(64);
-    loop {
-        let len = usize::from(*bytes.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        // Pointers and the reserved label types take the full parse.
-        if len > 63 {
-            return None;
-        }
-        let label = bytes.get(at..at + len)?;
-        // hickory escapes a leading `-` ("\-x."): take the full parse for those.
-        if label.first() == Some(&b'-') {
-            return None;
-        }
-        if !label
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        // Only ASCII was accepted just above.
-        name.push_str(std::str::from_utf8(label).ok()?);
-        name.push('.');
-        at += len;
-        if name.len() > 253 {
-            return None;
-        }
+fn plain_name(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+    // Checked first, so the name is copied label by label into a buffer of the right size
+    // and its bytes (all ASCII) are looked at once more only to make them a String.
+    let end = plain_name_end(bytes, start)?;
+    let mut name = Vec::with_capacity((end - start - 1).max(1));
+    let mut at = start;
+    while at + 1 < end {
+        let len = usize::from(bytes[at]);
+        name.extend_from_slice(&bytes[at + 1..at + 1 + len]);
+        name.push(b'.');
+        at += 1 + len;
     }
     if name.is_empty() {
-        name.push('.');
+        name.push(b'.');
     }
-    Some((name, at))
+    Some((String::from_utf8(name).ok()?, end))
 }
 
 /// Reads only the first question, for messages whose later sections are broken.

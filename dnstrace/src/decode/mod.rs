@@ -218,6 +218,11 @@ pub fn decode(meta: Meta, link: LinkType, bytes: &[u8]) -> Packet {
 
 /// [`decode`], keeping only as much of the DNS message as `detail` asks for.
 pub fn decode_with(meta: Meta, link: LinkType, bytes: &[u8], detail: Detail) -> Packet {
+    decode_inner(meta, link, bytes, detail, true)
+}
+
+/// `fast`: try [`udp4_fast`] first (tests turn it off to compare).
+fn decode_inner(meta: Meta, link: LinkType, bytes: &[u8], detail: Detail, fast: bool) -> Packet {
     let mut packet = Packet {
         proto: None,
         src: None,
@@ -229,10 +234,49 @@ pub fn decode_with(meta: Meta, link: LinkType, bytes: &[u8], detail: Detail) -> 
         meta,
     };
     let snapped = packet.meta.cap_len < packet.meta.wire_len;
+    if fast && !snapped && udp4_fast(&mut packet, link, bytes, detail) {
+        return packet;
+    }
     if let Err(issue) = decode_into(&mut packet, link, bytes, snapped, false, detail) {
         packet.issue = Some(issue);
     }
     packet
+}
+
+/// The most common frame, read without etherparse: Ethernet II (or raw IP) carrying IPv4
+/// without options, not a fragment, and UDP whose length is exactly the IP payload's, to
+/// a port that is not a tunnel's. Anything else returns false and takes the full slice,
+/// which gives the same [`Packet`] for these (a test compares the two on the corpus).
+fn udp4_fast(packet: &mut Packet, link: LinkType, bytes: &[u8], detail: Detail) -> bool {
+    let ip = match link {
+        LinkType::Ethernet if bytes.get(12..14) == Some(&[0x08, 0x00]) => &bytes[14..],
+        LinkType::RawIp => bytes,
+        _ => return false,
+    };
+    let Some(h) = ip.get(..20) else {
+        return false;
+    };
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    // Version 4 and 20 header bytes; no flag but DF, fragment offset 0; UDP.
+    if h[0] != 0x45 || h[6] & 0xbf != 0 || h[7] != 0 || h[9] != 17 {
+        return false;
+    }
+    let Some(udp) = ip.get(20..total).filter(|u| u.len() >= 8) else {
+        return false;
+    };
+    let be16 = |i: usize| u16::from_be_bytes([udp[i], udp[i + 1]]);
+    let (sport, dport) = (be16(0), be16(2));
+    if usize::from(be16(4)) != udp.len() || TunnelKind::of_port(dport).is_some() {
+        return false;
+    }
+    let addr = |at: usize| IpAddr::from([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    packet.proto = Some(Proto::Udp);
+    packet.src = Some(SocketAddr::new(addr(12), sport));
+    packet.dst = Some(SocketAddr::new(addr(16), dport));
+    if let Err(issue) = decode_message(packet, &udp[8..], None, detail) {
+        packet.issue = Some(issue);
+    }
+    true
 }
 
 /// `tunneled`: `bytes` is the frame inside a tunnel, whose own tunnels are left as UDP.
@@ -1614,6 +1658,42 @@ mod tests {
             }
             println!("{frames} frames, {answered} with answers");
             assert!(frames > 1_000 && answered > 100);
+        }
+
+        /// The hand-written IPv4/UDP path gives what etherparse's slicing gives, frame
+        /// for frame, in both details (the corpus has 3553 frames, 762 of them take it).
+        #[test]
+        fn udp4_fast_path_matches_the_full_slice() {
+            let Ok(entries) = std::fs::read_dir(DIR) else {
+                println!("skipped: {DIR} is absent");
+                return;
+            };
+            let (mut frames, mut fast) = (0, 0);
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name().into_string().unwrap_or_default();
+                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
+                    continue;
+                }
+                for f in read(&entry.path()) {
+                    let mut meta = meta(f.data.len());
+                    meta.wire_len = f.wire_len;
+                    for detail in [Detail::Full, Detail::Stitch] {
+                        let slow = decode_inner(meta.clone(), f.link, &f.data, detail, false);
+                        let quick = decode_inner(meta.clone(), f.link, &f.data, detail, true);
+                        assert_eq!(quick, slow, "{name}");
+                    }
+                    let mut probe =
+                        decode_inner(meta.clone(), f.link, &f.data, Detail::Full, false);
+                    if meta.cap_len >= meta.wire_len
+                        && udp4_fast(&mut probe, f.link, &f.data, Detail::Full)
+                    {
+                        fast += 1;
+                    }
+                    frames += 1;
+                }
+            }
+            println!("{frames} frames, {fast} on the fast path");
+            assert!(fast > 500, "{fast} of {frames} frames on the fast path");
         }
     }
 }

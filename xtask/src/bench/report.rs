@@ -238,7 +238,11 @@ const OPTIMISATIONS: &str = "
 ## Optimisations made for these targets (before → after)
 
 Measured with the same bench sections on this machine during development
-(2026-11-30), each pair back to back:
+(2026-11-30), each pair back to back. The issue 11 rows (2026-12-07) are the
+`collector_bench` example run over the bench's 510000-lookup capture (1014900
+events), the old and the new binary alternating, 5 runs each, min–max; the
+machine's 2 cores were shared with other builds (load average 4–5), so compare
+within a row, not across rows:
 
 | Change | Figure | Before | After |
 |---|---|---|---|
@@ -249,4 +253,7 @@ Measured with the same bench sections on this machine during development
 | Hand-written parse of the common DNS message shape (one plain question, A/AAAA answers, optional OPT without options), hickory for everything else; tests assert both give the same result | collector events per CPU-second | 0.65–0.67 M | 0.78–0.86 M |
 | Hand-written IPv4 address text for lookups and A answers | collector events per CPU-second | 0.78–0.86 M | 1.01–1.09 M |
 | (all of the above) | dnstrace's own CPU per 10k qps (dns section) | 8.8 % of a core | 5.2 % of a core |
+| Issue 11, 2026-12-07: decode for stitching only (header, question, OPT, addresses) unless packet lines are shown; answers are checked, not turned into text | collector events per CPU-second | 1.21–1.26 M | 1.26–1.29 M |
+| Issue 11: record type, class and opcode names from static tables (no String per message); the interface interner on the fast hasher; a healthy lookup's detail and last hop written without the formatter | collector events per CPU-second | 1.17–1.19 M | 1.41–1.46 M |
+| Issue 11: Ethernet/raw IPv4 + UDP frames read by hand, etherparse for everything else (a test asserts both give the same packet for every corpus frame); a question name copied whole rather than label by label; the last event's interface tried first; verdicts counted in an array | collector events per CPU-second | 1.46–1.60 M | 1.71–1.88 M |
 ";
