@@ -251,7 +251,7 @@ async fn run(
 
     let metrics = match cfg.metrics {
         Some(addr) => {
-            let m = Arc::new(crate::metrics::Metrics::new());
+            let m = Arc::new(crate::metrics::Metrics::new(cfg.metrics_pods));
             let (bound, task) = crate::metrics::serve(addr, m.clone()).await?;
             crate::say!("dnstrace: metrics on http://{bound}/metrics");
             Some((m, task))

@@ -356,6 +356,11 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR", env = "DNSTRACE_METRICS", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// With --metrics, also dnstrace_pod_lookups_total{namespace,pod,verdict}: one series per
+    /// pod and verdict (at most 1024 pods), off by default for the sake of cardinality.
+    #[arg(long, requires = "metrics", env = "DNSTRACE_METRICS_PODS")]
+    pub metrics_pods: bool,
+
     /// The container runtime's CRI socket, which names the pods [default: /run/containerd/containerd.sock, else /run/crio/crio.sock].
     #[arg(
         long,
@@ -618,6 +623,8 @@ pub struct WatchConfig {
     pub hops: Hops,
     /// `--metrics`: where to serve them.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--metrics-pods`.
+    pub metrics_pods: bool,
     /// `--cri-socket`, `--no-cri`.
     pub pods: crate::identity::PodSource,
 }
@@ -682,6 +689,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             node: a.node.unwrap_or_else(crate::sink::hostname),
             hops: a.filter.hops,
             metrics: a.metrics,
+            metrics_pods: a.metrics_pods,
             filter: a.filter.build(),
             pods: match (a.cri_socket, a.no_cri) {
                 (_, true) => crate::identity::PodSource::Cgroups,

@@ -32,6 +32,8 @@ use crate::{
 
 /// Distinct values kept per traffic-derived label.
 pub const MAX_VALUES: usize = 64;
+/// Distinct pods kept by `--metrics-pods` (a node runs at most a few hundred).
+pub const MAX_PODS: usize = 1024;
 /// The label value for everything past [`MAX_VALUES`].
 pub const OTHER: &str = "other";
 
@@ -82,6 +84,13 @@ struct UpstreamRcodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    namespace: String,
+    pod: String,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
 }
@@ -95,20 +104,32 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
-/// At most [`MAX_VALUES`] distinct values; the rest are [`OTHER`].
+/// At most [`MAX_VALUES`] (or `max`) distinct values; the rest are [`OTHER`].
 #[derive(Debug, Default)]
-struct Capped(Mutex<HashSet<String>>);
+struct Capped {
+    seen: Mutex<HashSet<String>>,
+    /// 0: [`MAX_VALUES`].
+    max: usize,
+}
 
 impl Capped {
+    fn with_max(max: usize) -> Self {
+        Capped {
+            seen: Mutex::default(),
+            max,
+        }
+    }
+
     fn get(&self, value: &str) -> String {
         let mut seen = self
-            .0
+            .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.contains(value) {
             return value.to_owned();
         }
-        if seen.len() >= MAX_VALUES {
+        let max = if self.max == 0 { MAX_VALUES } else { self.max };
+        if seen.len() >= max {
             return OTHER.to_owned();
         }
         seen.insert(value.to_owned());
@@ -141,6 +162,9 @@ pub struct Metrics {
     kernel_drops: Counter,
     attached: Family<HookLabels, Gauge>,
     live_lookups: Gauge,
+    /// `--metrics-pods`: lookups by the client's pod.
+    pod_lookups: Option<Family<PodLabels, Counter>>,
+    pods: Capped,
     servers: Capped,
     upstreams: Capped,
     last_hops: Capped,
@@ -162,12 +186,13 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(false)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `pods`: also count lookups by the client's pod (`--metrics-pods`).
+    pub fn new(pods: bool) -> Self {
         let mut m = Metrics {
             registry: Registry::with_prefix("dnstrace"),
             lookups: Family::default(),
@@ -183,6 +208,8 @@ impl Metrics {
             kernel_drops: Counter::default(),
             attached: Family::default(),
             live_lookups: Gauge::default(),
+            pod_lookups: pods.then(Family::default),
+            pods: Capped::with_max(MAX_PODS),
             servers: Capped::default(),
             upstreams: Capped::default(),
             last_hops: Capped::default(),
@@ -253,6 +280,13 @@ impl Metrics {
             m.attached.clone(),
         );
         r.register("live_lookups", "Lookups still open", m.live_lookups.clone());
+        if let Some(f) = &m.pod_lookups {
+            r.register(
+                "pod_lookups",
+                "Client lookups by the client's pod (namespace and name, from the container runtime) and verdict; pods past 1024 are counted as other",
+                f.clone(),
+            );
+        }
         m
     }
 
@@ -270,6 +304,13 @@ impl Metrics {
                 .map_or_else(|| "none".to_owned(), |r| r.name().into_owned()),
         };
         self.lookups.get_or_create(&labels).inc();
+        if let Some(pod) = l.origin.pod.as_deref() {
+            self.pod_lookup(
+                pod.namespace.as_deref(),
+                pod.name.as_deref(),
+                labels.verdict,
+            );
+        }
         if let (Some(ms), Some(_)) = (l.latency_ms, l.rcode) {
             let server = self.servers.get(&l.server);
             self.duration
@@ -283,6 +324,25 @@ impl Metrics {
                 .inc();
         }
         self.leg(l, 0);
+    }
+
+    /// One lookup of a pod, when `--metrics-pods` asked for them; a pod known only by
+    /// its UID (no CRI) is not counted here.
+    fn pod_lookup(&self, namespace: Option<&str>, name: Option<&str>, verdict: &'static str) {
+        let (Some(f), Some(namespace), Some(name)) = (&self.pod_lookups, namespace, name) else {
+            return;
+        };
+        let key = self.pods.get(&format!("{namespace}/{name}"));
+        let (namespace, pod) = match key.split_once('/') {
+            Some((ns, pod)) => (ns.to_owned(), pod.to_owned()),
+            None => (OTHER.to_owned(), OTHER.to_owned()),
+        };
+        f.get_or_create(&PodLabels {
+            namespace,
+            pod,
+            verdict,
+        })
+        .inc();
     }
 
     fn leg(&self, l: &Lookup, depth: usize) {
@@ -429,7 +489,7 @@ mod tests {
 
     #[test]
     fn labels_from_traffic_are_capped_and_counters_only_grow() {
-        let m = Metrics::new();
+        let m = Metrics::new(false);
         let c = Capped::default();
         let kept: Vec<String> = (0..MAX_VALUES + 5)
             .map(|i| c.get(&format!("10.0.0.{i}:53")))
@@ -451,6 +511,32 @@ mod tests {
         assert!(
             text.contains("dnstrace_events_lost_total{stage=\"kernel_ring\"} 3\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn pod_labels_only_when_asked_and_capped() {
+        let off = Metrics::new(false);
+        off.pod_lookup(Some("shop"), Some("web-1"), "ok");
+        assert!(!off.encode().contains("pod_lookups"));
+        let on = Metrics::new(true);
+        on.pod_lookup(Some("shop"), Some("web-1"), "ok");
+        on.pod_lookup(Some("shop"), Some("web-1"), "ok");
+        on.pod_lookup(None, Some("uid-only"), "ok");
+        for i in 0..MAX_PODS + 3 {
+            on.pod_lookup(Some("load"), Some(&format!("p{i}")), "unanswered");
+        }
+        let t = on.encode();
+        assert!(
+            t.contains(
+                "dnstrace_pod_lookups_total{namespace=\"shop\",pod=\"web-1\",verdict=\"ok\"} 2\n"
+            ),
+            "{t}"
+        );
+        // The shop pod took one of the places: 1023 load pods are named, 4 are other.
+        assert!(
+            t.contains("dnstrace_pod_lookups_total{namespace=\"other\",pod=\"other\",verdict=\"unanswered\"} 4\n"),
+            "{t}"
         );
     }
 }

@@ -31,6 +31,8 @@ use k8s_cri::v1::{
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// `--metrics` on the node netns's loopback.
+const METRICS: &str = "127.0.0.1:9968";
 const BUSYBOX: &str = "/bin/busybox";
 const CNI_BIN: &str = "/usr/lib/cni";
 const IMAGE: &str = "dt.invalid/busybox:1";
@@ -557,6 +559,9 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
             "all",
             "--cri-socket",
             &socket.display().to_string(),
+            "--metrics",
+            METRICS,
+            "--metrics-pods",
         ],
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
@@ -600,6 +605,30 @@ fn lookups_from_containerd_pods_carry_the_pods_names() {
     }
     let said = format!("pod names: from the CRI socket {}", socket.display());
     assert!(tracer.stderr().contains(&said), "{}", tracer.stderr());
+    // `--metrics-pods`: the pods' lookups by namespace and name (issue 12, part 1).
+    let scraped = lab
+        .exec(
+            &node,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                &format!("http://{METRICS}/metrics"),
+            ],
+        )
+        .expect("curl");
+    for pod in &pods {
+        let series = format!(
+            "dnstrace_pod_lookups_total{{namespace=\"{}\",pod=\"{}\",verdict=\"ok\"}} ",
+            pod.namespace, pod.name
+        );
+        assert!(
+            scraped.stdout.contains(&series),
+            "{series}: {}",
+            scraped.stdout
+        );
+    }
     let out = tracer.out.clone();
     tracer.stop(Signal::Int).unwrap_or_else(|e| panic!("{e:#}"));
     for pod in &pods {
