@@ -137,6 +137,14 @@ impl Capped {
     }
 }
 
+/// A last hop as a label: the place without the netns cookie that socket hops carry
+/// ("socket-out (netns 4026)" → "socket-out"), which would make one series per netns.
+fn place(last_hop: &str) -> &str {
+    last_hop
+        .split_once(" (netns ")
+        .map_or(last_hop, |(place, _)| place)
+}
+
 /// The tracer's own figures at one moment (cumulative since start).
 #[derive(Clone, Debug, Default)]
 pub struct Tracer {
@@ -318,7 +326,9 @@ impl Metrics {
                 .observe(ms / 1e3);
         }
         if l.verdict == Verdict::Unanswered {
-            let last_hop = self.last_hops.get(l.last_hop.as_deref().unwrap_or("none"));
+            let last_hop = self
+                .last_hops
+                .get(place(l.last_hop.as_deref().unwrap_or("none")));
             self.unanswered
                 .get_or_create(&LastHopLabels { last_hop })
                 .inc();
@@ -538,5 +548,11 @@ mod tests {
             t.contains("dnstrace_pod_lookups_total{namespace=\"other\",pod=\"other\",verdict=\"unanswered\"} 4\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_last_hop_label_names_the_place_without_a_cookie() {
+        assert_eq!(place("socket-out (netns 126373)"), "socket-out");
+        assert_eq!(place("eth0 egress"), "eth0 egress");
     }
 }

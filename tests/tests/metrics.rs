@@ -263,6 +263,8 @@ fn dropped_and_unanswered_in_promql() {
         loop {
             let un = prom.by("last_hop", "dnstrace_unanswered_total");
             if un.values().sum::<f64>() >= 1.0 {
+                // A place, not one series per netns.
+                assert!(un.keys().all(|k| !k.contains("netns")), "{un:?}");
                 eprintln!("unanswered by last hop: {un:?}");
                 break;
             }
