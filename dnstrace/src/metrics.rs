@@ -104,11 +104,10 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
-/// At most [`MAX_VALUES`] (or `max`) distinct values; the rest are [`OTHER`].
-#[derive(Debug, Default)]
+/// At most `max` distinct values; the rest are [`OTHER`].
+#[derive(Debug)]
 struct Capped {
     seen: Mutex<HashSet<String>>,
-    /// 0: [`MAX_VALUES`].
     max: usize,
 }
 
@@ -128,8 +127,7 @@ impl Capped {
         if seen.contains(value) {
             return value.to_owned();
         }
-        let max = if self.max == 0 { MAX_VALUES } else { self.max };
-        if seen.len() >= max {
+        if seen.len() >= self.max {
             return OTHER.to_owned();
         }
         seen.insert(value.to_owned());
@@ -218,9 +216,9 @@ impl Metrics {
             live_lookups: Gauge::default(),
             pod_lookups: pods.then(Family::default),
             pods: Capped::with_max(MAX_PODS),
-            servers: Capped::default(),
-            upstreams: Capped::default(),
-            last_hops: Capped::default(),
+            servers: Capped::with_max(MAX_VALUES),
+            upstreams: Capped::with_max(MAX_VALUES),
+            last_hops: Capped::with_max(MAX_VALUES),
             seen: Mutex::default(),
         };
         let r = &mut m.registry;
@@ -500,7 +498,7 @@ mod tests {
     #[test]
     fn labels_from_traffic_are_capped_and_counters_only_grow() {
         let m = Metrics::new(false);
-        let c = Capped::default();
+        let c = Capped::with_max(MAX_VALUES);
         let kept: Vec<String> = (0..MAX_VALUES + 5)
             .map(|i| c.get(&format!("10.0.0.{i}:53")))
             .collect();
