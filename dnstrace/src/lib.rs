@@ -12,6 +12,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod outfile;
+pub mod pipeline;
 pub mod replay;
 pub mod sink;
 pub mod tui;

@@ -2,7 +2,7 @@
 //! same pipeline as `watch` (decode → correlate → sinks), with the file's timestamps as the
 //! clock. Needs no privileges.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fs::File,
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -26,16 +26,16 @@ use pcap_file::{
 use tokio::sync::watch;
 
 use crate::{
-    app::{Consumer, Frame, start_tui, stdout_sink},
     cli::{Output, ReplayArgs},
     correlate::{self, Correlator, Coverage},
     decode::{
         self, IssueKind, LinkType, Meta, Packet, Point,
-        frag::{Defrag, FragStats, Outcome},
+        frag::{Defrag, Outcome},
         text::{printable, printable_string},
     },
+    pipeline::{Consumer, Frame, ReplayStats, Summary, start_tui, stdout_sink},
     sink::{
-        Names, Summary,
+        Names,
         pcap::{APPLICATION, Bounds, PacketNote, PcapSink, RunInfo},
     },
     tui,
@@ -93,37 +93,6 @@ impl From<ReplayArgs> for ReplayConfig {
             filter: a.filter.build(),
         }
     }
-}
-
-/// What replay read, in the summary.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReplayStats {
-    pub file: String,
-    /// "pcap" or "pcapng".
-    pub format: &'static str,
-    /// Written by `dnstrace watch --pcap`: capture points, netns and drop reasons came from it.
-    pub dnstrace_file: bool,
-    /// Interface names, in interface-block order (pcapng), or the link type (pcap).
-    pub interfaces: Vec<String>,
-    /// Packet records in the file.
-    pub frames: u64,
-    /// Frames handed to the decoder and correlator (UDP/TCP on a DNS port).
-    pub dns_frames: u64,
-    /// Frames of a link type dnstrace cannot parse, by link type.
-    pub skipped_link: BTreeMap<String, u64>,
-    /// Frames that are not UDP/TCP on a DNS port (ARP, ICMP, mDNS, LLMNR, other ports).
-    pub not_dns: u64,
-    /// IP fragments after the first that could not be reassembled (they carry no port).
-    pub later_fragments: u64,
-    /// IP fragment reassembly: fragment frames, datagrams rebuilt, sets never completed.
-    pub ip: FragStats,
-    /// Frames whose headers could not be parsed far enough to find ports, by problem kind.
-    pub unparsed: BTreeMap<&'static str, u64>,
-    /// False when the file is cut short or damaged: only its first `frames` packets were read.
-    pub complete: bool,
-    /// Why reading stopped early (a damaged or cut file).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// One interface of the file.
@@ -647,7 +616,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     {
         out_error = sink
             .upstreams(&summary.upstreams, &names, end_epoch_ns)
-            .and_then(|()| sink.summary(&summary, &names, end_epoch_ns))
+            .and_then(|()| sink.summary(&summary, summary.kernel.lost(), &names, end_epoch_ns))
             .and_then(|()| sink.flush())
             .err();
         summary.output_failed = out_error.is_some();

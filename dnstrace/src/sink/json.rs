@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::{Names, Stamp, Summary};
+use super::{Names, Stamp};
 use crate::decode::{Packet, dns};
 
 pub struct JsonSink<W: Write> {
@@ -63,12 +63,12 @@ struct CoverageRecord<'a> {
 }
 
 #[derive(Serialize)]
-struct SummaryRecord<'a> {
+struct SummaryRecord<'a, S> {
     r#type: &'static str,
     #[serde(flatten)]
     stamp: Stamp<'a>,
     #[serde(flatten)]
-    summary: &'a Summary,
+    summary: &'a S,
     lost: u64,
 }
 
@@ -139,12 +139,18 @@ impl<W: Write> JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    pub fn summary(&mut self, summary: &Summary, stamp: Stamp<'_>) -> std::io::Result<()> {
+    /// Writes the end-of-run record: the run's counters, and the events the kernel lost.
+    pub fn summary(
+        &mut self,
+        summary: &impl Serialize,
+        lost: u64,
+        stamp: Stamp<'_>,
+    ) -> std::io::Result<()> {
         let rec = SummaryRecord {
             r#type: "summary",
             stamp,
             summary,
-            lost: summary.kernel.lost(),
+            lost,
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")?;

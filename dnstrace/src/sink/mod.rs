@@ -14,9 +14,8 @@ pub use text::TextSink;
 pub(crate) use text::{clock, clock_ms};
 
 use crate::{
-    capture::{DrainStats, KernelCounters},
-    correlate::{CorrelateStats, Lookup, UpstreamStats},
-    decode::{IssueKind, Meta, Packet, Point, tcp::TcpStats, text::printable_string},
+    correlate::{Lookup, UpstreamStats},
+    decode::{Meta, Packet, Point, text::printable_string},
 };
 
 /// stdout's reader went away (EPIPE): the run ends quietly, like other Unix tools,
@@ -266,202 +265,6 @@ fn mono_to_epoch_ns() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-/// Counts of per-packet problems, by kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IssueCounts {
-    /// Packets whose DNS message or headers could not be parsed (junk, hostile, cut short).
-    pub malformed: u64,
-    /// Packets cut by the snaplen, TCP segments holding part of a message, and TCP
-    /// segments after bytes of their stream that were missed or skipped.
-    pub partial: u64,
-    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
-}
-
-impl IssueCounts {
-    pub fn add(&mut self, packet: &Packet) {
-        let Some(issue) = &packet.issue else { return };
-        match issue.kind {
-            IssueKind::Truncated | IssueKind::TcpPartial | IssueKind::TcpGap => self.partial += 1,
-            _ => self.malformed += 1,
-        }
-        *self.by_kind.entry(issue.kind.as_str()).or_default() += 1;
-    }
-}
-
-/// Everything counted in one run, printed at exit.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Summary {
-    /// Netns cookie of the namespace dnstrace ran in (its tc hooks' events carry it).
-    pub netns: u64,
-    pub kernel: KernelCounters,
-    pub userspace: DrainStats,
-    pub decoded: u64,
-    pub issues: IssueCounts,
-    /// DNS over TCP reassembly, with what its bounds gave up.
-    pub tcp: TcpStats,
-    /// Lookups stitched from the packets, and how they ended.
-    pub lookups: CorrelateStats,
-    pub upstreams: Vec<UpstreamStats>,
-    pub duration_ms: u64,
-    /// What `--pcap` wrote.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pcap: Option<pcap::PcapStats>,
-    /// What `dnstrace replay` read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replay: Option<crate::replay::ReplayStats>,
-    /// Writing to stdout failed: events dropped after that say nothing about the ring size.
-    #[serde(skip)]
-    pub output_failed: bool,
-}
-
-impl Summary {
-    /// The human-readable exit lines.
-    pub fn lines(&self) -> Vec<String> {
-        let k = &self.kernel;
-        let u = &self.userspace;
-        let mut v = match &self.replay {
-            Some(r) => vec![
-                format!(
-                    "dnstrace: replay of {} ({}{}): {} packets, {} DNS, {} not DNS, {} later IP fragments, {} of an unsupported link type, {} unparsed{}",
-                    r.file,
-                    r.format,
-                    if r.dnstrace_file {
-                        ", written by dnstrace"
-                    } else {
-                        ""
-                    },
-                    r.frames,
-                    r.dns_frames,
-                    r.not_dns,
-                    r.later_fragments,
-                    r.skipped_link.values().sum::<u64>(),
-                    r.unparsed.values().sum::<u64>(),
-                    r.error.as_ref().map_or(String::new(), |e| format!("; {e}"))
-                ),
-                format!(
-                    "dnstrace: IP fragments: {} in {} reassembled datagrams, {} in sets never completed, {} contradicting their set",
-                    r.ip.fragments_used,
-                    r.ip.reassembled,
-                    r.ip.fragments_incomplete,
-                    r.ip.fragments_bad
-                ),
-                format!(
-                    "dnstrace: decoded {}, {} malformed, {} partial",
-                    self.decoded, self.issues.malformed, self.issues.partial,
-                ),
-            ],
-            None => self.live_lines(),
-        };
-        if let Some(line) = self.tcp_line() {
-            v.push(line);
-        }
-        if let Some(p) = &self.pcap
-            && let Some(e) = &p.error
-        {
-            v.push(format!(
-                "dnstrace: pcapng {}: writing failed, the file is incomplete: {e}",
-                p.path
-            ));
-        } else if let Some(p) = &self.pcap {
-            v.push(format!(
-                "dnstrace: pcapng {}: {} packets on {} interfaces; {} with their lookup's verdict, {} written before it (buffer bound), {} in no lookup",
-                p.path, p.packets, p.interfaces, p.with_verdict, p.without_verdict, p.no_lookup
-            ));
-        }
-        let l = &self.lookups;
-        let verdicts: Vec<_> = l
-            .by_verdict
-            .iter()
-            .map(|(k, n)| format!("{k}={n}"))
-            .collect();
-        v.push(format!(
-            "dnstrace: lookups: {} finished ({}), {} evicted, {} affected by lost events",
-            l.finished,
-            if verdicts.is_empty() {
-                "none".to_owned()
-            } else {
-                verdicts.join(" ")
-            },
-            l.evicted,
-            l.lost_events
-        ));
-        if l.not_shown > 0 {
-            v.push(format!(
-                "dnstrace: {} of them not shown (--client, --qname, --verdict, --pod, --namespace)",
-                l.not_shown
-            ));
-        }
-        if l.packets_not_shown > 0 {
-            v.push(format!(
-                "dnstrace: {} packet lines not shown (their lookups were not, or they went into none)",
-                l.packets_not_shown
-            ));
-        }
-        if !self.issues.by_kind.is_empty() {
-            let kinds: Vec<_> = self
-                .issues
-                .by_kind
-                .iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            v.push(format!("dnstrace: problems by kind: {}", kinds.join(" ")));
-        }
-        if k.lost() > 0 || (u.dropped > 0 && !self.output_failed) {
-            v.push("dnstrace: events were lost; try a larger --ring-size, a faster output (json to a file), or fewer interfaces".into());
-        }
-        v
-    }
-
-    /// What DNS over TCP reassembly did and gave up, when there was any TCP.
-    fn tcp_line(&self) -> Option<String> {
-        let t = &self.tcp;
-        if t.peak_streams == 0 {
-            return None;
-        }
-        Some(format!(
-            "dnstrace: DNS over TCP: {} messages, {} segments with several, {} joined from several segments, {} gaps ({} bytes missed), {} streams picked up without their SYN, framing found again {} times ({} bytes skipped), {} zero-length; at most {} streams and {} KiB held; {} cut by a close, {} streams idle 30 s, {} over the stream cap, {} messages over the byte cap ({} bytes given up)",
-            t.messages,
-            t.multi_message_segments,
-            t.joined_messages,
-            t.gaps,
-            t.gap_bytes,
-            t.picked_up,
-            t.resyncs,
-            t.resync_dropped_bytes,
-            t.empty_messages,
-            t.peak_streams,
-            t.peak_bytes.div_ceil(1024),
-            t.incomplete_at_close,
-            t.evicted_idle,
-            t.evicted_streams,
-            t.evicted_messages,
-            t.dropped_bytes
-        ))
-    }
-
-    /// A live run's capture lines.
-    fn live_lines(&self) -> Vec<String> {
-        let k = &self.kernel;
-        let u = &self.userspace;
-        vec![
-            format!(
-                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}), {} cut at snaplen",
-                k.packets,
-                k.dns_seen,
-                k.emitted,
-                k.lost(),
-                k.ring_full,
-                k.copy_failed,
-                k.truncated
-            ),
-            format!(
-                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
-                u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
-            ),
-        ]
-    }
-}
-
 /// Where decoded packets go.
 pub enum Sink<W: Write> {
     Text(TextSink<W>),
@@ -560,17 +363,18 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    /// Writes the end-of-run record, the run having ended at `epoch_ns` (JSON only; text
-    /// prints it on stderr).
+    /// Writes the end-of-run record, the run having ended at `epoch_ns` and the kernel
+    /// having lost `lost` events (JSON only; text prints it on stderr).
     pub fn summary(
         &mut self,
-        summary: &Summary,
+        summary: &impl serde::Serialize,
+        lost: u64,
         names: &Names,
         epoch_ns: u64,
     ) -> std::io::Result<()> {
         match self {
             Self::Text(s) => s.flush(),
-            Self::Json(s) => s.summary(summary, names.stamp(epoch_ns)),
+            Self::Json(s) => s.summary(summary, lost, names.stamp(epoch_ns)),
             // Printed on stderr once the terminal is restored.
             Self::Tui(_) => Ok(()),
         }
@@ -939,7 +743,8 @@ mod tests {
             .with_node("n1".to_owned());
         let mut sink = Sink::Json(JsonSink::new(Vec::new()));
         sink.upstreams(&[], &names, T).unwrap();
-        sink.summary(&Summary::default(), &names, T + 1).unwrap();
+        sink.summary(&crate::pipeline::Summary::default(), 0, &names, T + 1)
+            .unwrap();
         let Sink::Json(json) = sink else {
             unreachable!()
         };
