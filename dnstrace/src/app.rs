@@ -355,7 +355,7 @@ async fn run(
         tcp,
         lookups,
         upstreams,
-        mut sink,
+        mut out,
         names,
         end_epoch_ns,
         error,
@@ -384,10 +384,10 @@ async fn run(
         output_failed: error.is_some(),
     };
     if error.is_none() {
-        error = sink
+        error = out
             .upstreams(&summary.upstreams, &names, end_epoch_ns)
-            .and_then(|()| sink.summary(&summary, summary.kernel.lost(), &names, end_epoch_ns))
-            .and_then(|()| sink.flush())
+            .and_then(|()| out.summary(&summary, &names, end_epoch_ns))
+            .and_then(|()| out.flush())
             .err();
         summary.output_failed = error.is_some();
     }

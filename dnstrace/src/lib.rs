@@ -1,6 +1,7 @@
 //! dnstrace: a packet-level DNS wire tracer for Kubernetes nodes.
 //!
-//! Data flows one way: kernel → ring buffer → [`capture`] → [`decode`] → [`sink`].
+//! Data flows one way: kernel → ring buffer → [`capture`] → [`pipeline`] ([`decode`] →
+//! [`correlate`]) → [`sink`] and [`tui`]; `watch` ([`app`]) and [`replay`] feed the pipeline.
 pub mod app;
 pub mod capture;
 pub mod cli;
@@ -9,6 +10,8 @@ pub mod decode;
 pub mod filter;
 pub mod hold;
 pub mod identity;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod outfile;

@@ -33,7 +33,7 @@ use crate::{
         frag::{Defrag, Outcome},
         text::{printable, printable_string},
     },
-    pipeline::{Consumer, Frame, ReplayStats, Summary, start_tui, stdout_sink},
+    pipeline::{Consumer, Frame, Outputs, ReplayStats, Summary, start_tui},
     sink::{
         Names,
         pcap::{APPLICATION, Bounds, PacketNote, PcapSink, RunInfo},
@@ -403,10 +403,10 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         }
         _ => None,
     };
-    let sink = stdout_sink(cfg.output, ui.as_ref().map(|(feed, _)| feed.clone()));
+    let out = Outputs::new(cfg.output, ui.as_ref().map(|(feed, _)| feed.clone()));
     let (_lost_tx, lost_rx) = watch::channel(0u64);
-    let mut consumer = Consumer::with_sink(
-        sink,
+    let mut consumer = Consumer::with_outputs(
+        out,
         names,
         correlator,
         cfg.packets,
@@ -573,7 +573,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         // The reader went away (`| head`): end quietly.
         return Err(crate::sink::stdout_error(e));
     }
-    let mut sink = Some(done.sink);
+    let mut out = Some(done.out);
     let names = done.names;
     let end_epoch_ns = done.end_epoch_ns;
     if let Some((mut feed, mut handle)) = ui.take() {
@@ -592,7 +592,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         );
         drop(feed);
         // Closing the last sender tells the screen the file has ended.
-        sink = None;
+        out = None;
         handle.ended().await;
         if let Err(e) = handle.finish().await {
             return Err(anyhow::Error::new(e).context("the TUI failed"));
@@ -612,12 +612,12 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         ..Summary::default()
     };
     if out_error.is_none()
-        && let Some(sink) = &mut sink
+        && let Some(out) = &mut out
     {
-        out_error = sink
+        out_error = out
             .upstreams(&summary.upstreams, &names, end_epoch_ns)
-            .and_then(|()| sink.summary(&summary, summary.kernel.lost(), &names, end_epoch_ns))
-            .and_then(|()| sink.flush())
+            .and_then(|()| out.summary(&summary, &names, end_epoch_ns))
+            .and_then(|()| out.flush())
             .err();
         summary.output_failed = out_error.is_some();
     }

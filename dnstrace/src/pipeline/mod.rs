@@ -2,10 +2,10 @@
 //! decoded, reassembled (DNS over TCP), correlated into lookups, and handed to the
 //! outputs (packet lines, finished lookups, the pcapng file, the metrics); at the end,
 //! what was counted becomes the run's [`Summary`].
+mod outputs;
 mod summary;
 
 use std::{
-    io::BufWriter,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,15 +13,16 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use outputs::Outputs;
 pub use summary::{IssueCounts, ReplayStats, Summary};
 
 use crate::{
     capture::{Batch, CoverageChange},
-    cli::{Output, WatchConfig},
+    cli::WatchConfig,
     correlate::{self, Correlator, Lookup, Placement},
     decode::{self, LinkType, Meta, Packet},
     sink::{
-        JsonSink, Names, Sink, TextSink,
+        Names,
         pcap::{PcapSink, PcapStats, Record},
     },
     tui,
@@ -46,7 +47,7 @@ pub(crate) struct Done {
     pub tcp: decode::tcp::TcpStats,
     pub lookups: correlate::CorrelateStats,
     pub upstreams: Vec<correlate::UpstreamStats>,
-    pub sink: Sink<BufWriter<std::io::Stdout>>,
+    pub out: Outputs,
     /// Names and clock of the records still to write (upstreams, summary).
     pub names: Names,
     pub pcap: Option<PcapSink>,
@@ -84,19 +85,6 @@ pub(crate) fn start_tui(
     Ok((feed, handle))
 }
 
-/// Where lookups go: the screen when it is up, else text or JSON lines on stdout.
-pub(crate) fn stdout_sink(
-    output: Output,
-    tui: Option<tui::FeedTx>,
-) -> Sink<BufWriter<std::io::Stdout>> {
-    let out = BufWriter::with_capacity(64 << 10, std::io::stdout());
-    match (output, tui) {
-        (_, Some(feed)) => Sink::Tui(feed),
-        (Output::Json, None) => Sink::Json(JsonSink::new(out)),
-        _ => Sink::Text(TextSink::new(out)),
-    }
-}
-
 /// One captured packet as the pipeline takes it: from the ring buffer, or from a file.
 pub(crate) struct Frame<'a> {
     pub link: LinkType,
@@ -111,7 +99,8 @@ pub(crate) struct Frame<'a> {
 /// Decodes, correlates and writes; owns all per-packet and per-lookup state. Fed by the
 /// live capture ([`Consumer::run`]) or by a file (`crate::replay`).
 pub(crate) struct Consumer {
-    pub sink: Sink<BufWriter<std::io::Stdout>>,
+    /// Finished lookups and packet lines go to the stream on stdout or the screen.
+    out: Outputs,
     pub names: Names,
     pub correlator: Correlator,
     packets: bool,
@@ -154,9 +143,8 @@ impl Consumer {
         lost_rx: watch::Receiver<u64>,
         tui: Option<tui::FeedTx>,
     ) -> Self {
-        let sink = stdout_sink(cfg.output, tui);
-        Self::with_sink(
-            sink,
+        Self::with_outputs(
+            Outputs::new(cfg.output, tui),
             names,
             correlator,
             cfg.packets,
@@ -166,8 +154,8 @@ impl Consumer {
         )
     }
 
-    pub(crate) fn with_sink(
-        sink: Sink<BufWriter<std::io::Stdout>>,
+    pub(crate) fn with_outputs(
+        out: Outputs,
         names: Names,
         correlator: Correlator,
         packets: bool,
@@ -177,7 +165,7 @@ impl Consumer {
     ) -> Self {
         let held = (packets && !filter.is_empty()).then(crate::hold::HoldPackets::default);
         Self {
-            sink,
+            out,
             names,
             correlator,
             packets,
@@ -225,10 +213,10 @@ impl Consumer {
                         next_table = self.upstream_every.map(|d| at + d);
                         let at = self.names.epoch_ns(now);
                         r = r.and_then(|()| {
-                            self.sink.upstreams(&self.correlator.upstreams(), &self.names, at)
+                            self.out.upstreams(&self.correlator.upstreams(), &self.names, at)
                         });
                     }
-                    r.and_then(|()| self.sink.flush())
+                    r.and_then(|()| self.out.flush())
                 }
             };
             if let Err(e) = result {
@@ -258,7 +246,7 @@ impl Consumer {
                 },
             )?;
         }
-        self.sink.flush()
+        self.out.flush()
     }
 
     /// A message from the main task: an interface's name, or a change of coverage, which
@@ -285,7 +273,7 @@ impl Consumer {
                     }
                 }
                 let watched = &self.correlator.config().watched;
-                self.sink
+                self.out
                     .coverage(&change, &self.names, self.names.epoch_ns(at), watched)
             }
         }
@@ -352,14 +340,12 @@ impl Consumer {
     fn ingest(&mut self, p: Packet, iface: String, f: &Frame<'_>) -> std::io::Result<()> {
         self.issues.add(&p);
         let held_line = match (&self.held, self.packets) {
-            (Some(_), _) => Some(self.sink.render_packet(
-                &p,
-                f.drop_reason.as_deref(),
-                &self.names,
-            )),
+            (Some(_), _) => Some(
+                self.out
+                    .render_packet(&p, f.drop_reason.as_deref(), &self.names),
+            ),
             (None, true) => {
-                self.sink
-                    .packet(&p, f.drop_reason.as_deref(), &self.names)?;
+                self.out.packet(&p, f.drop_reason.as_deref(), &self.names)?;
                 None
             }
             (None, false) => None,
@@ -420,7 +406,7 @@ impl Consumer {
                 if l.verdict != correlate::Verdict::Ok {
                     self.problems_shown += 1;
                 }
-                self.sink.lookup(l, &self.names)?;
+                self.out.lookup(l, &self.names)?;
             } else {
                 self.not_shown += 1;
             }
@@ -433,10 +419,10 @@ impl Consumer {
 
     /// Writes the held packet lines whose lookups have ended (`all`: every one).
     fn drain_held(&mut self, all: bool) -> std::io::Result<()> {
-        let (Some(held), sink) = (&mut self.held, &mut self.sink) else {
+        let (Some(held), out) = (&mut self.held, &mut self.out) else {
             return Ok(());
         };
-        held.drain(all, |line| sink.held_packet(line))
+        held.drain(all, |line| out.held_packet(line))
     }
 
     /// Writes the pcapng packets whose lookups have ended or whose bound has passed.
@@ -471,7 +457,7 @@ impl Consumer {
 
     /// Live counters for the TUI.
     fn live(&mut self, now: u64) {
-        if !self.sink.is_live() {
+        if !self.out.is_live() {
             return;
         }
         let c = self.correlator.stats();
@@ -486,7 +472,7 @@ impl Consumer {
             evicted: c.evicted,
         };
         let correlator = &self.correlator;
-        self.sink.live(stats, || correlator.upstreams());
+        self.out.live(stats, || correlator.upstreams());
     }
 
     /// End of input: finishes every open lookup.
@@ -495,7 +481,7 @@ impl Consumer {
         let rest = self.correlator.finish(now);
         self.finished.extend(rest);
         let r = self.emit_finished(now).and_then(|()| self.drain_held(true));
-        let _ = self.sink.flush();
+        let _ = self.out.flush();
         r
     }
 
@@ -512,7 +498,7 @@ impl Consumer {
                 ..self.correlator.stats()
             },
             upstreams: self.correlator.upstreams(),
-            sink: self.sink,
+            out: self.out,
             names: self.names,
             pcap: self.pcap,
             pcap_failed: self.pcap_failed,

@@ -265,12 +265,10 @@ fn mono_to_epoch_ns() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-/// Where decoded packets go.
+/// Where decoded packets and finished lookups are written: text or JSON lines.
 pub enum Sink<W: Write> {
     Text(TextSink<W>),
     Json(JsonSink<W>),
-    /// The full-screen view: lookups, upstreams and live counters go to its queue.
-    Tui(crate::tui::FeedTx),
 }
 
 impl<W: Write> Sink<W> {
@@ -279,7 +277,6 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.packet(p, drop, names),
             Self::Json(s) => s.packet(p, drop, names),
-            Self::Tui(_) => Ok(()),
         }
     }
 
@@ -294,7 +291,6 @@ impl<W: Write> Sink<W> {
                 let _ = j.packet(p, drop, names);
                 j.into_inner()
             }
-            Self::Tui(_) => Vec::new(),
         }
     }
 
@@ -303,7 +299,6 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.packet_line(line),
             Self::Json(s) => s.raw(line),
-            Self::Tui(_) => Ok(()),
         }
     }
 
@@ -311,19 +306,14 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.flush(),
             Self::Json(s) => s.flush(),
-            Self::Tui(_) => Ok(()),
         }
     }
 
-    /// Writes one finished lookup (the TUI keeps it: hence by value).
-    pub fn lookup(&mut self, l: Lookup, names: &Names) -> std::io::Result<()> {
+    /// Writes one finished lookup.
+    pub fn lookup(&mut self, l: &Lookup, names: &Names) -> std::io::Result<()> {
         match self {
-            Self::Text(s) => s.raw(&lookup_text(&l, names)),
-            Self::Json(s) => s.line(&lookup_json(&l, names)),
-            Self::Tui(t) => {
-                t.lookup(l);
-                Ok(())
-            }
+            Self::Text(s) => s.raw(&lookup_text(l, names)),
+            Self::Json(s) => s.line(&lookup_json(l, names)),
         }
     }
 
@@ -337,29 +327,19 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.raw(&upstreams_text(u)),
             Self::Json(s) => s.line(&upstreams_json(u, names.stamp(epoch_ns))),
-            Self::Tui(t) => {
-                t.upstreams(u.to_vec());
-                Ok(())
-            }
         }
     }
 
-    /// Writes a change of the interfaces watched, made at `epoch_ns`; the TUI gets what
-    /// is watched now.
+    /// Writes a change of the interfaces watched, made at `epoch_ns`.
     pub fn coverage(
         &mut self,
         c: &crate::capture::CoverageChange,
         names: &Names,
         epoch_ns: u64,
-        watched: &crate::correlate::Coverage,
     ) -> std::io::Result<()> {
         match self {
             Self::Text(s) => s.raw(&coverage_text(c, epoch_ns)),
             Self::Json(s) => s.coverage(c, names.stamp(epoch_ns)),
-            Self::Tui(t) => {
-                t.coverage(watched.clone());
-                Ok(())
-            }
         }
     }
 
@@ -375,25 +355,6 @@ impl<W: Write> Sink<W> {
         match self {
             Self::Text(s) => s.flush(),
             Self::Json(s) => s.summary(summary, lost, names.stamp(epoch_ns)),
-            // Printed on stderr once the terminal is restored.
-            Self::Tui(_) => Ok(()),
-        }
-    }
-
-    /// True for the live view, which wants [`Sink::live`] counters.
-    pub fn is_live(&self) -> bool {
-        matches!(self, Self::Tui(_))
-    }
-
-    /// Live counters for the TUI (and, once a second, the upstream table that
-    /// `upstreams` computes); the stream outputs ignore them.
-    pub fn live(
-        &mut self,
-        stats: crate::tui::LiveStats,
-        upstreams: impl FnOnce() -> Vec<UpstreamStats>,
-    ) {
-        if let Self::Tui(t) = self {
-            t.live(stats, upstreams);
         }
     }
 }
@@ -785,9 +746,8 @@ mod tests {
                 attach_failed: 0,
             },
         };
-        let watched = crate::correlate::Coverage::default();
         let mut sink = Sink::Json(JsonSink::new(Vec::new()));
-        sink.coverage(&change, &names, T, &watched).unwrap();
+        sink.coverage(&change, &names, T).unwrap();
         let Sink::Json(json) = sink else {
             unreachable!()
         };
