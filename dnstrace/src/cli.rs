@@ -686,7 +686,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             tc_mode: a.tc_mode,
             tc_priority: a.tc_priority,
             pcap: a.pcap,
-            node: a.node.unwrap_or_else(crate::sink::hostname),
+            node: a.node.unwrap_or_else(crate::identity::hostname),
             hops: a.filter.hops,
             metrics: a.metrics,
             metrics_pods: a.metrics_pods,

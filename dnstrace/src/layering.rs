@@ -10,6 +10,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("tui", &["app", "replay", "pipeline"]),
     ("metrics", &["app", "replay", "pipeline", "tui"]),
     ("hold", &["app", "replay", "pipeline", "tui"]),
+    // The command line is validated into settings; it knows none of the stages it sets.
+    ("cli", &["app", "replay", "pipeline", "sink", "tui"]),
     // Both commands feed the pipeline; it knows neither.
     ("pipeline", &["app", "replay"]),
 ];

@@ -88,7 +88,7 @@ impl From<ReplayArgs> for ReplayConfig {
             pcap: a.pcap,
             log_file: crate::cli::log_file_for(a.output, a.log_file),
             strict: a.strict,
-            node: a.node.unwrap_or_else(crate::sink::hostname),
+            node: a.node.unwrap_or_else(crate::identity::hostname),
             hops: a.filter.hops,
             filter: a.filter.build(),
         }

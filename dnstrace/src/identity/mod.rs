@@ -31,6 +31,19 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// Processes whose cgroup is remembered.
 const TASK_CACHE: usize = 4096;
 
+/// This machine's host name, the `node` the records name unless `--node` says otherwise.
+pub fn hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "localhost".to_owned()
+    } else {
+        name
+    }
+}
+
 /// Where pod names come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum PodSource {

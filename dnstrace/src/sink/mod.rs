@@ -66,19 +66,6 @@ pub struct Stamp<'a> {
     pub schema: &'static str,
 }
 
-/// This machine's host name, the default `node` of the records.
-pub fn hostname() -> String {
-    let name = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    if name.is_empty() {
-        "localhost".to_owned()
-    } else {
-        name
-    }
-}
-
 /// Turns capture metadata into names a human reads.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
@@ -104,7 +91,7 @@ const RETIRE_AFTER_NS: u64 = 5_000_000_000;
 impl Names {
     pub fn new(own_netns: u64, ifaces: impl IntoIterator<Item = (u32, String)>) -> Self {
         Self {
-            node: hostname(),
+            node: crate::identity::hostname(),
             own_netns,
             by_index: ifaces
                 .into_iter()
