@@ -8,15 +8,17 @@
 //! `collector_bench gen-flood FILE QUERIES` writes QUERIES distinct queries
 //! that nobody answers (the correlator's memory bound).
 //!
-//! `collector_bench run FILE` reads it back through dnstrace's own decode and
+//! `collector_bench run FILE [MAX_LOOKUPS]` reads it back through dnstrace's own decode and
 //! correlate stages, the way `dnstrace watch` feeds them (expiring open
 //! lookups every 100 ms of capture time), and prints one JSON line: events,
 //! lookups by verdict, wall and CPU seconds, and events per CPU second.
 use std::{
+    alloc::{GlobalAlloc, Layout, System},
     collections::BTreeMap,
     fs::File,
     io::{BufReader, BufWriter},
     net::Ipv4Addr,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -26,6 +28,41 @@ use dnstrace::{
     decode::{self, Detail, LinkType, Meta, Point},
 };
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+
+/// Counts the heap bytes held, to tell the correlator's own state from RSS.
+struct Counting;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+static HELD_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn held(delta: isize) {
+    let now = HELD
+        .fetch_add(delta as usize, Ordering::Relaxed)
+        .wrapping_add(delta as usize);
+    HELD_PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        held(l.size() as isize);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        held(-(l.size() as isize));
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        held(new as isize - l.size() as isize);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 /// Every this many lookups, one gets no answer.
 const UNANSWERED_EVERY: u64 = 100;
@@ -41,8 +78,11 @@ fn main() -> Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["gen", file, lookups] => generate(file, lookups.parse().context("LOOKUPS")?),
         ["gen-flood", file, queries] => generate_flood(file, queries.parse().context("QUERIES")?),
-        ["run", file] => run(file),
-        _ => bail!("usage: collector_bench gen FILE LOOKUPS | gen-flood FILE QUERIES | run FILE"),
+        ["run", file] => run(file, correlate::Config::default().max_lookups),
+        ["run", file, cap] => run(file, cap.parse().context("MAX_LOOKUPS")?),
+        _ => bail!(
+            "usage: collector_bench gen FILE LOOKUPS | gen-flood FILE QUERIES | run FILE [MAX_LOOKUPS]"
+        ),
     }
 }
 
@@ -151,13 +191,14 @@ fn generate_flood(path: &str, queries: u64) -> Result<()> {
     Ok(())
 }
 
-fn run(path: &str) -> Result<()> {
+fn run(path: &str, max_lookups: usize) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     let mut reader = PcapReader::new(BufReader::with_capacity(1 << 20, file))?;
     let mut correlator = Correlator::new(correlate::Config {
         host_netns: 1,
         // As `dnstrace watch --auto` on the node: nothing leaves unseen.
         watched: Coverage::full(),
+        max_lookups,
         ..correlate::Config::default()
     });
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
@@ -200,6 +241,11 @@ fn run(path: &str) -> Result<()> {
         }
         last_ts = ts_ns;
     }
+    let (heap_end, heap_peak) = (
+        HELD.load(Ordering::Relaxed),
+        HELD_PEAK.load(Ordering::Relaxed),
+    );
+    let (live, rss_open) = (correlator.stats().live_lookups, peak_rss_kib());
     // The capture ends; unanswered lookups end at their deadline.
     finished += correlator.expire(last_ts + 60_000_000_000).len() as u64;
     finished += correlator.finish(last_ts + 60_000_000_000).len() as u64;
@@ -207,7 +253,7 @@ fn run(path: &str) -> Result<()> {
     let stats = correlator.stats();
     let verdicts: BTreeMap<&str, u64> = stats.by_verdict.clone().into_iter().collect();
     println!(
-        "{{\"events\":{events},\"lookups\":{finished},\"verdicts\":{},\"ignored\":{},\"evicted\":{},\"wall_s\":{wall:.4},\"cpu_s\":{cpu:.4},\"events_per_cpu_s\":{:.0},\"peak_rss_kib\":{}}}",
+        "{{\"events\":{events},\"lookups\":{finished},\"verdicts\":{},\"ignored\":{},\"evicted\":{},\"wall_s\":{wall:.4},\"cpu_s\":{cpu:.4},\"events_per_cpu_s\":{:.0},\"peak_rss_kib\":{},\"live_at_end\":{live},\"peak_rss_kib_open\":{rss_open},\"heap_at_end\":{heap_end},\"heap_peak\":{heap_peak}}}",
         serde_json::to_string(&verdicts)?,
         stats.ignored,
         stats.evicted,

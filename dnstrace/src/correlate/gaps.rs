@@ -158,7 +158,7 @@ impl Correlator {
             lk.legs
                 .iter()
                 .flat_map(|l| l.hops.iter())
-                .chain(lk.tcp_hops.iter())
+                .chain(lk.rare().tcp_hops.iter())
                 .any(|h| h.iface == iface && matches!(h.point, Point::TcIngress | Point::TcEgress))
         };
         self.iface_gaps.within(crossed, lk.start, end)

@@ -366,7 +366,7 @@ impl Correlator {
         let root = &lk.legs[0];
         let mut hops: Vec<Hop> = client_legs()
             .flat_map(|l| l.hops.iter())
-            .chain(lk.tcp_hops.iter())
+            .chain(lk.rare().tcp_hops.iter())
             .map(|h| self.hop_out(h))
             .collect();
         hops.sort_by_key(|h| h.ts_ns);
@@ -396,13 +396,13 @@ impl Correlator {
             start_ts_ns: lk.start,
             netns: (root.first.point == Point::SocketOut).then_some(root.first.netns),
             hops_omitted: client_legs().map(|l| l.hops_omitted).sum(),
-            children_omitted: lk.legs_omitted,
+            children_omitted: lk.rare().legs_omitted,
             origin: lk.task.map_or_else(Origin::default, |(pid, comm)| Origin {
                 pid: Some(pid),
                 comm: (!comm.is_empty()).then_some(comm),
                 ..Origin::default()
             }),
-            qname: lk.qname,
+            qname: lk.qname.into_string(),
             qtype: lk.qtype.into_string(),
         }
     }
@@ -513,7 +513,7 @@ fn cut_short(f: &Facts) -> Option<Finding> {
         .legs
         .iter()
         .flat_map(|l| l.hops.iter())
-        .chain(lk.tcp_hops.iter())
+        .chain(lk.rare().tcp_hops.iter())
         .max_by_key(|h| h.ts)
         .unwrap_or(&f.root().hops[0]);
     let cap = f.c.cfg.max_lookups;
@@ -691,8 +691,8 @@ fn forwarding_loop(f: &Facts) -> Option<Finding> {
             format!("between {from} and {again}{netns}"),
         )
     };
-    let not_kept = if lk.legs_omitted > 0 {
-        format!(" (+{} not kept)", lk.legs_omitted)
+    let not_kept = if lk.rare().legs_omitted > 0 {
+        format!(" (+{} not kept)", lk.rare().legs_omitted)
     } else {
         String::new()
     };
@@ -794,7 +794,7 @@ fn reply_from_unexpected_source(f: &Facts) -> Option<Finding> {
 /// truncated answer.
 fn truncated_no_tcp(f: &Facts) -> Option<Finding> {
     let lk = f.lk;
-    if lk.await_tcp.is_none() || f.answered {
+    if lk.rare().await_tcp.is_none() || f.answered {
         return None;
     }
     let root = f.root();
@@ -803,7 +803,7 @@ fn truncated_no_tcp(f: &Facts) -> Option<Finding> {
         .iter()
         .filter(|l| l.kind == LegKind::Tcp)
         .flat_map(|l| l.hops.iter())
-        .chain(lk.tcp_hops.iter())
+        .chain(lk.rare().tcp_hops.iter())
         .max_by_key(|h| h.ts);
     let tc_reply = f.reply.copied().unwrap_or(root.hops[0]);
     let says = format!("the answer from {} was truncated (TC=1)", root.server);
@@ -1067,7 +1067,7 @@ impl Correlator {
             id: 0,
             client: socket_addr_string(&leg.client),
             server: socket_addr_string(&leg.server),
-            qname: lk.qname.clone(),
+            qname: lk.qname.to_string(),
             qtype: String::from(&*lk.qtype),
             rcode: resp.map(|h| h.rcode),
             verdict,

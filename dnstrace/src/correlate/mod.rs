@@ -47,6 +47,11 @@ pub struct Event {
     pub drop_reason: Option<String>,
 }
 
+/// Heap bytes one live lookup's state may take under a flood of one-sighting lookups: the
+/// lookup, its leg and hop, its index entries, and its share of the tables at their
+/// largest (asserted by a test with a counting allocator).
+pub const LOOKUP_STATE_BYTES: usize = 700;
+
 /// Which capture points are watched: a verdict that rests on *not* seeing something is
 /// only given when the place it would have been seen is watched.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -430,11 +435,13 @@ pub struct Correlator {
     next_id: u64,
     /// No live lookup has an id below this.
     oldest: u64,
-    lookups: HashMap<u64, LookupState, Fx>,
+    /// Boxed: the table stays small (it grows past its load under churn, see
+    /// [`LOOKUP_STATE_BYTES`]) and moving a lookup in or out is a pointer.
+    lookups: HashMap<u64, Box<LookupState>, Fx>,
     /// (DNS id, question hash) → legs.
     by_msg: HashMap<(u16, u64), Refs, Fx>,
     /// Question hash → open lookups, oldest first.
-    by_q: HashMap<u64, VecDeque<u64>, Fx>,
+    by_q: HashMap<u64, state::Ids, Fx>,
     deadlines: BTreeSet<(u64, u64)>,
     /// Client IP → lookups whose client got TC=1 and may now open TCP.
     tc_wait: HashMap<IpAddr, Vec<u64>, Fx>,
@@ -845,8 +852,9 @@ impl Correlator {
         };
         // The client's TCP retry after a TC=1 answer: same client IP and question.
         if hop.proto() == Proto::Tcp
-            && let Some((lid, _)) = open()
-                .find(|(_, lk)| lk.await_tcp.is_some() && lk.legs[0].client.ip() == hop.src.ip())
+            && let Some((lid, _)) = open().find(|(_, lk)| {
+                lk.rare().await_tcp.is_some() && lk.legs[0].client.ip() == hop.src.ip()
+            })
         {
             return Place::Tcp(lid);
         }
@@ -907,7 +915,7 @@ impl Correlator {
                 .map(|l| l.last_query_ts.max(l.last_child_ts))
                 .max()
                 .unwrap_or(0)
-                .max(lk.omitted_ts);
+                .max(lk.rare().omitted_ts);
             if lk.legs.len() >= state::MAX_LEGS && hop.ts <= busy + self.cfg.forward_window_ns {
                 return Place::Child(lid, 0);
             }
@@ -934,7 +942,7 @@ impl Correlator {
             return false;
         };
         if let Some(lk) = self.lookups.get_mut(&lid) {
-            lk.omitted_ts = lk.omitted_ts.max(hop.ts);
+            lk.rare_mut().omitted_ts = lk.rare().omitted_ts.max(hop.ts);
         }
         self.stats.hops_omitted += 1;
         self.place_at(lid, None);
@@ -947,11 +955,13 @@ impl Correlator {
             return;
         };
         if lk.legs.len() >= state::MAX_LEGS {
-            lk.legs_omitted += 1;
+            lk.rare_mut().legs_omitted += 1;
             self.stats.legs_omitted += 1;
-            lk.omitted_ts = lk.omitted_ts.max(hop.ts);
-            if lk.omitted_ids.len() < state::MAX_OMITTED_IDS && !lk.omitted_ids.contains(&hop.id) {
-                lk.omitted_ids.push(hop.id);
+            lk.rare_mut().omitted_ts = lk.rare().omitted_ts.max(hop.ts);
+            if lk.rare().omitted_ids.len() < state::MAX_OMITTED_IDS
+                && !lk.rare().omitted_ids.contains(&hop.id)
+            {
+                lk.rare_mut().omitted_ids.push(hop.id);
                 let r = LegRef {
                     lookup: lid,
                     leg: state::OMITTED,
@@ -1007,23 +1017,18 @@ impl Correlator {
         let leg = Leg::new(hop, LegKind::Client, None, 0, self.is_uplink(hop.iface));
         self.lookups.insert(
             lid,
-            LookupState {
+            Box::new(LookupState {
                 qhash,
-                qname: q.name,
+                qname: q.name.into_boxed_str(),
                 qtype: q.qtype,
                 legs: vec![leg],
-                tcp_hops: Vec::new(),
-                tcp_flows: Vec::new(),
                 retries: 0,
-                legs_omitted: 0,
-                omitted_ids: Vec::new(),
-                omitted_ts: 0,
                 start: hop.ts,
                 last_client_ts: hop.ts,
                 deadline,
-                await_tcp: None,
+                rare: None,
                 task: self.task.take(),
-            },
+            }),
         );
         self.deadlines.insert((deadline, lid));
         state::refs_insert(
@@ -1034,7 +1039,12 @@ impl Correlator {
                 leg: 0,
             },
         );
-        self.by_q.entry(qhash).or_default().push_back(lid);
+        match self.by_q.entry(qhash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(state::Ids::One(lid));
+            }
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(lid),
+        }
         self.stats.started += 1;
     }
 
@@ -1115,9 +1125,9 @@ impl Correlator {
         }
         if hop.has(B_TC) && leg.proto == Proto::Udp {
             // Truncated: the client should now retry over TCP, within the forward window.
-            if lk.await_tcp.is_none() {
-                lk.await_tcp = Some(hop.ts);
-                let ip = leg.client.ip();
+            let ip = leg.client.ip();
+            if lk.rare().await_tcp.is_none() {
+                lk.rare_mut().await_tcp = Some(hop.ts);
                 self.tc_wait.entry(ip).or_default().push(r.lookup);
                 let deadline = hop.ts + self.cfg.forward_window_ns;
                 set_deadline(&mut self.deadlines, lk, r.lookup, deadline);
@@ -1149,7 +1159,7 @@ impl Correlator {
                 };
                 self.tcp_flows.insert(hop.src, lid);
                 if let Some(lk) = self.lookups.get_mut(&lid) {
-                    lk.tcp_flows.push(hop.src);
+                    lk.rare_mut().tcp_flows.push(hop.src);
                 }
                 lid
             }
@@ -1162,20 +1172,20 @@ impl Correlator {
         let Some(lk) = self.lookups.get_mut(&lid) else {
             return;
         };
-        if lk.tcp_hops.is_empty() {
+        if lk.rare().tcp_hops.is_empty() {
             // The TCP attempt gets the full timeout.
             let deadline = hop.ts + self.ttl_ns;
             set_deadline(&mut self.deadlines, lk, lid, deadline);
         }
-        if lk.tcp_hops.len() < state::MAX_TCP_HOPS {
-            lk.tcp_hops.push(hop);
+        if lk.rare().tcp_hops.len() < state::MAX_TCP_HOPS {
+            lk.rare_mut().tcp_hops.push(hop);
         } else {
             self.stats.hops_omitted += 1;
         }
     }
 
     /// Removes a lookup and every index entry that points at it.
-    fn remove(&mut self, lid: u64) -> Option<LookupState> {
+    fn remove(&mut self, lid: u64) -> Option<Box<LookupState>> {
         let lk = self.lookups.remove(&lid)?;
         for (i, leg) in lk.legs.iter().enumerate() {
             let r = LegRef {
@@ -1184,24 +1194,20 @@ impl Correlator {
             };
             state::refs_remove(&mut self.by_msg, (leg.id, lk.qhash), r);
         }
-        for id in &lk.omitted_ids {
+        for id in &lk.rare().omitted_ids {
             let r = LegRef {
                 lookup: lid,
                 leg: state::OMITTED,
             };
             state::refs_remove(&mut self.by_msg, (*id, lk.qhash), r);
         }
-        if let Some(q) = self.by_q.get_mut(&lk.qhash) {
-            // Lookups mostly finish in start order, so the search from the front is short.
-            if let Some(pos) = q.iter().position(|&x| x == lid) {
-                q.remove(pos);
-            }
-            if q.is_empty() {
-                self.by_q.remove(&lk.qhash);
-            }
+        if let Some(q) = self.by_q.get_mut(&lk.qhash)
+            && q.remove(lid)
+        {
+            self.by_q.remove(&lk.qhash);
         }
         self.deadlines.remove(&(lk.deadline, lid));
-        if lk.await_tcp.is_some() {
+        if lk.rare().await_tcp.is_some() {
             let ip = lk.legs[0].client.ip();
             if let Some(v) = self.tc_wait.get_mut(&ip) {
                 v.retain(|&x| x != lid);
@@ -1210,7 +1216,7 @@ impl Correlator {
                 }
             }
         }
-        for a in &lk.tcp_flows {
+        for a in &lk.rare().tcp_flows {
             self.tcp_flows.remove(a);
         }
         Some(lk)
@@ -1235,7 +1241,7 @@ impl Correlator {
         if how != End::Evicted {
             self.record_upstreams(&lk, end);
         }
-        let mut lookup = self.judge(lk, end, how);
+        let mut lookup = self.judge(*lk, end, how);
         set_id(&mut lookup, lid);
         self.stats.finished += 1;
         self.verdicts[lookup.verdict as usize] += 1;

@@ -1,5 +1,5 @@
 //! The correlator's private records: small, copyable hop records and the legs they form.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
@@ -165,8 +165,8 @@ impl Leg {
     pub fn new(hop: HopRec, kind: LegKind, parent: Option<u8>, depth: u8, on_uplink: bool) -> Self {
         let first = hop.spot();
         let tc = is_tc(hop.point);
-        let mut hops = Vec::with_capacity(4);
-        hops.push(hop);
+        // Most legs that stay open long (unanswered) have one sighting; the rest grow.
+        let hops = vec![hop];
         Self {
             id: hop.id,
             parent,
@@ -225,27 +225,53 @@ impl Leg {
 #[derive(Debug)]
 pub(super) struct LookupState {
     pub qhash: u64,
-    pub qname: String,
+    pub qname: Box<str>,
     /// A name from the decoder's table: no allocation per lookup.
     pub qtype: crate::decode::dns::Text,
     pub legs: Vec<Leg>,
+    pub retries: u32,
+    pub start: u64,
+    pub last_client_ts: u64,
+    pub deadline: u64,
+    /// What only a lookup with a TCP retry or past the leg cap needs (boxed: most never do).
+    pub rare: Option<Box<Rare>>,
+    /// The task that sent the first query (pid, comm), when the socket hop saw it.
+    pub task: Option<(u32, String)>,
+}
+
+/// The rarely needed part of a [`LookupState`].
+#[derive(Debug, Default)]
+pub(super) struct Rare {
     pub tcp_hops: Vec<HopRec>,
     /// Client-side addresses of TCP retries, registered in the flow index.
     pub tcp_flows: Vec<SocketAddr>,
-    pub retries: u32,
     pub legs_omitted: u32,
     /// IDs of forwarded queries left out at the leg cap, indexed under
     /// [`OMITTED`] so that their later sightings and replies are absorbed.
     pub omitted_ids: Vec<u16>,
     /// Last sighting of a left-out message.
     pub omitted_ts: u64,
-    pub start: u64,
-    pub last_client_ts: u64,
-    pub deadline: u64,
     /// When a TC=1 answer reached the client: a TCP retry is now expected.
     pub await_tcp: Option<u64>,
-    /// The task that sent the first query (pid, comm), when the socket hop saw it.
-    pub task: Option<(u32, String)>,
+}
+
+static NO_RARE: Rare = Rare {
+    tcp_hops: Vec::new(),
+    tcp_flows: Vec::new(),
+    legs_omitted: 0,
+    omitted_ids: Vec::new(),
+    omitted_ts: 0,
+    await_tcp: None,
+};
+
+impl LookupState {
+    pub fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    pub fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
 }
 
 /// Refers to one leg of one live lookup.
@@ -309,6 +335,47 @@ pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
     };
     if now_empty {
         e.remove();
+    }
+}
+
+/// Index values of the question index: open lookups, oldest first, almost always one.
+#[derive(Debug)]
+pub(super) enum Ids {
+    One(u64),
+    Many(VecDeque<u64>),
+}
+
+impl Ids {
+    pub fn push(&mut self, id: u64) {
+        match self {
+            Self::One(old) => *self = Self::Many(VecDeque::from([*old, id])),
+            Self::Many(v) => v.push_back(id),
+        }
+    }
+
+    /// Takes `id` out; true when none is left.
+    pub fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Self::One(old) => *old == id,
+            Self::Many(v) => {
+                // Lookups mostly finish in start order, so the search from the front is short.
+                if let Some(pos) = v.iter().position(|&x| x == id) {
+                    v.remove(pos);
+                }
+                v.is_empty()
+            }
+        }
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &u64> {
+        match self {
+            Self::One(id) => std::slice::from_ref(id).iter().chain(&[]),
+            Self::Many(v) => {
+                let (a, b) = v.as_slices();
+                a.iter().chain(b)
+            }
+        }
     }
 }
 

@@ -1331,3 +1331,106 @@ fn the_socket_hops_task_is_the_lookups() {
     ]);
     assert_eq!(only(&out).origin, Origin::default());
 }
+
+/// Heap bytes held by this thread, counted by the test binary's allocator.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        let _ = LIVE.try_with(|l| {
+            let v = l.get() + n;
+            l.set(v);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+        });
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            add(l.size() as isize);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            add(l.size() as isize);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.alloc_zeroed(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            add(-(l.size() as isize));
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            add(new as isize - l.size() as isize);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.realloc(p, l, new) }
+        }
+    }
+
+    #[global_allocator]
+    static A: Counting = Counting;
+
+    /// (bytes held now, most held since the last call).
+    pub fn now_and_peak() -> (isize, isize) {
+        let live = LIVE.with(Cell::get);
+        let peak = PEAK.with(|p| p.replace(live));
+        (live, peak)
+    }
+}
+
+/// The state each live lookup costs under a flood of distinct unanswered queries (one
+/// sighting each), measured as heap bytes at the cap: the lookup, its leg and hop, the
+/// indexes, and the most held at once (tables growing). `--memory-budget` divides by it.
+#[test]
+fn live_lookup_state_is_small() {
+    const CAP: usize = 20_000;
+    let mut c = Correlator::new(Config {
+        max_lookups: CAP,
+        host_netns: scenario::HOST_NETNS,
+        ..Config::default()
+    });
+    let event = |i: u64| {
+        let src = format!("10.244.{}.{}:{}", i % 250, i % 200 + 2, 1024 + i % 60_000);
+        let row = q(
+            1000.0 + i as f64 * 0.01,
+            "veth1 ingress",
+            &src,
+            "10.96.0.10:53",
+            i as u16,
+        );
+        scenario::event(&row, &format!("n{i:x}.flood.test."), "A")
+    };
+    let (base, _) = heap::now_and_peak();
+    let mut peak = 0;
+    for i in 0..3 * CAP as u64 {
+        // Each event is built here and its own heap (name, interface) goes with it; what
+        // stays is the correlator's.
+        let ev = event(i);
+        let ts = ev.packet.meta.ts_ns;
+        drop(c.ingest(ev, ts));
+        if i % 1000 == 0 {
+            drop(c.expire(ts));
+        }
+        peak = peak.max(heap::now_and_peak().1);
+    }
+    assert_eq!(c.stats().live_lookups, CAP);
+    assert_eq!(c.stats().evicted, 2 * CAP as u64);
+    let (live, _) = heap::now_and_peak();
+    let per = (live - base) as usize / CAP;
+    let peak_per = (peak - base) as usize / CAP;
+    eprintln!("heap per live lookup: {per} B held, {peak_per} B at the peak");
+    assert!(per <= LOOKUP_STATE_BYTES, "{per} B per live lookup");
+    assert!(
+        peak_per <= LOOKUP_STATE_BYTES,
+        "{peak_per} B per live lookup at the peak"
+    );
+}
