@@ -16,9 +16,12 @@
 //! - `load`: healthy traffic at 10k qps through the lab node's whole DNS path
 //!   (dnsload and dnsperf): every lookup `ok`, latency as the client measured.
 //! - `volume`: JSON bytes per healthy lookup, default `--hops problems` vs `all`.
+//! - `cost`: the tracer's own CPU and the client's latency on the node-local-dns
+//!   path, JSON and text output vs `tcpdump -i any -w` vs nothing attached.
 
 mod attach;
 mod collector;
+mod cost;
 mod dnspath;
 pub mod flood;
 mod kernel;
@@ -47,7 +50,7 @@ pub struct Args {
     /// Longer runs and more repeats (about 15 minutes) instead of the short mode (under 5 minutes).
     #[arg(long)]
     full: bool,
-    /// Run only these sections: tax, kernel, dns, flood, collector, attach, load, volume (comma-separated).
+    /// Run only these sections: tax, kernel, dns, flood, collector, attach, load, volume, cost (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "SECTION")]
     only: Vec<Section>,
     /// Measure this dnstrace binary instead of building one (`cargo build --release -p dnstrace`).
@@ -72,11 +75,12 @@ enum Section {
     Attach,
     Load,
     Volume,
+    Cost,
 }
 
 impl Section {
     /// Every section, in the order a full run takes them.
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Tax,
         Section::Kernel,
         Section::Dns,
@@ -85,6 +89,7 @@ impl Section {
         Section::Attach,
         Section::Load,
         Section::Volume,
+        Section::Cost,
     ];
 }
 
@@ -220,6 +225,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Attach => attach::run(&ctx, &mut report),
             Section::Load => load::run(&ctx, &mut report),
             Section::Volume => volume::run(&ctx, &mut report),
+            Section::Cost => cost::run(&ctx, &mut report),
         };
         bail_if_stopped()?;
         if let Err(e) = result {
