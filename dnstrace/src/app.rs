@@ -175,6 +175,7 @@ async fn run(
             .all(|l| ifaces.contains(&l.name) || l.framing == Framing::Unsupported);
     let correlator = Correlator::new(correlate::Config {
         timeout_ns: cfg.timeout.as_nanos() as u64,
+        max_lookups: cfg.max_lookups,
         uplinks: uplinks.clone(),
         host_netns: capture.netns(),
         watched: Coverage {

@@ -328,6 +328,10 @@ pub struct WatchArgs {
     )]
     pub queue: usize,
 
+    /// Memory dnstrace may hold: its own resident set (RSS) stays within it, even when no query is answered. It sets how many lookups may be open at once: what is left after the ring buffer (--ring-size), the full event queue (16 MiB) and dnstrace itself (28 MiB), at 1 KiB per open lookup (64 MiB: 12288 lookups). When that many are open, the oldest is finished at once as `unknown` ("evicted", counted in the summary and metrics) to make room. Bytes, or with a unit: 512MiB, 1GiB (K, M, G are KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", env = "DNSTRACE_MEMORY_BUDGET", default_value = "64MiB", value_parser = parse_size)]
+    pub memory_budget: u64,
+
     /// How to attach tc programs.
     #[arg(long, value_enum, env = "DNSTRACE_TC_MODE", default_value = "auto")]
     pub tc_mode: TcMode,
@@ -612,6 +616,8 @@ pub struct WatchConfig {
     pub ready_file: Option<PathBuf>,
     pub ring_size: u32,
     pub queue: usize,
+    /// Open lookups at most, from `--memory-budget` ([`max_lookups_for`]).
+    pub max_lookups: usize,
     pub tc_mode: TcMode,
     pub tc_priority: u16,
     pub pcap: Option<PathBuf>,
@@ -639,6 +645,16 @@ pub enum ConfigError {
         "--output tui needs a terminal on stdout; use --output text or json with a pipe or file"
     )]
     TuiNeedsTerminal,
+    #[error(
+        "--memory-budget {budget} leaves too little for lookups: the ring buffer, the event queue and dnstrace itself take {fixed}, and at least {min} open lookups need {room} more; give at least {need}"
+    )]
+    MemoryBudget {
+        budget: Size,
+        fixed: Size,
+        min: usize,
+        room: Size,
+        need: Size,
+    },
 }
 
 impl TryFrom<WatchArgs> for WatchConfig {
@@ -666,6 +682,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             return Err(ConfigError::TuiNeedsTerminal);
         }
         let log_file = log_file_for(output, a.log_file);
+        let max_lookups = max_lookups_for(a.memory_budget, a.ring_size)?;
         Ok(Self {
             ifaces: first_of_each(a.ifaces),
             auto: a.auto,
@@ -683,6 +700,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             ready_file: a.ready_file,
             ring_size: a.ring_size,
             queue: a.queue,
+            max_lookups,
             tc_mode: a.tc_mode,
             tc_priority: a.tc_priority,
             pcap: a.pcap,
@@ -821,6 +839,77 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// What `watch` holds apart from its open lookups, measured as its resident set after
+/// attaching (about 26 MiB on one interface), with room to spare.
+pub const SELF_BYTES: u64 = 28 << 20;
+/// Resident bytes per open lookup: about 0.8 KiB measured under a flood of one-sighting
+/// lookups (state, indexes, allocator), rounded up.
+pub const LOOKUP_BYTES: u64 = 1024;
+/// Fewest open lookups a budget must leave room for.
+pub const MIN_LOOKUPS: usize = 1000;
+
+/// A byte count, shown in the largest binary unit it is a whole number of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n >= 1 << shift && n % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        if n >= 1 << 20 {
+            return write!(f, "{:.1}MiB", n as f64 / f64::from(1 << 20));
+        }
+        write!(f, "{n} bytes")
+    }
+}
+
+/// The open-lookup cap a memory budget leaves room for: `budget`, less the ring buffer,
+/// the full event queue and dnstrace itself, at [`LOOKUP_BYTES`] each.
+pub fn max_lookups_for(budget: u64, ring_size: u32) -> Result<usize, ConfigError> {
+    let fixed = u64::from(ring_size) + crate::capture::QUEUE_BYTES as u64 + SELF_BYTES;
+    let room = budget.saturating_sub(fixed) / LOOKUP_BYTES;
+    let min = MIN_LOOKUPS as u64 * LOOKUP_BYTES;
+    if room < MIN_LOOKUPS as u64 {
+        return Err(ConfigError::MemoryBudget {
+            budget: Size(budget),
+            fixed: Size(fixed),
+            min: MIN_LOOKUPS,
+            room: Size(min),
+            need: Size((fixed + min).next_multiple_of(1 << 20)),
+        });
+    }
+    Ok(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// `--memory-budget`: bytes, or a whole number of KiB, MiB, GiB (K/KiB, M/MiB, G/GiB, any
+/// case), up to 1 TiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 64MiB, 1GiB or a number of bytes)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use KiB, MiB or GiB: powers of 1024)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&b| b <= 1 << 40)
+        .ok_or_else(|| format!("{s:?} is more than 1GiB × 1024 (1 TiB)"))
+}
+
 /// Parses "30", "30s", "1500ms", "5m", "1h" into a positive duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(parse_secs(s)?)
@@ -950,6 +1039,43 @@ mod tests {
     }
 
     #[test]
+    fn memory_budget_sets_the_lookup_cap() {
+        // The default: 64 MiB less 8 MiB of ring, 16 MiB of queue and 28 MiB of dnstrace.
+        assert_eq!(watch(&["-a"]).unwrap().max_lookups, 12 * 1024);
+        assert_eq!(
+            watch(&["-a", "--memory-budget", "1GiB"])
+                .unwrap()
+                .max_lookups,
+            (1024 - 52) * 1024
+        );
+        assert_eq!(
+            watch(&["-a", "--memory-budget", "128m", "--ring-size", "4096"])
+                .unwrap()
+                .max_lookups,
+            ((128u64 << 20) - 4096 - (44 << 20)) as usize / 1024
+        );
+        let err = watch(&["-a", "--memory-budget", "48MiB"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--memory-budget 48MiB leaves too little for lookups: the ring buffer, the event \
+             queue and dnstrace itself take 52MiB, and at least 1000 open lookups need 1000KiB \
+             more; give at least 53MiB"
+        );
+        for bad in ["", "64 MB", "1.5GiB", "-1", "2TiB", "1025GiB", "64X"] {
+            let argv = ["dnstrace", "watch", "-a", "--memory-budget", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64 mib"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(
+            parse_size("1TiB").unwrap_err(),
+            "unknown unit \"TiB\" in \"1TiB\" (use KiB, MiB or GiB: powers of 1024)"
+        );
+    }
+
+    #[test]
     fn auto_implies_socket_hop_unless_disabled() {
         assert!(watch(&["--auto"]).unwrap().socket_hop);
         assert!(!watch(&["--auto", "--no-socket-hop"]).unwrap().socket_hop);
@@ -1018,6 +1144,9 @@ mod tests {
             "65536",
             "--ring-size",
             "1073741824",
+            // The ring counts against the budget.
+            "--memory-budget",
+            "2GiB",
             "--duration",
             "8760h",
             "--upstream-every",

@@ -28,7 +28,7 @@ pub use cgroup::open_cgroup2_root;
 pub use follow::{CoverageChange, CoverageEvent, CoverageTotals};
 pub use monitor::{LinkNote, Monitor};
 pub use noop::NoopClassifier;
-pub use ring::{Batch, Drain, DrainStats};
+pub use ring::{Batch, Drain, DrainStats, QUEUE_BYTES};
 
 use crate::decode::{LinkType, Meta, Point};
 
