@@ -174,7 +174,7 @@ impl Correlator {
                 .iter()
                 .any(|h| h.iface == iface && matches!(h.point, Point::TcIngress | Point::TcEgress))
         };
-        self.iface_gaps.within(crossed, leg.first_ts, end)
+        self.iface_gaps.within(crossed, leg.first_ts(), end)
     }
 
     /// Gives back the names of interfaces gone before `keep_from` and last seen in an event
@@ -214,11 +214,11 @@ impl Correlator {
 
     /// The same for one leg; every sighting of its query counts (NAT rewrites addresses).
     pub(super) fn leg_tcp_gap(&self, leg: &Leg, end: u64) -> Option<Gap> {
-        if leg.proto != Proto::Tcp || self.tcp_gaps.latest.is_empty() {
+        if leg.proto() != Proto::Tcp || self.tcp_gaps.latest.is_empty() {
             return None;
         }
         leg.query_hops()
-            .find_map(|h| self.tcp_gaps.within(h.dst, h.src, leg.first_ts, end))
+            .find_map(|h| self.tcp_gaps.within(h.dst, h.src, leg.first_ts(), end))
     }
 }
 

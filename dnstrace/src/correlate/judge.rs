@@ -153,12 +153,12 @@ impl Facts<'_> {
                 && self.lk.legs.iter().enumerate().any(|(j, l)| {
                     j != i
                         && l.parent == leg.parent
-                        && l.first_ts > leg.first_ts
+                        && l.first_ts() > leg.first_ts()
                         && l.resp.is_some()
                 });
         }
         if h.is_query() {
-            return self.c.pod_loopback(self.lk) && leg.server.ip().is_loopback();
+            return self.c.pod_loopback(self.lk) && leg.server().ip().is_loopback();
         }
         leg.unexpected.is_some() || i != self.latest_client
     }
@@ -248,12 +248,12 @@ pub(super) fn served_at(leg: &Leg) -> SocketAddr {
     leg.query_hops()
         .filter(|h| h.point != Point::Drop)
         .last()
-        .map_or(leg.server, |h| h.dst)
+        .map_or(leg.server(), |h| h.dst)
 }
 
 /// Every address the query was sent to: as addressed, and after each DNAT.
 fn server_addrs(leg: &Leg) -> impl Iterator<Item = SocketAddr> + '_ {
-    std::iter::once(leg.server).chain(
+    std::iter::once(leg.server()).chain(
         leg.query_hops()
             .filter(|h| h.point != Point::Drop)
             .map(|h| h.dst),
@@ -314,9 +314,9 @@ impl Correlator {
     /// A pod (not the host) sent the root query to a loopback address.
     fn pod_loopback(&self, lk: &LookupState) -> bool {
         let root = &lk.legs[0];
-        root.server.ip().is_loopback()
-            && root.first.point == Point::SocketOut
-            && root.first.netns != self.cfg.host_netns
+        root.server().ip().is_loopback()
+            && root.first().point == Point::SocketOut
+            && root.first().netns != self.cfg.host_netns
     }
 
     /// Why the tracer could not have seen what happened after `last`, if so.
@@ -379,8 +379,8 @@ impl Correlator {
             .collect();
         Lookup {
             id: 0,
-            client: socket_addr_string(&root.client),
-            server: socket_addr_string(&root.server),
+            client: socket_addr_string(&root.client()),
+            server: socket_addr_string(&root.server()),
             rcode: reply.map(|h| h.rcode),
             verdict: j.verdict,
             culprit: j.culprit,
@@ -394,7 +394,7 @@ impl Correlator {
             children,
             retries: lk.retries,
             start_ts_ns: lk.start,
-            netns: (root.first.point == Point::SocketOut).then_some(root.first.netns),
+            netns: (root.first().point == Point::SocketOut).then_some(root.first().netns),
             hops_omitted: client_legs().map(|l| l.hops_omitted).sum(),
             children_omitted: lk.rare().legs_omitted,
             origin: lk.task.map_or_else(Origin::default, |(pid, comm)| Origin {
@@ -421,7 +421,7 @@ impl Correlator {
             .iter()
             .enumerate()
             .filter(|(_, l)| l.depth == 0)
-            .max_by_key(|(_, l)| l.first_ts)
+            .max_by_key(|(_, l)| l.first_ts())
             .map_or(0, |(i, _)| i);
         let facts = Facts {
             c: self,
@@ -555,14 +555,14 @@ fn loopback_nameserver(f: &Facts) -> Option<Finding> {
     let last = root.query_hops().last().copied().unwrap_or(root.hops[0]);
     let says = format!(
         "the pod (netns {}) queries the loopback nameserver {}; nothing on the node ever sees the query",
-        root.first.netns, root.server
+        root.first().netns, root.server()
     );
     if !refused && !nothing_listens && (f.lost > 0 || f.premature) {
         return Some(f.c.unknown(lk, f.lost, f.end, &last, &says).outcome());
     }
     let j = Judgement::new(
         Verdict::LoopbackNameserver,
-        Some(root.server.to_string()),
+        Some(root.server().to_string()),
         Some(f.c.at(&last)),
     )
     .hint(
@@ -570,7 +570,7 @@ fn loopback_nameserver(f: &Facts) -> Option<Finding> {
          copied from the host): set kubelet --resolv-conf=/run/systemd/resolve/resolv.conf",
     )
     .detail(format!("{says}; {why}"));
-    Some(j.at(root.first_ts))
+    Some(j.at(root.first_ts()))
 }
 
 /// `dropped`: the kernel dropped a packet of the lookup on this node. Not a drop that a
@@ -624,11 +624,11 @@ fn left_via_uplink(f: &Facts) -> Option<Finding> {
     let (leg, h) =
         f.lk.legs
             .iter()
-            .filter(|l| is_link_local(l.server.ip()))
+            .filter(|l| is_link_local(l.server().ip()))
             .filter_map(|l| l.hop(l.uplink).map(|h| (l, h)))
             .min_by_key(|(_, h)| h.ts)?;
     let iface = f.c.ifaces.get(h.iface);
-    let snat = if h.src == leg.client {
+    let snat = if h.src == leg.client() {
         String::new()
     } else {
         format!(" (SNAT to {})", h.src)
@@ -642,11 +642,11 @@ fn left_via_uplink(f: &Facts) -> Option<Finding> {
         .hint(format!(
             "traffic to the node-local address {} is masqueraded out of the node: exclude it from \
              (BPF) masquerading (e.g. Cilium bpf.masquerade, ip-masq-agent nonMasqueradeCIDRs) so it is delivered locally",
-            leg.server.ip()
+            leg.server().ip()
         ))
         .detail(format!(
             "query to {} left via {iface}{snat}; never delivered to the local server; {outcome}{}",
-            leg.server,
+            leg.server(),
             f.downstream_drops()
         ));
     Some(j.at(h.ts))
@@ -659,17 +659,17 @@ fn forwarding_loop(f: &Facts) -> Option<Finding> {
     let lk = f.lk;
     let i = (0..lk.legs.len())
         .filter(|&i| is_looping(lk, i))
-        .min_by_key(|&i| lk.legs[i].first_ts)?;
+        .min_by_key(|&i| lk.legs[i].first_ts())?;
     let leg = &lk.legs[i];
     // The forwarder that sent the copy, by the address it serves on, and the server it
     // reached again.
     let from = leg
         .parent
-        .map_or(leg.client, |p| served_at(&lk.legs[usize::from(p)]));
+        .map_or(leg.client(), |p| served_at(&lk.legs[usize::from(p)]));
     let ancestor = repeated_ancestor(lk, i);
-    let again = ancestor.map_or(leg.server, |a| served_at(&lk.legs[a]));
+    let again = ancestor.map_or(leg.server(), |a| served_at(&lk.legs[a]));
     let netns = if again.ip().is_loopback() {
-        format!(" in netns {}", leg.first.netns)
+        format!(" in netns {}", leg.first().netns)
     } else {
         String::new()
     };
@@ -705,9 +705,9 @@ fn forwarding_loop(f: &Facts) -> Option<Finding> {
         .detail(format!(
             "the same question circulates {between}: the copy sent to {} at depth {} reaches a server already asked at depth {depth}; \
              {copies} forwarded copies, nested {deepest} deep{not_kept}; {outcome}",
-            leg.server, leg.depth,
+            leg.server(), leg.depth,
         ));
-    Some(j.at(leg.first_ts))
+    Some(j.at(leg.first_ts()))
 }
 
 /// `upstream_rejects_edns`: the deepest query with OPT that got FORMERR/BADVERS/NOTIMP.
@@ -725,7 +725,7 @@ fn upstream_rejects_edns(f: &Facts) -> Option<Finding> {
                 .is_edns_rejection()
                 .then_some((i, l, h, udp, dnssec_ok))
         })
-        .max_by_key(|(_, l, ..)| (l.depth, std::cmp::Reverse(l.first_ts)))?;
+        .max_by_key(|(_, l, ..)| (l.depth, std::cmp::Reverse(l.first_ts())))?;
     let retry = lk
         .legs
         .iter()
@@ -735,7 +735,7 @@ fn upstream_rejects_edns(f: &Facts) -> Option<Finding> {
                 && l.parent == leg.parent
                 && l.depth == leg.depth
                 && l.edns().is_none()
-                && l.first_ts >= leg.first_ts
+                && l.first_ts() >= leg.first_ts()
         })
         .find_map(|(_, l)| l.hop(l.resp));
     let retried = match retry {
@@ -744,7 +744,7 @@ fn upstream_rejects_edns(f: &Facts) -> Option<Finding> {
     };
     let j = Judgement::new(
         Verdict::UpstreamRejectsEdns,
-        Some(leg.server.to_string()),
+        Some(leg.server().to_string()),
         Some(f.c.at(h)),
     )
     .hint(
@@ -753,7 +753,7 @@ fn upstream_rejects_edns(f: &Facts) -> Option<Finding> {
     )
     .detail(format!(
         "upstream {} answers {} to queries with OPT (udp={udp}, DO={}); {retried}",
-        leg.server,
+        leg.server(),
         h.rcode,
         u8::from(dnssec_ok)
     ));
@@ -785,7 +785,7 @@ fn reply_from_unexpected_source(f: &Facts) -> Option<Finding> {
     .hint("DNAT not reversed: load br_netfilter / set net.bridge.bridge-nf-call-iptables=1")
     .detail(format!(
         "the reply to {} came from {}, not from {} that it queried: DNAT was not reversed{fate}",
-        leg.client, h.src, leg.server
+        leg.client(), h.src, leg.server()
     ));
     Some(j.at(h.ts))
 }
@@ -806,7 +806,7 @@ fn truncated_no_tcp(f: &Facts) -> Option<Finding> {
         .chain(lk.rare().tcp_hops.iter())
         .max_by_key(|h| h.ts);
     let tc_reply = f.reply.copied().unwrap_or(root.hops[0]);
-    let says = format!("the answer from {} was truncated (TC=1)", root.server);
+    let says = format!("the answer from {} was truncated (TC=1)", root.server());
     if f.lost > 0 || f.premature {
         let last = tcp_last.unwrap_or(&tc_reply);
         return Some(f.c.unknown(lk, f.lost, f.end, last, &says).outcome());
@@ -823,12 +823,12 @@ fn truncated_no_tcp(f: &Facts) -> Option<Finding> {
         )),
         None => Judgement::new(
             Verdict::TruncatedNoTcp,
-            Some(root.client.ip().to_string()),
+            Some(root.client().ip().to_string()),
             Some(f.c.at(&tc_reply)),
         )
         .detail(format!(
             "{says}; no TCP retry from {} followed within {:.0} ms",
-            root.client.ip(),
+            root.client().ip(),
             ms(f.c.cfg.forward_window_ns)
         )),
     };
@@ -854,14 +854,14 @@ fn upstream_disagreement(f: &Facts) -> Option<Finding> {
             Some((l, h, served_at(&lk.legs[usize::from(p)])))
         })
         .filter_map(|(l, h, fwd)| {
-            let key = (fwd, l.first.netns, lk.qhash);
+            let key = (fwd, l.first().netns, lk.qhash);
             let answers = f.c.upstreams.disagreement(key, f.end)?;
             Some((l, h, answers))
         })
         .max_by_key(|(_, h, _)| h.ts)?;
     let forwarder = leg
         .parent
-        .map_or(leg.client, |p| served_at(&lk.legs[usize::from(p)]));
+        .map_or(leg.client(), |p| served_at(&lk.legs[usize::from(p)]));
     let mut list = String::new();
     for (n, a) in answers.iter().enumerate() {
         let sep = if n == 0 { "" } else { ", " };
@@ -874,7 +874,7 @@ fn upstream_disagreement(f: &Facts) -> Option<Finding> {
     let culprit = failing
         .iter()
         .max_by_key(|a| a.ts)
-        .map_or(leg.server, |a| a.upstream);
+        .map_or(leg.server(), |a| a.upstream);
     let only = if failing.iter().all(|a| a.upstream == culprit)
         && answers.iter().any(|a| a.rcode == Rcode::NOERROR)
     {
@@ -896,7 +896,7 @@ fn upstream_disagreement(f: &Facts) -> Option<Finding> {
         f.qdesc(),
         duration(f.c.cfg.disagreement_window_ns),
         h.rcode,
-        leg.server
+        leg.server()
     ));
     Some(j.outcome())
 }
@@ -919,7 +919,7 @@ fn server_error(f: &Facts) -> Option<Finding> {
         .enumerate()
         .filter(|(_, l)| l.parent == Some(cur as u8))
         .filter(|(_, l)| l.hop(l.resp).is_some_and(|r| r.rcode == h.rcode))
-        .max_by_key(|(_, l)| l.first_ts)
+        .max_by_key(|(_, l)| l.first_ts())
         .map(|(i, _)| i)
     {
         cur = next;
@@ -932,8 +932,8 @@ fn server_error(f: &Facts) -> Option<Finding> {
         .iter()
         .filter(|l| l.parent == Some(cur as u8))
         .map(|l| match l.hop(l.resp) {
-            Some(r) => format!("{} {}", l.server, r.rcode),
-            None => format!("{} no reply", l.server),
+            Some(r) => format!("{} {}", l.server(), r.rcode),
+            None => format!("{} no reply", l.server()),
         })
         .collect();
     if below.is_empty() {
@@ -1000,7 +1000,7 @@ fn no_reply(f: &Facts) -> Option<Finding> {
         .copied()
         .unwrap_or(root.hops[0]);
     let c = f.c;
-    let says = format!("no reply to {} from {}", root.client, root.server);
+    let says = format!("no reply to {} from {}", root.client(), root.server());
     if f.lost > 0 || f.premature {
         return Some(c.unknown(lk, f.lost, f.end, &last, &says).outcome());
     }
@@ -1065,8 +1065,8 @@ impl Correlator {
         let (verdict, culprit, last_hop, detail) = self.leg_verdict(lk, i, end, how);
         Lookup {
             id: 0,
-            client: socket_addr_string(&leg.client),
-            server: socket_addr_string(&leg.server),
+            client: socket_addr_string(&leg.client()),
+            server: socket_addr_string(&leg.server()),
             qname: lk.qname.to_string(),
             qtype: String::from(&*lk.qtype),
             rcode: resp.map(|h| h.rcode),
@@ -1074,7 +1074,7 @@ impl Correlator {
             culprit,
             last_hop: last_hop.or_else(|| Some(self.at(&last))),
             hint: None,
-            latency_ms: resp.map(|h| ms(h.ts.saturating_sub(leg.first_ts))),
+            latency_ms: resp.map(|h| ms(h.ts.saturating_sub(leg.first_ts()))),
             detail,
             hops: leg.hops.iter().map(|h| self.hop_out(h)).collect(),
             children: lk
@@ -1085,8 +1085,8 @@ impl Correlator {
                 .map(|(j, _)| self.leg_out(lk, j, end, how))
                 .collect(),
             retries: 0,
-            start_ts_ns: leg.first_ts,
-            netns: (leg.first.point == Point::SocketOut).then_some(leg.first.netns),
+            start_ts_ns: leg.first_ts(),
+            netns: (leg.first().point == Point::SocketOut).then_some(leg.first().netns),
             hops_omitted: leg.hops_omitted,
             children_omitted: 0,
             origin: Origin::default(),
@@ -1113,21 +1113,21 @@ impl Correlator {
         }
         if let Some(h) = leg
             .hop(leg.uplink)
-            .filter(|_| is_link_local(leg.server.ip()))
+            .filter(|_| is_link_local(leg.server().ip()))
         {
             return (
                 Verdict::LeftViaUplink,
                 Some(self.ifaces.get(h.iface).to_owned()),
                 Some(self.at(h)),
-                format!("query to {} left via {}", leg.server, self.at(h)),
+                format!("query to {} left via {}", leg.server(), self.at(h)),
             );
         }
         let ancestor = repeated_ancestor(lk, i);
         if leg.depth >= 1 && (leg.depth >= LOOP_DEPTH || ancestor.is_some()) {
-            let again = ancestor.map_or(leg.server, |a| served_at(&lk.legs[a]));
+            let again = ancestor.map_or(leg.server(), |a| served_at(&lk.legs[a]));
             return (
                 Verdict::ForwardingLoop,
-                Some(format!("{} <-> {again}", leg.client.ip())),
+                Some(format!("{} <-> {again}", leg.client().ip())),
                 None,
                 format!(
                     "forwarded copy at depth {}: {again} was already asked on its path",
@@ -1138,7 +1138,7 @@ impl Correlator {
         let Some(h) = leg.hop(leg.resp) else {
             // Cut short at the cap: its reply may still have been on the way.
             let verdict = if how == End::Evicted
-                || self.lost_during(leg.first_ts, end) > 0
+                || self.lost_during(leg.first_ts(), end) > 0
                 || how == End::Stopped && end < lk.deadline
                 || self.leg_tcp_gap(leg, end).is_some()
                 || self.leg_iface_gap(leg, end).is_some()
@@ -1150,25 +1150,25 @@ impl Correlator {
             let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
             return (
                 verdict,
-                Some(leg.server.to_string()),
+                Some(leg.server().to_string()),
                 Some(self.at(&last)),
                 format!(
                     "no reply from {}; last seen at {}",
-                    leg.server,
+                    leg.server(),
                     self.at(&last)
                 ),
             );
         };
         let rcode = h.rcode;
-        let took = ms(h.ts.saturating_sub(leg.first_ts));
+        let took = ms(h.ts.saturating_sub(leg.first_ts()));
         if let Some((udp, dnssec_ok)) = leg.edns().filter(|_| h.rcode.is_edns_rejection()) {
             return (
                 Verdict::UpstreamRejectsEdns,
-                Some(leg.server.to_string()),
+                Some(leg.server().to_string()),
                 Some(self.at(h)),
                 format!(
                     "{} answered {rcode} to a query with OPT (udp={udp}, DO={})",
-                    leg.server,
+                    leg.server(),
                     u8::from(dnssec_ok)
                 ),
             );

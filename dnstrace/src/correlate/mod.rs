@@ -755,7 +755,7 @@ impl Correlator {
             let Some(leg) = lk.legs.get(usize::from(r.leg)) else {
                 continue;
             };
-            if leg.proto != hop.proto()
+            if leg.proto() != hop.proto()
                 || !lk.qname.eq_ignore_ascii_case(qname)
                 || hop.ts > leg.last_query_ts + self.ttl_ns
                 // Sent after this message's reply reached its client: a new query reusing the ID.
@@ -822,7 +822,7 @@ impl Correlator {
         }
         if !leg.tc_seen && state::is_tc(hop.point) {
             leg.tc_seen = true;
-            if hop.dst == leg.server {
+            if hop.dst == leg.server() {
                 leg.client_tc = Some(here);
             }
         }
@@ -830,7 +830,7 @@ impl Correlator {
             return;
         }
         leg.last_query_ts = leg.last_query_ts.max(hop.ts);
-        if again && here == leg.first && leg.depth == 0 {
+        if again && here == leg.first() && leg.depth == 0 {
             lk.retries += 1;
             lk.last_client_ts = hop.ts;
             let deadline = hop.ts + self.ttl_ns;
@@ -853,7 +853,7 @@ impl Correlator {
         // The client's TCP retry after a TC=1 answer: same client IP and question.
         if hop.proto() == Proto::Tcp
             && let Some((lid, _)) = open().find(|(_, lk)| {
-                lk.rare().await_tcp.is_some() && lk.legs[0].client.ip() == hop.src.ip()
+                lk.rare().await_tcp.is_some() && lk.legs[0].client().ip() == hop.src.ip()
             })
         {
             return Place::Tcp(lid);
@@ -864,7 +864,7 @@ impl Correlator {
         for (lid, lk) in open() {
             for (i, leg) in lk.legs.iter().enumerate() {
                 if leg.resp.is_some()
-                    || hop.ts < leg.first_ts
+                    || hop.ts < leg.first_ts()
                     || hop.ts
                         > leg.last_query_ts.max(leg.last_child_ts) + self.cfg.forward_window_ns
                 {
@@ -874,8 +874,8 @@ impl Correlator {
                 // clients asking the same question at once get one each); then the latest,
                 // which is the deepest of a chain.
                 let score = child_score(leg, hop) * 2 + u8::from(leg.children == 0);
-                if score >= 4 && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts) > (s, t)) {
-                    best = Some((score, leg.first_ts, lid, i as u8));
+                if score >= 4 && best.is_none_or(|(s, t, _, _)| (score, leg.first_ts()) > (s, t)) {
+                    best = Some((score, leg.first_ts(), lid, i as u8));
                 }
             }
         }
@@ -899,9 +899,9 @@ impl Correlator {
             let parallel = lk
                 .legs
                 .iter()
-                .any(|l| l.depth == 0 && l.client == hop.src && l.server != hop.dst);
-            let same_client = hop.src == root.client
-                || (hop.src.ip() == root.client.ip() && hop.spot() == root.first);
+                .any(|l| l.depth == 0 && l.client() == hop.src && l.server() != hop.dst);
+            let same_client = hop.src == root.client()
+                || (hop.src.ip() == root.client().ip() && hop.spot() == root.first());
             if gap <= self.ttl_ns && (parallel || (same_client && gap >= MIN_RETRY_GAP_NS)) {
                 return Place::Retry(lid);
             }
@@ -1058,7 +1058,7 @@ impl Correlator {
             let Some(leg) = lk.legs.get(usize::from(r.leg)) else {
                 continue;
             };
-            if leg.proto != hop.proto()
+            if leg.proto() != hop.proto()
                 || !lk.qname.eq_ignore_ascii_case(qname)
                 || hop.ts > leg.last_query_ts + self.ttl_ns
             {
@@ -1096,7 +1096,7 @@ impl Correlator {
         let is_drop = hop.point == Point::Drop;
         let client_leg = leg.depth == 0 && !is_drop;
         // The reply is back where the client's query was first seen.
-        let at_client = client_leg && here == leg.first.mirror();
+        let at_client = client_leg && here == leg.first().mirror();
         // …or passing the client's veth on the way there.
         let near_client = client_leg && leg.client_tc.is_some_and(|s| here == s.mirror());
         let unexpected =
@@ -1123,9 +1123,9 @@ impl Correlator {
         if !at_client {
             return None;
         }
-        if hop.has(B_TC) && leg.proto == Proto::Udp {
+        if hop.has(B_TC) && leg.proto() == Proto::Udp {
             // Truncated: the client should now retry over TCP, within the forward window.
-            let ip = leg.client.ip();
+            let ip = leg.client().ip();
             if lk.rare().await_tcp.is_none() {
                 lk.rare_mut().await_tcp = Some(hop.ts);
                 self.tc_wait.entry(ip).or_default().push(r.lookup);
@@ -1192,7 +1192,7 @@ impl Correlator {
                 lookup: lid,
                 leg: i as u8,
             };
-            state::refs_remove(&mut self.by_msg, (leg.id, lk.qhash), r);
+            state::refs_remove(&mut self.by_msg, (leg.id(), lk.qhash), r);
         }
         for id in &lk.rare().omitted_ids {
             let r = LegRef {
@@ -1208,7 +1208,7 @@ impl Correlator {
         }
         self.deadlines.remove(&(lk.deadline, lid));
         if lk.rare().await_tcp.is_some() {
-            let ip = lk.legs[0].client.ip();
+            let ip = lk.legs[0].client().ip();
             if let Some(v) = self.tc_wait.get_mut(&ip) {
                 v.retain(|&x| x != lid);
                 if v.is_empty() {
@@ -1282,13 +1282,13 @@ impl Correlator {
             // What each forwarder got, wherever its server is (for disagreement).
             if let (Some(p), Some(r)) = (leg.parent, reply) {
                 let forwarder = judge::served_at(&lk.legs[usize::from(p)]);
-                let key = (forwarder, leg.first.netns, lk.qhash);
-                self.upstreams.answer(key, leg.server, r.rcode, end);
+                let key = (forwarder, leg.first().netns, lk.qhash);
+                self.upstreams.answer(key, leg.server(), r.rcode, end);
             }
             if self.leaves_node(leg) {
-                let sent = leg.hop(leg.uplink).map_or(leg.first_ts, |h| h.ts);
+                let sent = leg.hop(leg.uplink).map_or(leg.first_ts(), |h| h.ts);
                 let reply = reply.map(|h| (h.rcode, h.ts.saturating_sub(sent)));
-                self.upstreams.record(leg.server, reply);
+                self.upstreams.record(leg.server(), reply);
             }
         }
     }
@@ -1333,16 +1333,16 @@ fn set_id(l: &mut Lookup, id: u64) {
 /// proxy): there a reply from the original address is the correct reverse NAT, which the
 /// tracer cannot tell from a stray source, so it is not flagged.
 fn unexpected_source(leg: &Leg, reply: &HopRec, host_netns: u64) -> bool {
-    if reply.src == leg.server {
+    if reply.src == leg.server() {
         return false;
     }
     let natted_to = leg
         .query_hops()
         .filter(|h| h.point != Point::Drop)
         .any(|h| h.dst == reply.src);
-    let as_addressed = match leg.first.point {
+    let as_addressed = match leg.first().point {
         Point::TcIngress => true,
-        Point::SocketOut => leg.first.netns != host_netns && !leg.server.ip().is_loopback(),
+        Point::SocketOut => leg.first().netns != host_netns && !leg.server().ip().is_loopback(),
         _ => false,
     };
     natted_to || as_addressed
@@ -1351,7 +1351,7 @@ fn unexpected_source(leg: &Leg, reply: &HopRec, host_netns: u64) -> bool {
 /// How strongly a new query looks like `leg`'s forwarder asking on its behalf.
 fn child_score(leg: &Leg, hop: &HopRec) -> u8 {
     // The same socket asking again is a retry, not a forward.
-    if hop.src == leg.client {
+    if hop.src == leg.client() {
         return 0;
     }
     for h in leg.query_hops().filter(|h| h.point != Point::Drop) {

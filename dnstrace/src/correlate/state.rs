@@ -132,22 +132,16 @@ pub(super) enum LegKind {
     Child,
 }
 
-/// One DNS query message and its reply, seen at every point it passed.
+/// One DNS query message and its reply, seen at every point it passed. Its first sighting
+/// is `hops[0]` (always there): ID, transport, client and server, where and when it started.
 #[derive(Clone, Debug)]
 pub(super) struct Leg {
-    pub id: u16,
     pub parent: Option<u8>,
     pub depth: u8,
     pub kind: LegKind,
-    pub proto: Proto,
-    /// Source and destination of the first sighting: "as the client addressed it".
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub first: Spot,
     /// First tc sighting, when it still carried the server address (a client-facing veth).
     pub client_tc: Option<Spot>,
     pub tc_seen: bool,
-    pub first_ts: u64,
     pub last_query_ts: u64,
     pub last_child_ts: u64,
     pub children: u16,
@@ -168,17 +162,11 @@ impl Leg {
         // Most legs that stay open long (unanswered) have one sighting; the rest grow.
         let hops = vec![hop];
         Self {
-            id: hop.id,
             parent,
             depth,
             kind,
-            proto: hop.proto(),
-            client: hop.src,
-            server: hop.dst,
-            first,
             client_tc: tc.then_some(first),
             tc_seen: tc,
-            first_ts: hop.ts,
             last_query_ts: hop.ts,
             last_child_ts: 0,
             children: 0,
@@ -205,6 +193,37 @@ impl Leg {
         }
         self.hops.push(hop);
         Some((self.hops.len() - 1) as u8)
+    }
+
+    /// The first sighting.
+    fn first_hop(&self) -> &HopRec {
+        &self.hops[0]
+    }
+
+    pub fn id(&self) -> u16 {
+        self.first_hop().id
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.first_hop().proto()
+    }
+
+    /// Source of the first sighting: "as the client addressed it".
+    pub fn client(&self) -> SocketAddr {
+        self.first_hop().src
+    }
+
+    /// Destination of the first sighting.
+    pub fn server(&self) -> SocketAddr {
+        self.first_hop().dst
+    }
+
+    pub fn first(&self) -> Spot {
+        self.first_hop().spot()
+    }
+
+    pub fn first_ts(&self) -> u64 {
+        self.first_hop().ts
     }
 
     pub fn query_hops(&self) -> impl Iterator<Item = &HopRec> {
