@@ -397,10 +397,13 @@ impl Correlator {
             netns: (root.first().point == Point::SocketOut).then_some(root.first().netns),
             hops_omitted: client_legs().map(|l| l.hops_omitted).sum(),
             children_omitted: lk.rare().legs_omitted,
-            origin: lk.task.map_or_else(Origin::default, |(pid, comm)| Origin {
-                pid: Some(pid),
-                comm: (!comm.is_empty()).then_some(comm),
-                ..Origin::default()
+            origin: lk.task.map_or_else(Origin::default, |t| {
+                let (pid, comm) = *t;
+                Origin {
+                    pid: Some(pid),
+                    comm: (!comm.is_empty()).then_some(comm),
+                    ..Origin::default()
+                }
             }),
             qname: lk.qname.into_string(),
             qtype: lk.qtype.into_string(),
@@ -555,7 +558,8 @@ fn loopback_nameserver(f: &Facts) -> Option<Finding> {
     let last = root.query_hops().last().copied().unwrap_or(root.hops[0]);
     let says = format!(
         "the pod (netns {}) queries the loopback nameserver {}; nothing on the node ever sees the query",
-        root.first().netns, root.server()
+        root.first().netns,
+        root.server()
     );
     if !refused && !nothing_listens && (f.lost > 0 || f.premature) {
         return Some(f.c.unknown(lk, f.lost, f.end, &last, &says).outcome());
@@ -785,7 +789,9 @@ fn reply_from_unexpected_source(f: &Facts) -> Option<Finding> {
     .hint("DNAT not reversed: load br_netfilter / set net.bridge.bridge-nf-call-iptables=1")
     .detail(format!(
         "the reply to {} came from {}, not from {} that it queried: DNAT was not reversed{fate}",
-        leg.client(), h.src, leg.server()
+        leg.client(),
+        h.src,
+        leg.server()
     ));
     Some(j.at(h.ts))
 }

@@ -1027,7 +1027,7 @@ impl Correlator {
                 last_client_ts: hop.ts,
                 deadline,
                 rare: None,
-                task: self.task.take(),
+                task: self.task.take().map(Box::new),
             }),
         );
         self.deadlines.insert((deadline, lid));

@@ -255,7 +255,7 @@ pub(super) struct LookupState {
     /// What only a lookup with a TCP retry or past the leg cap needs (boxed: most never do).
     pub rare: Option<Box<Rare>>,
     /// The task that sent the first query (pid, comm), when the socket hop saw it.
-    pub task: Option<(u32, String)>,
+    pub task: Option<Box<(u32, String)>>,
 }
 
 /// The rarely needed part of a [`LookupState`].
@@ -361,13 +361,14 @@ pub(super) fn refs_remove<K: std::hash::Hash + Eq>(
 #[derive(Debug)]
 pub(super) enum Ids {
     One(u64),
-    Many(VecDeque<u64>),
+    /// Boxed: the index's entries stay small.
+    Many(Box<VecDeque<u64>>),
 }
 
 impl Ids {
     pub fn push(&mut self, id: u64) {
         match self {
-            Self::One(old) => *self = Self::Many(VecDeque::from([*old, id])),
+            Self::One(old) => *self = Self::Many(Box::new(VecDeque::from([*old, id]))),
             Self::Many(v) => v.push_back(id),
         }
     }
