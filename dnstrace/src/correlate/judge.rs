@@ -522,7 +522,7 @@ fn cut_short(f: &Facts) -> Option<Finding> {
     let cap = f.c.cfg.max_lookups;
     let j = Judgement::new(Verdict::Unknown, None, Some(f.c.at(last)))
         .hint(format!(
-            "more than {cap} lookups were open at once (a flood of unanswered queries?); a shorter --timeout ends them sooner"
+            "more than {cap} lookups were open at once (a flood of unanswered queries?); a shorter --timeout ends them sooner, and watch's --memory-budget sets how many fit"
         ))
         .detail(format!(
             "evicted: {cap} live lookups at the cap; {} was last seen at {}",
