@@ -302,7 +302,7 @@ impl Metrics {
             verdict: l.verdict.as_str(),
             qtype: QTYPES
                 .iter()
-                .find(|t| **t == l.qtype)
+                .find(|t| l.qtype == **t)
                 .copied()
                 .unwrap_or(OTHER),
             rcode: l

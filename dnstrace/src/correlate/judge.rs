@@ -406,7 +406,7 @@ impl Correlator {
                 }
             }),
             qname: lk.qname.into_string(),
-            qtype: lk.qtype.into_string(),
+            qtype: lk.qtype,
         }
     }
 
@@ -1046,7 +1046,7 @@ impl Correlator {
         let dns = h.has(super::B_DNS);
         Hop {
             ts_ns: h.ts,
-            iface: self.ifaces.get(h.iface).to_owned(),
+            iface: self.ifaces.shared(h.iface),
             dir: h.point.as_str(),
             netns: h.netns,
             src: h.src,
@@ -1074,7 +1074,7 @@ impl Correlator {
             client: socket_addr_string(&leg.client()),
             server: socket_addr_string(&leg.server()),
             qname: lk.qname.to_string(),
-            qtype: String::from(&*lk.qtype),
+            qtype: lk.qtype.clone(),
             rcode: resp.map(|h| h.rcode),
             verdict,
             culprit,

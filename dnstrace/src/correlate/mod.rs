@@ -50,7 +50,7 @@ pub struct Event {
 /// Heap bytes one live lookup's state may take under a flood of one-sighting lookups: the
 /// lookup, its leg and hop, its index entries, and its share of the tables at their
 /// largest (asserted by a test with a counting allocator).
-pub const LOOKUP_STATE_BYTES: usize = 700;
+pub const LOOKUP_STATE_BYTES: usize = 620;
 
 /// Which capture points are watched: a verdict that rests on *not* seeing something is
 /// only given when the place it would have been seen is watched.
@@ -213,8 +213,8 @@ impl std::fmt::Display for HopEdns {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hop {
     pub ts_ns: u64,
-    /// Interface name, or "socket".
-    pub iface: String,
+    /// Interface name, or "socket" (shared with the correlator's table of names).
+    pub iface: std::sync::Arc<str>,
     /// "ingress", "egress", "socket-in", "socket-out" or "drop".
     pub dir: &'static str,
     pub netns: u64,
@@ -246,7 +246,8 @@ pub struct Lookup {
     /// "ip:port" the client addressed (before any DNAT).
     pub server: String,
     pub qname: String,
-    pub qtype: String,
+    /// A name from the decoder's table ("A", "AAAA"): no allocation per lookup.
+    pub qtype: dns::Text,
     /// What the client finally got, or None.
     pub rcode: Option<Rcode>,
     pub verdict: Verdict,

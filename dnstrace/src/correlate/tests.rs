@@ -1273,7 +1273,7 @@ fn names_of_interfaces_gone_are_given_back() {
     assert_eq!(last.len(), 1);
     let want = format!("veth{:x}", pods - 1);
     assert!(
-        last[0].hops.iter().all(|h| h.iface == want),
+        last[0].hops.iter().all(|h| *h.iface == *want),
         "{:?}",
         last[0].hops
     );

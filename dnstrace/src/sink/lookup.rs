@@ -163,7 +163,7 @@ impl<'a> CompactRecord<'a> {
             let place = if h.dir.starts_with("socket") {
                 "socket"
             } else {
-                h.iface.as_str()
+                &*h.iface
             };
             if !places.contains(&place) {
                 places.push(place);

@@ -461,7 +461,7 @@ mod tests {
     fn hop(ts_ns: u64, dir: &'static str) -> Hop {
         Hop {
             ts_ns,
-            iface: "eth0".to_owned(),
+            iface: "eth0".into(),
             dir,
             netns: 1,
             src: "10.0.0.2:40000".parse().unwrap(),
@@ -484,7 +484,7 @@ mod tests {
             client: "10.0.0.2:40000".to_owned(),
             server: "10.0.0.1:53".to_owned(),
             qname: "example.org.".to_owned(),
-            qtype: "A".to_owned(),
+            qtype: "A".into(),
             rcode: None,
             verdict: Verdict::Ok,
             culprit: None,
@@ -530,7 +530,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (iface, dir))| Hop {
-                iface: (*iface).to_owned(),
+                iface: (*iface).into(),
                 ..hop(l.start_ts_ns + i as u64 * 40_000, dir)
             })
             .collect();

@@ -50,7 +50,7 @@ struct H {
 fn hop(t0: u64, h: H) -> Hop {
     Hop {
         ts_ns: t0 + h.at_us * 1000,
-        iface: h.iface.to_owned(),
+        iface: h.iface.into(),
         dir: h.dir,
         netns: if h.iface == "socket" { POD_NS } else { NODE_NS },
         src: h.src.parse().unwrap(),
@@ -97,7 +97,7 @@ fn base(t0: u64, client: &str, server: &str, qname: &str, qtype: &str, verdict: 
         client: client.to_owned(),
         server: server.to_owned(),
         qname: qname.to_owned(),
-        qtype: qtype.to_owned(),
+        qtype: qtype.to_owned().into(),
         rcode: Rcode::from_name("NOERROR"),
         verdict,
         culprit: None,

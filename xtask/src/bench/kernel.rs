@@ -293,8 +293,8 @@ pub fn memory_flood(ctx: &Ctx, report: &mut Report) -> Result<()> {
              | lookups finished (unanswered) | {finished} |\n| lookups evicted (cap reached) | {evicted} |\n\n\
              The budget is met by its cap: what the budget leaves after the ring, the full event queue \
              and dnstrace itself, at 1 KiB per open lookup. The same flood replayed through decode + \
-             correlate alone (`collector_bench gen-flood FILE 1000000`, then `run FILE 100000`) holds \
-             about 0.55 KiB of heap and 0.6 KiB of RSS per open lookup (1.2 and 1.3 KiB before \
+             correlate alone (`collector_bench gen-flood FILE 1000000`, then `run-heap FILE 100000`) holds \
+             about 0.6 KiB of heap and 0.75 KiB of RSS per open lookup (1.2 and 1.3 KiB before \
              issue 11 step 4).\n",
             cmd = flood_command(&args),
             sent = res.sent,

@@ -91,7 +91,7 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
             }
             cells.extend([
                 Cell::from(l.qname.clone()),
-                Cell::from(l.qtype.clone()),
+                Cell::from(l.qtype.to_string()),
                 Cell::from(l.rcode.map_or_else(|| "-".to_owned(), |r| r.to_string())),
                 Cell::from(Span::styled(
                     if wide {
