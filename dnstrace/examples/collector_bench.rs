@@ -216,6 +216,7 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
     let (mut events, mut finished, mut next_tick) = (0u64, 0u64, 0u64);
     let mut last_ts = 0;
+    let mut done = Vec::new();
     while let Some(packet) = reader.next_packet() {
         let packet = packet?;
         let ts_ns = packet.timestamp.as_nanos() as u64;
@@ -238,15 +239,17 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
         // As `dnstrace watch` without packet lines: answers are checked, not kept.
         let decoded = decode::decode_with(meta, LinkType::Ethernet, &packet.data, Detail::Stitch);
         events += 1;
-        let done = correlator.ingest(
+        correlator.ingest_into(
             correlate::Event {
                 packet: decoded,
                 iface: IFACE.to_owned(),
                 drop_reason: None,
             },
             ts_ns,
+            &mut done,
         );
         finished += done.len() as u64;
+        done.clear();
         if ts_ns >= next_tick {
             finished += correlator.expire(ts_ns).len() as u64;
             next_tick = ts_ns + TICK_NS;

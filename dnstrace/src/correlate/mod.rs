@@ -516,9 +516,16 @@ impl Correlator {
     /// Feeds one event. Returns the lookups that finished because of it: the reply reached
     /// the client, or it was evicted at the cap to make room for the lookup it starts.
     pub fn ingest(&mut self, ev: Event, now_ns: u64) -> Vec<Lookup> {
+        let mut out = Vec::new();
+        self.ingest_into(ev, now_ns, &mut out);
+        out
+    }
+
+    /// [`Self::ingest`], appending the lookups it finished to `out` (no vector per event).
+    pub fn ingest_into(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Lookup>) {
+        let start = out.len();
         self.stats.events += 1;
         self.placed = None;
-        let mut out = Vec::new();
         let Event {
             packet,
             iface,
@@ -536,7 +543,7 @@ impl Correlator {
         } = packet;
         let (Some(src), Some(dst)) = (src, dst) else {
             self.stats.ignored += 1;
-            return out;
+            return;
         };
         self.task = (meta.point == Point::SocketOut && meta.pid != 0)
             .then(|| (meta.pid, meta.comm.take().unwrap_or_default()));
@@ -573,7 +580,7 @@ impl Correlator {
         }
         let Some(msg) = dns else {
             self.on_segment(hop);
-            return out;
+            return;
         };
         let dns::Message {
             id,
@@ -587,11 +594,11 @@ impl Correlator {
         } = msg;
         let Some(q) = question else {
             self.stats.ignored += 1;
-            return out;
+            return;
         };
         if opcode != "QUERY" {
             self.stats.ignored += 1;
-            return out;
+            return;
         }
         hop.id = id;
         hop.bits |= B_DNS | if qr { B_QR } else { 0 } | if flags.tc { B_TC } else { 0 };
@@ -610,10 +617,8 @@ impl Correlator {
         }
         // Evicted lookups started before anything this event finished.
         if !self.evicted.is_empty() {
-            self.evicted.append(&mut out);
-            std::mem::swap(&mut self.evicted, &mut out);
+            out.splice(start..start, self.evicted.drain(..));
         }
-        out
     }
 
     /// The lookup (and leg) the last event given to [`Self::ingest`] was attached to; None

@@ -1434,3 +1434,51 @@ fn live_lookup_state_is_small() {
         "{peak_per} B per live lookup at the peak"
     );
 }
+
+/// `ingest_into` appends to what the caller holds, in the order `ingest` returns them: what
+/// was there first stays first.
+#[test]
+fn ingest_into_appends_in_order() {
+    let mut c = Correlator::new(Config {
+        max_lookups: 1,
+        host_netns: scenario::HOST_NETNS,
+        ..Config::default()
+    });
+    let mut out = Vec::new();
+    let rows = [
+        (
+            q(1.0, "veth1 ingress", "10.244.0.2:1000", "10.96.0.10:53", 1),
+            "a.test.",
+        ),
+        (
+            r(
+                2.0,
+                "veth1 egress",
+                "10.96.0.10:53",
+                "10.244.0.2:1000",
+                1,
+                "NOERROR",
+            ),
+            "a.test.",
+        ),
+        (
+            q(3.0, "veth1 ingress", "10.244.0.3:1000", "10.96.0.10:53", 2),
+            "b.test.",
+        ),
+        // At the cap of one: b is evicted.
+        (
+            q(4.0, "veth1 ingress", "10.244.0.4:1000", "10.96.0.10:53", 3),
+            "c.test.",
+        ),
+    ];
+    for (row, name) in rows {
+        let e = scenario::event(&row, name, "A");
+        let at = e.packet.meta.ts_ns;
+        c.ingest_into(e, at, &mut out);
+    }
+    let got: Vec<(&str, Verdict)> = out.iter().map(|l| (l.qname.as_str(), l.verdict)).collect();
+    assert_eq!(
+        got,
+        [("a.test.", Verdict::Ok), ("b.test.", Verdict::Unknown)]
+    );
+}

@@ -351,13 +351,14 @@ impl Consumer {
             (None, false) => None,
         };
         let now = p.meta.ts_ns;
-        let finished = self.correlator.ingest(
+        self.correlator.ingest_into(
             correlate::Event {
                 packet: p,
                 iface,
                 drop_reason: f.drop_reason.clone(),
             },
             now,
+            &mut self.finished,
         );
         let placed = self.correlator.placed();
         if let (Some(held), Some(line)) = (&mut self.held, held_line) {
@@ -366,7 +367,6 @@ impl Consumer {
         if let Some(placed) = placed {
             self.placed.push(placed);
         }
-        self.finished.extend(finished);
         Ok(())
     }
 
