@@ -307,3 +307,112 @@ fn tcp_reassembly_under_4096_connections_stays_bounded() {
     assert!(n("incomplete_at_close") > 0, "{figures}");
     assert_eq!(n("messages"), 0, "{figures}");
 }
+
+/// Issue 11, step 4: a flood of unanswered queries grew the tracer by about 1.5 KiB per
+/// open lookup up to a fixed cap of 100,000 (176 MiB). The cap now follows from
+/// `--memory-budget`: with 60 MiB it is 8,192 open lookups (60 MiB less the 8 MiB ring,
+/// the 16 MiB queue and 28 MiB for dnstrace itself, at 1 KiB each), the lookups past it
+/// are written out as evicted and counted, and the tracer grows by no more than the
+/// budget grants beyond itself.
+#[test]
+fn unanswered_flood_stays_within_the_memory_budget() {
+    if !ready() {
+        return;
+    }
+    const QUERIES: u32 = 40_000;
+    const CAP: u64 = 8192;
+    let lab = Lab::new("bud").expect("lab");
+    let cli = lab.add_netns("cli").expect("netns");
+    let srv = lab.add_netns("srv").expect("netns");
+    let (cli_if, srv_if) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
+    lab.add_veth(
+        &VethEnd {
+            ns: &cli,
+            name: &cli_if,
+            addrs: &["10.253.78.1/24"],
+        },
+        &VethEnd {
+            ns: &srv,
+            name: &srv_if,
+            addrs: &["10.253.78.2/24"],
+        },
+    )
+    .expect("veth");
+    let tracer = Tracer::start_lookups(
+        &lab,
+        &cli,
+        "trace",
+        &["-i", &cli_if, "--memory-budget", "60MiB", "--timeout", "2s"],
+    )
+    .expect("dnstrace");
+    let pid = tracer.proc.pid;
+    thread::sleep(Duration::from_secs(1));
+    let base = rss(pid);
+    // Distinct queries (own ID and name each) to an address where nothing listens, at
+    // about 20,000 a second: 2 s of them outlive the timeout's 2.2 s only past the cap.
+    let sender = in_netns(&cli, move || {
+        let sock = std::net::UdpSocket::bind("10.253.78.1:0").expect("bind");
+        let to: SocketAddr = "10.253.78.2:53".parse().unwrap();
+        let started = Instant::now();
+        for i in 0..QUERIES {
+            let mut m = (i as u16).to_be_bytes().to_vec();
+            m.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+            for label in [format!("n{i:x}").as_str(), "flood", "test"] {
+                m.push(label.len() as u8);
+                m.extend(label.as_bytes());
+            }
+            m.extend([0, 0, 1, 0, 1]);
+            sock.send_to(&m, to).expect("send");
+            if i % 1000 == 999 {
+                let due = Duration::from_millis(u64::from(i + 1) / 20);
+                thread::sleep(due.saturating_sub(started.elapsed()));
+            }
+        }
+    });
+    let mut peak = base.total;
+    while !sender.is_finished() {
+        peak = peak.max(rss(pid).total);
+        thread::sleep(Duration::from_millis(20));
+    }
+    sender.join().expect("sender");
+    // Every open lookup times out.
+    for _ in 0..200 {
+        peak = peak.max(rss(pid).total);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let after = rss(pid);
+    let trace = tracer.stop(Signal::Int).expect("dnstrace stopped");
+    let lookups = &trace.summary["lookups"];
+    let n = |k: &str| lookups[k].as_u64().unwrap_or(0);
+    let peak = peak.max(after.peak);
+    let figures = format!(
+        "VmRSS {:.1} MiB at start, peak {:.1} MiB; lookups {lookups}, kernel {}",
+        mib(base.total),
+        mib(peak),
+        trace.summary["kernel"]
+    );
+    eprintln!("memory budget: {figures}");
+    let evicted_at_cap = format!("evicted: {CAP} live lookups at the cap");
+    let evicted = trace
+        .lookups
+        .iter()
+        .filter(|l| {
+            l["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&evicted_at_cap))
+        })
+        .count() as u64;
+    assert!(
+        evicted > 0,
+        "no lookup evicted at the cap of {CAP}: {figures}"
+    );
+    assert_eq!(evicted, n("evicted"), "{figures}");
+    assert_eq!(trace.lookups.len() as u64, n("finished"), "{figures}");
+    // What the budget grants beyond dnstrace itself: the ring, the queue, the lookups.
+    let granted = 60 * MIB - 28 * MIB;
+    assert!(
+        peak <= base.total + granted,
+        "grew by more than the budget grants ({:.0} MiB): {figures}",
+        mib(granted)
+    );
+}
