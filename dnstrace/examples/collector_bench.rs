@@ -262,8 +262,20 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
     );
     let (live, rss_open) = (correlator.stats().live_lookups, peak_rss_kib());
     // The capture ends; unanswered lookups end at their deadline.
-    finished += correlator.expire(last_ts + 60_000_000_000).len() as u64;
-    finished += correlator.finish(last_ts + 60_000_000_000).len() as u64;
+    // In batches, as `dnstrace watch` writes them.
+    let end = last_ts + 60_000_000_000;
+    while {
+        let more = correlator.expire_into(end, 1024, &mut done);
+        finished += done.len() as u64;
+        done.clear();
+        more
+    } {}
+    while {
+        let more = correlator.finish_into(end, 1024, &mut done);
+        finished += done.len() as u64;
+        done.clear();
+        more
+    } {}
     let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let stats = correlator.stats();
     let verdicts: BTreeMap<&str, u64> = stats.by_verdict.clone().into_iter().collect();

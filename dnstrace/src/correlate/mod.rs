@@ -635,10 +635,25 @@ impl Correlator {
     /// Time passes: lookups past their deadline finish.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Lookup> {
         let mut out = Vec::new();
+        while self.expire_into(now_ns, usize::MAX, &mut out) {}
+        out
+    }
+
+    /// [`Self::expire`], at most `max` lookups at a time, appended to `out`; true when more
+    /// are past their deadline. Writing out each batch before asking for the next keeps
+    /// the records of a mass expiry from piling up in memory (the budget counts a live
+    /// lookup's state, not its output record, which is about twice as large).
+    pub fn expire_into(&mut self, now_ns: u64, max: usize, out: &mut Vec<Lookup>) -> bool {
+        let max = max.max(1);
+        let mut n = 0;
         while let Some(&(deadline, lid)) = self.deadlines.first() {
             if deadline > now_ns {
                 break;
             }
+            if n == max {
+                return true;
+            }
+            n += 1;
             match self.finish_one(lid, deadline, End::Deadline) {
                 Some(l) => out.push(l),
                 // Cannot happen (the index is kept in step); never spin on it.
@@ -648,7 +663,7 @@ impl Correlator {
             }
         }
         self.prune(now_ns);
-        out
+        false
     }
 
     /// The tracer lost `n` events around `now_ns`: lookups open then end `unknown`
@@ -676,11 +691,22 @@ impl Correlator {
 
     /// End of capture: finishes everything still open.
     pub fn finish(&mut self, now_ns: u64) -> Vec<Lookup> {
+        let mut out = Vec::new();
+        while self.finish_into(now_ns, usize::MAX, &mut out) {}
+        out
+    }
+
+    /// [`Self::finish`], at most `max` lookups at a time (oldest first), appended to
+    /// `out`; true while some are still open.
+    pub fn finish_into(&mut self, now_ns: u64, max: usize, out: &mut Vec<Lookup>) -> bool {
+        let max = max.max(1);
         let mut ids: Vec<u64> = self.lookups.keys().copied().collect();
         ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|lid| self.finish_one(lid, now_ns, End::Stopped))
-            .collect()
+        let more = ids.len() > max;
+        for lid in ids.into_iter().take(max) {
+            out.extend(self.finish_one(lid, now_ns, End::Stopped));
+        }
+        more
     }
 
     /// Per upstream address, sorted by address.

@@ -1482,3 +1482,57 @@ fn ingest_into_appends_in_order() {
         [("a.test.", Verdict::Ok), ("b.test.", Verdict::Unknown)]
     );
 }
+
+/// `expire_into` and `finish_into` end the same lookups as `expire` and `finish`, in the
+/// same order, a batch at a time.
+#[test]
+fn batches_end_what_one_call_ends() {
+    let run = |batch: Option<usize>| {
+        let mut c = Correlator::new(Config {
+            host_netns: scenario::HOST_NETNS,
+            ..Config::default()
+        });
+        for i in 0..7u16 {
+            let src = format!("10.244.0.{}:1000", i + 2);
+            let row = q(
+                1.0 + f64::from(i),
+                "veth1 ingress",
+                &src,
+                "10.96.0.10:53",
+                i,
+            );
+            let e = scenario::event(&row, &format!("n{i}.test."), "A");
+            let at = e.packet.meta.ts_ns;
+            c.ingest(e, at);
+        }
+        // Five are past their deadline at 5.5 s + 5 ms; two are still open.
+        let (due, end) = (5_505_000_000, 5_506_000_000);
+        let mut out = Vec::new();
+        let mut calls = 0;
+        match batch {
+            None => {
+                out.extend(c.expire(due));
+                let expired = out.len();
+                out.extend(c.finish(end));
+                (expired, out, calls)
+            }
+            Some(n) => {
+                while c.expire_into(due, n, &mut out) {
+                    calls += 1;
+                }
+                let expired = out.len();
+                while c.finish_into(end, n, &mut out) {
+                    calls += 1;
+                }
+                (expired, out, calls)
+            }
+        }
+    };
+    let (expired, whole, _) = run(None);
+    assert_eq!((expired, whole.len()), (5, 7));
+    let (expired, batched, calls) = run(Some(2));
+    // Batches of 2, 2 and 1 of the expired (two calls say more are due), then the two
+    // open ones in one batch.
+    assert_eq!((expired, calls), (5, 2));
+    assert_eq!(batched, whole);
+}

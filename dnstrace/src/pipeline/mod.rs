@@ -28,6 +28,9 @@ use crate::{
     tui,
 };
 
+/// Lookups ended at once (at their deadline, or at the end) before they are written out.
+const FINISH_BATCH: usize = 1024;
+
 /// How often open lookups are checked for their deadline and losses are noted.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
@@ -440,11 +443,18 @@ impl Consumer {
             self.correlator.note_loss(lost - self.lost_seen, now);
             self.lost_seen = lost;
         }
-        let expired = self.correlator.expire(now);
-        self.finished.extend(expired);
+        // In batches, each written out before the next is built (a mass expiry's records
+        // would otherwise all be in memory at once).
+        let mut r = Ok(());
+        while self
+            .correlator
+            .expire_into(now, FINISH_BATCH, &mut self.finished)
+        {
+            r = r.and(self.emit_finished(now));
+        }
         self.tcp.expire(now);
         self.names.forget_retired(now);
-        let r = self.emit_finished(now);
+        let r = r.and(self.emit_finished(now));
         // Time moved on: held pcapng packets may have reached their bound.
         self.drain_pcap(now);
         self.live(now);
@@ -478,9 +488,16 @@ impl Consumer {
     /// End of input: finishes every open lookup.
     pub(crate) fn finish(&mut self, now: u64) -> std::io::Result<()> {
         self.end_epoch_ns = self.names.epoch_ns(now);
-        let rest = self.correlator.finish(now);
-        self.finished.extend(rest);
-        let r = self.emit_finished(now).and_then(|()| self.drain_held(true));
+        let mut r = Ok(());
+        while self
+            .correlator
+            .finish_into(now, FINISH_BATCH, &mut self.finished)
+        {
+            r = r.and(self.emit_finished(now));
+        }
+        let r = r
+            .and(self.emit_finished(now))
+            .and_then(|()| self.drain_held(true));
         let _ = self.out.flush();
         r
     }
