@@ -7,6 +7,17 @@ use dnstrace::{
     sink::StdoutClosed,
 };
 
+/// jemalloc: the pipeline allocates and frees small blocks per event (names, hops,
+/// records); glibc's malloc spent about a sixth of dnstrace's CPU on them (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (its `MALLOC_CONF`, which the environment's `_RJEM_MALLOC_CONF`
+/// overrides): one arena, as one task does nearly all the work, and freed pages
+/// given back within a second, so that the memory budget holds.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// Exit status of a bad command line, as clap uses.
 const USAGE: u8 = 2;
 /// `replay --exit-code` found a lookup with a problem verdict.

@@ -93,6 +93,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     // building: the CRI client's protobuf definitions (k8s-cri's build script)
     ("protoc", "protobuf-compiler"),
+    // building: jemalloc, the release binary's allocator (tikv-jemalloc-sys runs its make)
+    ("make", "make"),
 ];
 /// Packages that provide something other than a program on PATH.
 const LIBRARY_PACKAGES: &[&str] = &[

@@ -6,6 +6,10 @@
 //! process. Figures: the tool's CPU per 10k qps, the client's latency
 //! (average and p99) against the runs with nothing attached, the bytes
 //! written, and dnstrace's own counters (events per lookup, decode calls).
+//!
+//! For profiling the collector on this path's real mix of events, set
+//! `DNSTRACE_BENCH_COST_PCAP=FILE`: the JSON runs then also write `--pcap
+//! FILE`, which `dnstrace replay` reads back (those runs' CPU includes it).
 
 use std::{fs::File, path::PathBuf, process::Stdio, time::Duration};
 
@@ -258,8 +262,11 @@ fn start(ctx: &Ctx, node: &Node, mode: Mode, rep: usize) -> Result<Option<Tool>>
             cmd.args(["watch", "--auto", "--upstream-every", "0", "--output"])
                 .arg(if mode == Mode::Json { "json" } else { "text" })
                 .arg("--ready-file")
-                .arg(&ready)
-                .stdin(Stdio::null())
+                .arg(&ready);
+            if let (Mode::Json, Some(pcap)) = (mode, std::env::var_os("DNSTRACE_BENCH_COST_PCAP")) {
+                cmd.arg("--pcap").arg(pcap);
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
                 .stderr(stderr()?);
             let proc = node.lab.spawn(&name, cmd)?;
