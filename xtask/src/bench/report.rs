@@ -260,4 +260,5 @@ within a row, not across rows:
 | Issue 11, step 4: (same), measured by `collector_bench run-heap` on the 1M flood at a 100 000 cap, old and new alternating, 3 runs each (identical to 0.1 %) | RSS per open lookup | 1370 B | 630 B |
 | Issue 11, step 3 (correlator): an output hop's interface name shared (Arc<str>), the lookup type static; a leg with room for its query and reply (so 596 heap bytes per open lookup, not 492) | collector events per CPU-second | 2.00–2.10 M | 2.14–2.18 M |
 | Issue 11, step 3 (correlator): finished lookups appended to the caller's vector (`ingest_into`), not a new vector per event | collector events per CPU-second | 1.96–2.12 M | 2.13–2.26 M |
+| Issue 11, step 4: lookups past their deadline (and those open at the end) ended and written 1024 at a time, so a mass expiry's records are never all in memory at once | peak RSS under the 1M flood, default `--memory-budget 64MiB` (flood section, 2–3 runs) | 51.0–56.2 MiB | 39.3–39.9 MiB |
 ";
