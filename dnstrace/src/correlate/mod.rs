@@ -815,6 +815,11 @@ impl Correlator {
                 || (matches!(hop.point, Point::SocketOut | Point::TcIngress) && !same_src)
             {
                 0
+            } else if same_dst && same_src {
+                // The very addresses an earlier sighting had: above a leg that shares only
+                // the destination, which may be another socket's query with the same ID
+                // and question (a drop there must not land on the socket that got its answer).
+                4
             } else if same_dst {
                 3
             } else if same_src {

@@ -35,6 +35,7 @@ scenarios!(
     flood,
     evicted_unknown,
     transparent_forwarder,
+    drop_other_socket,
 );
 
 #[test]
