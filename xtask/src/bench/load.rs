@@ -34,6 +34,8 @@ const DNSPERF_CLIENTS: usize = 4;
 const LOOKUP_TIMEOUT_SECS: u64 = 2;
 /// A 64 MiB ring: bursts while the tracer catches up are absorbed, not lost.
 const RING: &str = "67108864";
+/// The default 64MiB `--memory-budget` has no room for that ring.
+const BUDGET: &str = "160MiB";
 
 /// One traced run: what the client did and what dnstrace said.
 struct Run {
@@ -265,7 +267,7 @@ fn report_results(report: &mut Report, own: &Run, perf: &Run) {
          ClusterIP 10.96.0.10 DNAT → CoreDNS role (unbound) → MASQUERADE → upstream BIND), with \
          node-local-dns run for load as a real one is (no query log, `--dns-forward-max={NODELOCAL_FORWARD_MAX}`, \
          no cache: every query walks every hop). dnstrace: `dnstrace watch --auto --output json \
-         --timeout {LOOKUP_TIMEOUT_SECS}s --upstream-every 0 --ring-size {RING}` in the node netns, \
+         --timeout {LOOKUP_TIMEOUT_SECS}s --upstream-every 0 --ring-size {RING} --memory-budget {BUDGET}` in the node netns, \
          stopped once its output has been quiet for {}s. A lookup is this lab's when one of its hops \
          is on one of the lab's interfaces or in the client's netns; it is the client's when its \
          client address is the pod's. `dnsload` (tests/src/load.rs) reuses {SOCKETS} sockets, each \
@@ -361,6 +363,8 @@ pub(super) fn traced<T>(
         "0",
         "--ring-size",
         RING,
+        "--memory-budget",
+        BUDGET,
     ])
     .args(extra)
     .arg("--ready-file")
