@@ -47,7 +47,7 @@ use report::Report;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Longer runs and more repeats (about 15 minutes) instead of the short mode (under 5 minutes).
+    /// Longer runs and more repeats (about 20 minutes on a 2-vCPU VM) instead of the short mode (about 10).
     #[arg(long)]
     full: bool,
     /// Run only these sections: tax, kernel, dns, flood, collector, attach, load, volume, cost (comma-separated).

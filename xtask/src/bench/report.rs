@@ -219,7 +219,7 @@ impl Report {
         }
         out.push_str(OPTIMISATIONS);
         out.push_str(
-            "\n## How to reproduce\n\n```\nsudo cargo xtask bench          # short mode, under 5 minutes\n\
+            "\n## How to reproduce\n\n```\nsudo cargo xtask bench          # short mode, about 10 minutes\n\
              sudo cargo xtask bench --full   # longer runs, 5 repeats\n\
              sudo cargo xtask bench --only dns,collector   # a subset\n```\n\n\
              The bench builds dnstrace in release mode, builds its own namespaces with the \
