@@ -28,6 +28,29 @@ const ANNOUNCED: u16 = u16::MAX;
 const BODY: usize = 60_000;
 const MIB: u64 = 1 << 20;
 
+/// A client netns and a server netns joined by a veth pair on 10.253.`net`.0/24 (the
+/// client .1, the server .2); returns the client's netns, its end's name and the server's netns.
+fn client_and_server(lab: &Lab, net: u8) -> (String, String, String) {
+    let cli = lab.add_netns("cli").expect("netns");
+    let srv = lab.add_netns("srv").expect("netns");
+    let (cli_if, srv_if) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
+    let (cli_addr, srv_addr) = (format!("10.253.{net}.1/24"), format!("10.253.{net}.2/24"));
+    lab.add_veth(
+        &VethEnd {
+            ns: &cli,
+            name: &cli_if,
+            addrs: &[&cli_addr],
+        },
+        &VethEnd {
+            ns: &srv,
+            name: &srv_if,
+            addrs: &[&srv_addr],
+        },
+    )
+    .expect("veth");
+    (cli, cli_if, srv)
+}
+
 fn ready() -> bool {
     !dnstrace_tests::skip_without_root() && dnstrace_tests::dnstrace_bin().is_some()
 }
@@ -137,22 +160,7 @@ fn tcp_reassembly_under_4096_connections_stays_bounded() {
     }
     raise_fd_limit(4 * CONNECTIONS as u64 + 1024);
     let lab = Lab::new("mem").expect("lab");
-    let cli = lab.add_netns("cli").expect("netns");
-    let srv = lab.add_netns("srv").expect("netns");
-    let (cli_if, srv_if) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
-    lab.add_veth(
-        &VethEnd {
-            ns: &cli,
-            name: &cli_if,
-            addrs: &["10.253.77.1/24"],
-        },
-        &VethEnd {
-            ns: &srv,
-            name: &srv_if,
-            addrs: &["10.253.77.2/24"],
-        },
-    )
-    .expect("veth");
+    let (cli, cli_if, srv) = client_and_server(&lab, 77);
     // One MSS per packet, so every segment fits the snaplen and goes through
     // reassembly (TSO would hand tc 64 KB packets that are cut and left alone).
     lab.ip(&cli, &["link", "set", &cli_if, "gso_max_segs", "1"])
@@ -322,22 +330,7 @@ fn unanswered_flood_stays_within_the_memory_budget() {
     const QUERIES: u32 = 40_000;
     const CAP: u64 = 8192;
     let lab = Lab::new("bud").expect("lab");
-    let cli = lab.add_netns("cli").expect("netns");
-    let srv = lab.add_netns("srv").expect("netns");
-    let (cli_if, srv_if) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
-    lab.add_veth(
-        &VethEnd {
-            ns: &cli,
-            name: &cli_if,
-            addrs: &["10.253.78.1/24"],
-        },
-        &VethEnd {
-            ns: &srv,
-            name: &srv_if,
-            addrs: &["10.253.78.2/24"],
-        },
-    )
-    .expect("veth");
+    let (cli, cli_if, _srv) = client_and_server(&lab, 78);
     let tracer = Tracer::start_lookups(
         &lab,
         &cli,
