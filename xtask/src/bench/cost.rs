@@ -252,12 +252,11 @@ fn one(ctx: &Ctx, dnsload: &std::path::Path, mode: Mode, rep: usize) -> Result<R
 fn start(ctx: &Ctx, node: &Node, mode: Mode, rep: usize) -> Result<Option<Tool>> {
     let name = format!("cost{rep}");
     let out = node.lab.dir().join(format!("{name}.out"));
-    let err = node.lab.dir().join(format!("{name}.err"));
-    let stderr = || File::create(&err).with_context(|| format!("creating {}", err.display()));
-    let proc = match mode {
+    let (proc, err) = match mode {
         Mode::Bare => return Ok(None),
         Mode::Json | Mode::Text => {
             let ready = node.lab.dir().join(format!("{name}.ready"));
+            let err = node.lab.dir().join(format!("{name}.err"));
             let mut cmd = node.lab.cmd_setns(&node.node_ns, &ctx.bin)?;
             cmd.args(["watch", "--auto", "--upstream-every", "0", "--output"])
                 .arg(if mode == Mode::Json { "json" } else { "text" })
@@ -268,31 +267,21 @@ fn start(ctx: &Ctx, node: &Node, mode: Mode, rep: usize) -> Result<Option<Tool>>
             }
             cmd.stdin(Stdio::null())
                 .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
-                .stderr(stderr()?);
+                .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?);
             let proc = node.lab.spawn(&name, cmd)?;
             wait_file(&node.lab, &proc, &ready, &err)?;
-            proc
+            (proc, err)
         }
         Mode::Tcpdump => {
             let mut cmd = node.lab.cmd_setns(&node.node_ns, "tcpdump")?;
-            cmd.args(["-n", "-i", "any", "-w"])
-                .arg(&out)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr()?);
-            let proc = node.lab.spawn(&name, cmd)?;
+            cmd.args(["-n", "-i", "any", "-w"]).arg(&out);
+            let proc = node.lab.spawn_logged(&name, cmd)?;
             // tcpdump says "listening on …" once its socket is bound.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !std::fs::read_to_string(&err)
-                .unwrap_or_default()
-                .contains("listening on")
-            {
-                if std::time::Instant::now() > deadline {
-                    bail!("tcpdump did not start: {}", std::fs::read_to_string(&err)?);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            proc
+            node.lab
+                .wait_for_log(&proc, "listening on", Duration::from_secs(10))
+                .context("tcpdump did not start")?;
+            let err = proc.log.clone().context("spawn_logged keeps a log")?;
+            (proc, err)
         }
     };
     Ok(Some(Tool { proc, out, err }))
