@@ -24,7 +24,7 @@ mod scenario;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
@@ -443,7 +443,7 @@ pub struct Correlator {
     by_msg: HashMap<(u16, u64), Refs, Fx>,
     /// Question hash → open lookups, oldest first.
     by_q: HashMap<u64, state::Ids, Fx>,
-    deadlines: BTreeSet<(u64, u64)>,
+    deadlines: state::Deadlines,
     /// Client IP → lookups whose client got TC=1 and may now open TCP.
     tc_wait: HashMap<IpAddr, Vec<u64>, Fx>,
     /// Client address of a TCP retry → lookup.
@@ -488,7 +488,7 @@ impl Correlator {
             lookups: HashMap::default(),
             by_msg: HashMap::default(),
             by_q: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: state::Deadlines::default(),
             tc_wait: HashMap::default(),
             tcp_flows: HashMap::default(),
             ifaces: Interner::new("?"),
@@ -615,6 +615,7 @@ impl Correlator {
         } else {
             self.on_query(hop, qhash, q);
         }
+        self.sweep_deadlines();
         // Evicted lookups started before anything this event finished.
         if !self.evicted.is_empty() {
             out.splice(start..start, self.evicted.drain(..));
@@ -646,21 +647,25 @@ impl Correlator {
     pub fn expire_into(&mut self, now_ns: u64, max: usize, out: &mut Vec<Lookup>) -> bool {
         let max = max.max(1);
         let mut n = 0;
-        while let Some(&(deadline, lid)) = self.deadlines.first() {
+        while let Some((deadline, lid)) = self.deadlines.first() {
             if deadline > now_ns {
                 break;
+            }
+            // A lookup that finished or moved its deadline left its entry behind.
+            if self
+                .lookups
+                .get(&lid)
+                .is_none_or(|lk| lk.deadline != deadline)
+            {
+                self.deadlines.pop();
+                continue;
             }
             if n == max {
                 return true;
             }
             n += 1;
-            match self.finish_one(lid, deadline, End::Deadline) {
-                Some(l) => out.push(l),
-                // Cannot happen (the index is kept in step); never spin on it.
-                None => {
-                    self.deadlines.pop_first();
-                }
-            }
+            self.deadlines.pop();
+            out.extend(self.finish_one(lid, deadline, End::Deadline));
         }
         self.prune(now_ns);
         false
@@ -706,7 +711,15 @@ impl Correlator {
         for lid in ids.into_iter().take(max) {
             out.extend(self.finish_one(lid, now_ns, End::Stopped));
         }
+        self.sweep_deadlines();
         more
+    }
+
+    fn sweep_deadlines(&mut self) {
+        let lookups = &self.lookups;
+        self.deadlines.sweep(lookups.len(), |d, lid| {
+            lookups.get(&lid).is_some_and(|lk| lk.deadline == d)
+        });
     }
 
     /// Per upstream address, sorted by address.
@@ -1067,7 +1080,7 @@ impl Correlator {
                 task: self.task.take().map(Box::new),
             }),
         );
-        self.deadlines.insert((deadline, lid));
+        self.deadlines.push(deadline, lid);
         state::refs_insert(
             &mut self.by_msg,
             (hop.id, qhash),
@@ -1243,7 +1256,6 @@ impl Correlator {
         {
             self.by_q.remove(&lk.qhash);
         }
-        self.deadlines.remove(&(lk.deadline, lid));
         if lk.rare().await_tcp.is_some() {
             let ip = lk.legs[0].client().ip();
             if let Some(v) = self.tc_wait.get_mut(&ip) {
@@ -1415,13 +1427,10 @@ fn child_score(leg: &Leg, hop: &HopRec) -> u8 {
     }
 }
 
-fn set_deadline(
-    deadlines: &mut BTreeSet<(u64, u64)>,
-    lk: &mut LookupState,
-    lid: u64,
-    deadline: u64,
-) {
-    deadlines.remove(&(lk.deadline, lid));
-    lk.deadline = deadline;
-    deadlines.insert((deadline, lid));
+/// The lookup's old entry in `deadlines` goes stale: `expire_into` skips it.
+fn set_deadline(deadlines: &mut state::Deadlines, lk: &mut LookupState, lid: u64, deadline: u64) {
+    if lk.deadline != deadline {
+        lk.deadline = deadline;
+        deadlines.push(deadline, lid);
+    }
 }
