@@ -632,24 +632,116 @@ impl Hasher for FxHasher {
 pub(super) type Fx = BuildHasherDefault<FxHasher>;
 
 /// Case-insensitive hash of a question (name, type, class), without allocating.
+///
+/// Eight bytes at a time, each word lowercased in place (ASCII `A`–`Z` only, as
+/// `eq_ignore_ascii_case` compares): a byte-at-a-time hash waits on one multiply per byte,
+/// which was 4 % of the collector's time. Lookups are still matched by name, type and
+/// class; the hash only finds the candidates.
 pub(super) fn question_hash(name: &str, qtype: &str, qclass: &str) -> u64 {
-    // FNV-1a: stable, and good enough spread for the short strings of a question.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: u8| {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    name.bytes().for_each(|b| eat(b.to_ascii_lowercase()));
-    eat(0);
-    qtype.bytes().for_each(&mut eat);
-    eat(0);
-    qclass.bytes().for_each(&mut eat);
-    h
+    let mut h = Words(0x243f_6a88_85a3_08d3);
+    h.eat(name.as_bytes(), true);
+    h.eat(qtype.as_bytes(), false);
+    h.eat(qclass.as_bytes(), false);
+    h.finish()
+}
+
+/// A word-at-a-time mix (FxHash's step, with a final avalanche).
+struct Words(u64);
+
+impl Words {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+
+    /// `bytes`, then their length (so that "ab"+"c" and "a"+"bc" differ).
+    fn eat(&mut self, bytes: &[u8], fold_case: bool) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            self.word(if fold_case { ascii_lower(w) } else { w });
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut pad = [0u8; 8];
+            pad[..rest.len()].copy_from_slice(rest);
+            let w = u64::from_le_bytes(pad);
+            self.word(if fold_case { ascii_lower(w) } else { w });
+        }
+        self.word(bytes.len() as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64: every input bit reaches the high bits the table looks at.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// Each byte of `w` that is an ASCII capital letter, made small; the rest unchanged.
+fn ascii_lower(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    // Per byte, on its low 7 bits (no carry crosses a byte): the high bit says `>= 'A'`,
+    // and `> 'Z'`; a byte with its own high bit set is not ASCII and stays.
+    let low7 = w & !HIGH;
+    let ge_a = low7 + ONES * u64::from(0x80 - b'A');
+    let gt_z = low7 + ONES * u64::from(0x7f - b'Z');
+    let upper = (ge_a ^ gt_z) & !w & HIGH;
+    w | (upper >> 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-at-a-time hash agrees with `eq_ignore_ascii_case`: equal for names that
+    /// differ only in the case of ASCII letters, different otherwise (including the bytes
+    /// that a blunt `| 0x20` would fold together: `@` and `` ` ``, `[` and `{`, `_` and DEL).
+    #[test]
+    fn question_hash_folds_exactly_ascii_letters() {
+        let all: Vec<u8> = (0u8..=255).collect();
+        for b in all.iter().copied() {
+            let w = u64::from_le_bytes([b, b'A', b, b'z', b'@', b'[', 0xc1, b]);
+            let want: Vec<u8> = w.to_le_bytes().iter().map(u8::to_ascii_lowercase).collect();
+            assert_eq!(ascii_lower(w).to_le_bytes().to_vec(), want, "byte {b:#x}");
+        }
+        let names = [
+            "x@y.test.",
+            "x`y.test.",
+            "a[b.test.",
+            "a{b.test.",
+            "a_b.test.",
+            "a\x7fb.test.",
+            "Kube-DNS.kube-system.svc.cluster.local.",
+            "a.",
+            "ab.",
+            "abcdefgh.",
+            "abcdefgh.i.",
+        ];
+        for a in names {
+            for b in names {
+                let same = question_hash(a, "A", "IN") == question_hash(b, "A", "IN");
+                assert_eq!(same, a == b, "{a} vs {b}");
+            }
+            let upper = a.to_ascii_uppercase();
+            assert_eq!(
+                question_hash(a, "A", "IN"),
+                question_hash(&upper, "A", "IN"),
+                "{a}"
+            );
+        }
+        // Where one field ends is part of the question.
+        assert_ne!(
+            question_hash("a.", "AB", "C"),
+            question_hash("a.", "A", "BC")
+        );
+    }
 
     #[test]
     fn question_hash_ignores_name_case_only() {
