@@ -474,19 +474,18 @@ fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
 /// An uncompressed name at `at` made of letters, digits, `-` and `_`, as
 /// hickory's `to_ascii` writes it (trailing dot), and the offset after it.
 fn plain_name(bytes: &[u8], start: usize) -> Option<(String, usize)> {
-    // Checked first, so the name is copied label by label into a buffer of the right size
-    // and its bytes (all ASCII) are looked at once more only to make them a String.
+    // Checked first; then the wire form after the first length byte is copied whole, and
+    // each later length byte (and the final 0) becomes the dot that ends its label.
     let end = plain_name_end(bytes, start)?;
-    let mut name = Vec::with_capacity((end - start - 1).max(1));
-    let mut at = start;
-    while at + 1 < end {
-        let len = usize::from(bytes[at]);
-        name.extend_from_slice(&bytes[at + 1..at + 1 + len]);
-        name.push(b'.');
-        at += 1 + len;
+    if end == start + 1 {
+        return Some((".".to_owned(), end));
     }
-    if name.is_empty() {
-        name.push(b'.');
+    let mut name = bytes[start + 1..end].to_vec();
+    let mut at = usize::from(bytes[start]);
+    while at < name.len() {
+        let next = usize::from(name[at]);
+        name[at] = b'.';
+        at += 1 + next;
     }
     Some((String::from_utf8(name).ok()?, end))
 }
