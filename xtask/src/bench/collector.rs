@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let tshark_rate = Samples(t_cpu.0.iter().map(|c| packets as f64 / c).collect());
     let ratio = rate.median() / tshark_rate.median();
-    report.row(
+    report.goal(
         "Collector throughput: decode + correlate, events per CPU-second (one core)",
         "≥ 3M/s (was ≥ 1M/s)",
         format!(
@@ -103,7 +103,19 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             Samples(rate.0.iter().map(|v| v / 1e6).collect()).show(2),
             Samples(tshark_rate.0.iter().map(|v| v / 1e3).collect()).show(0)
         ),
-        Some(rate.median() >= 3e6),
+        rate.min() >= 3e6,
+        || {
+            let ns = 1e9 / rate.min();
+            format!(
+                "The slowest repeat spent {ns:.0} ns per event (reading the file, decoding the \
+                 packet and its DNS header and question, finding or opening its lookup, and for \
+                 each answer judging the lookup and building its record); 3 M/s leaves 333 ns, \
+                 so {:.0} ns ({:.0} %) less per event. A profile of this run spreads the time \
+                 over all of those stages, none of which is that large on its own.",
+                ns - 1e9 / 3e6,
+                100.0 * (1.0 - 3e6 / rate.min()),
+            )
+        },
     );
     report.section(
         "Collector throughput",

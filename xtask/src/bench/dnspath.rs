@@ -344,7 +344,8 @@ fn report_results(
         ),
         Some(tiny.exact()),
     );
-    report.row(
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.goal(
         "Max qps lost with dnstrace attached (vs nothing attached, same repeat)",
         "≤ 3 %, well under tcpdump",
         format!(
@@ -352,10 +353,28 @@ fn report_results(
             dt.max_qps_loss.show(1),
             tcpd.max_qps_loss.show(1)
         ),
-        Some(
-            dt.max_qps_loss.median() <= 3.0
-                && dt.max_qps_loss.median() < tcpd.max_qps_loss.median(),
-        ),
+        dt.max_qps_loss.max() <= 3.0 && dt.max_qps_loss.median() < tcpd.max_qps_loss.median(),
+        || {
+            // dnstrace's own process at max qps, in cores and as a share of the machine.
+            let own = dt.own_per_10k_max.median() / 100.0 * dt.max_qps.median() / 1e4;
+            let share = 100.0 * own / cores;
+            let need = 0.03 * cores / (dt.max_qps.median() / 1e4) * 100.0;
+            format!(
+                "Max qps fell by up to {:.1} % ({:.0} → {:.0} qps, medians). The load generator, \
+                 the server, the kernel's packet path and the tracer share this machine's {cores} \
+                 cores, so the CPU dnstrace takes comes off the qps: at max qps its own process \
+                 used {own:.2} cores ({share:.1} % of the machine), and its kernel programs run in \
+                 the packet path itself (see the kernel cost per DNS packet) for the rest \
+                 ({:.1} points). ≤ 3 % needs the process and the programs together under about 3 % \
+                 of the machine: the process alone would have to use ≤ {need:.2} % of a core per \
+                 10k qps at max qps, against {} now.",
+                dt.max_qps_loss.max(),
+                bare.max_qps.median(),
+                dt.max_qps.median(),
+                (dt.max_qps_loss.median() - share).max(0.0),
+                dt.own_per_10k_max.show(2),
+            )
+        },
     );
     report.row(
         &format!(
@@ -392,18 +411,14 @@ fn report_results(
             dt.rss_mib.show(1),
             dt.rss_max_mib.show(1)
         ),
-        Some(dt.rss_mib.median() <= 64.0),
+        Some(dt.rss_mib.max() <= 64.0),
     );
-    let noise = (bare.avg_ms.max() - bare.avg_ms.min()).max(0.0);
-    let added = dt.avg_ms.median() - bare.avg_ms.median();
-    let noise99 = (bare.p99_ms.max() - bare.p99_ms.min()).max(0.0);
-    let added99 = dt.p99_ms.median() - bare.p99_ms.median();
-    report.row(
+    report.goal(
         &format!(
             "Added DNS latency at {}k qps (dnsperf average / p99)",
             plan.fixed_qps / 1000
         ),
-        "within run-to-run noise",
+        "within the spread of runs with nothing attached",
         format!(
             "avg {} vs {} ms, p99 {} vs {} ms (attached vs not)",
             dt.avg_ms.show(3),
@@ -411,7 +426,23 @@ fn report_results(
             dt.p99_ms.show(3),
             bare.p99_ms.show(3)
         ),
-        Some(added <= noise.max(0.005) && added99 <= noise99.max(0.01)),
+        dt.avg_ms.max() <= bare.avg_ms.max() && dt.p99_ms.max() <= bare.p99_ms.max(),
+        || {
+            format!(
+                "With dnstrace attached the worst repeat's average was {:.3} ms and its p99 {:.3} \
+                 ms; with nothing attached they ranged up to {:.3} and {:.3} ms. The tracer's \
+                 process ({} % of a core per 10k qps) drains the ring every 10 ms and then runs \
+                 on one of the {cores} cores the server and dnsperf also need; waits behind it \
+                 are the likely source of the longer tail (a queue that is not measured \
+                 directly). It would take a core the DNS path does not use, or that much less \
+                 CPU per event.",
+                dt.avg_ms.max(),
+                dt.p99_ms.max(),
+                bare.avg_ms.max(),
+                bare.p99_ms.max(),
+                dt.own_per_10k.show(2),
+            )
+        },
     );
 
     let mut body = format!(

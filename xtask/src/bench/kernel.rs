@@ -182,17 +182,48 @@ pub fn cost(ctx: &Ctx, report: &mut Report) -> Result<()> {
     f.lab.stop(&noop, Signal::Int, STOP_GRACE)?;
     let summary = stop_dnstrace(&f.lab, tracer)?;
     let [plain_added, plain_noop, dns_added, dns_noop] = s;
-    report.row(
+    report.goal(
         "Kernel cost per non-DNS packet, above a no-op classifier on the same hook",
         "≤ 10 ns",
         format!("{} ns", plain_added.show(1)),
-        Some(plain_added.median() <= 10.0),
+        plain_added.max() <= 10.0,
+        || {
+            format!(
+                "The worst repeat added {:.1} ns to a packet dnstrace only looks at (one per-CPU \
+                 counter, one bounds check, the IPv4 and port compares), {:.1} ns over the target. \
+                 The no-op itself costs {} ns per run on this machine, so the target is {:.2} no-op \
+                 runs and the program costs {:.2}: it would take {:.0} % less work on this path, or \
+                 a machine where the same instructions are that much faster.",
+                plain_added.max(),
+                plain_added.max() - 10.0,
+                plain_noop.show(1),
+                10.0 / plain_noop.median(),
+                plain_added.max() / plain_noop.median(),
+                100.0 * (1.0 - 10.0 / plain_added.max()),
+            )
+        },
     );
-    report.row(
+    report.goal(
         "Kernel cost per DNS packet (copied to the ring), above the no-op",
         "≤ 150 ns",
         format!("{} ns", dns_added.show(1)),
-        Some(dns_added.median() <= 150.0),
+        dns_added.max() <= 150.0,
+        || {
+            format!(
+                "The worst repeat added {:.1} ns per DNS packet, {:.1} over the target: {:.1} \
+                 no-op runs ({} ns each here). Beyond the parse a non-DNS packet costs ({:.1} ns), \
+                 the path reserves a ring record, writes its header and copies the packet into \
+                 ring memory the reader last touched on another CPU. Every packet of this flood \
+                 is a message's first sighting, so it always pays the copy; getting to 150 would \
+                 take {:.0} ns less copying and bookkeeping per packet.",
+                dns_added.max(),
+                dns_added.max() - 150.0,
+                dns_added.max() / dns_noop.median(),
+                dns_noop.show(1),
+                plain_added.median(),
+                dns_added.max() - 150.0,
+            )
+        },
     );
     report.section(
         "Kernel cost per packet",

@@ -121,7 +121,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(full: bool) -> Plan {
+    pub(super) fn new(full: bool) -> Plan {
         if full {
             Plan {
                 full,

@@ -16,6 +16,8 @@ pub struct Report {
     plan: Plan,
     sections_run: Vec<Section>,
     rows: Vec<Row>,
+    /// For a target not met: why, from the run's own measurements, and what it would take.
+    gaps: Vec<(String, String)>,
     sections: Vec<(String, String)>,
     failures: Vec<(String, String)>,
     started_at: String,
@@ -119,6 +121,7 @@ impl Report {
             plan: *plan,
             sections_run: sections.to_vec(),
             rows: Vec::new(),
+            gaps: Vec::new(),
             sections: Vec::new(),
             failures: Vec::new(),
             started_at: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -137,6 +140,23 @@ impl Report {
             result,
             met,
         });
+    }
+
+    /// One line of the summary table with a target, which holds only if `met`; when it
+    /// does not, `why` (computed from the same measurements) says why and what it would
+    /// take, under the table.
+    pub fn goal(
+        &mut self,
+        figure: &str,
+        target: &str,
+        result: String,
+        met: bool,
+        why: impl FnOnce() -> String,
+    ) {
+        if !met {
+            self.gaps.push((figure.to_owned(), why()));
+        }
+        self.row(figure, target, result, Some(met));
     }
 
     pub fn section(&mut self, title: &str, body: String) {
@@ -189,6 +209,16 @@ impl Report {
         );
         out.push_str("## Summary\n\n");
         out.push_str(&self.table());
+        if !self.gaps.is_empty() {
+            out.push_str(
+                "\n### Targets not met: why, and what it would take\n\n\
+                 Worked out from this run's own figures (the worst repeat, as a target holds \
+                 only if it holds in every repeat).\n\n",
+            );
+            for (figure, why) in &self.gaps {
+                let _ = writeln!(out, "- **{figure}.** {why}");
+            }
+        }
         if !self.failures.is_empty() {
             out.push_str("\n**Sections that failed:**\n\n");
             for (s, e) in &self.failures {
@@ -264,3 +294,30 @@ within a row, not across rows:
 | Issue 11, step 3: jemalloc (one arena, freed pages returned within a second) in place of glibc's malloc, which perf put at about a sixth of dnstrace's CPU on the node-local-dns path; mimalloc was tried too (faster than glibc, but 88.8 MiB under the 1M flood) | CPU-seconds to replay the cost section's 1.58M-event capture (`dnstrace replay FILE --output json`), old and new alternating, 3 runs each | 1.55–1.59 s | 1.35–1.39 s |
 | Issue 11, step 1, tried and not kept: decode each DNS message once in userspace (a bounded table of recently decoded messages, served only on byte-for-byte equal payloads; the corpus decoded alike). The capture holds 5.4 sightings per distinct message, yet serving one (hash, compare, copy the decoded message) cost more than the hand-written parse | CPU-seconds, same replay, 3 runs each | 1.36–1.47 s | 1.45–1.59 s (4096 slots), 1.45–1.50 s (256) |
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target not met says why under the table; one that is met adds nothing there.
+    #[test]
+    fn an_unmet_goal_says_why_under_the_table() {
+        let mut r = Report::new(&Plan::new(false), &[Section::Kernel], None);
+        r.goal("Met figure", "≤ 1", "0.5".into(), true, || {
+            panic!("asked why a met target was not met")
+        });
+        let text = r.render();
+        assert!(!text.contains("Targets not met"), "{text}");
+        r.goal("Missed figure", "≤ 1", "2.0".into(), false, || {
+            "because it measured 2.0".to_owned()
+        });
+        let text = r.render();
+        let table = text
+            .find("| Missed figure | ≤ 1 | 2.0 | **no** |")
+            .expect("its row");
+        let why = text
+            .find("- **Missed figure.** because it measured 2.0")
+            .expect("its reason");
+        assert!(table < why, "the reason follows the table");
+    }
+}
