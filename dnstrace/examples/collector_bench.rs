@@ -217,6 +217,8 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
     let (mut events, mut finished, mut next_tick) = (0u64, 0u64, 0u64);
     let mut last_ts = 0;
     let mut done = Vec::new();
+    // One name shared by every event, as `dnstrace watch` names them.
+    let iface: std::sync::Arc<str> = IFACE.into();
     while let Some(packet) = reader.next_packet() {
         let packet = packet?;
         let ts_ns = packet.timestamp.as_nanos() as u64;
@@ -242,7 +244,7 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
         correlator.ingest_into(
             correlate::Event {
                 packet: decoded,
-                iface: IFACE.to_owned(),
+                iface: iface.clone(),
                 drop_reason: None,
             },
             ts_ns,

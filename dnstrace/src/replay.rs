@@ -504,7 +504,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             }
         };
         // Our own file names each point as the live run did; keep that name whatever netns.
-        let named = ours.then_some(iface);
+        let named = ours.then(|| std::sync::Arc::<str>::from(iface));
         let mut data = &f.data[framed.offset..];
         let mut link = framed.link;
         let mut orig_len = f.orig_len.saturating_sub(framed.offset as u32);

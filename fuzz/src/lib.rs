@@ -587,7 +587,7 @@ fn step(u: &mut Unstructured, now: u64) -> arbitrary::Result<Step> {
         .map(str::to_owned);
     let event = Event {
         packet,
-        iface: iface.to_owned(),
+        iface: iface.into(),
         drop_reason,
     };
     Ok(Step::Event(Box::new(event), ts))
@@ -625,7 +625,7 @@ pub fn correlate_events(input: &[u8]) {
                     }
                     let event = Event {
                         packet: p,
-                        iface: "eth0".to_owned(),
+                        iface: "eth0".into(),
                         drop_reason: None,
                     };
                     let done = c.ingest(event, ts);

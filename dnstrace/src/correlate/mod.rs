@@ -40,8 +40,8 @@ use upstream::Upstreams;
 #[derive(Clone, Debug)]
 pub struct Event {
     pub packet: Packet,
-    /// Interface name, or "socket" for the socket hop.
-    pub iface: String,
+    /// Interface name, or "socket" for the socket hop (shared: no allocation per event).
+    pub iface: std::sync::Arc<str>,
     /// Set when this event is a kernel drop of the packet (skb:kfree_skb): the drop
     /// reason name, e.g. "NETFILTER_DROP", "NO_SOCKET", "IP_RPFILTER".
     pub drop_reason: Option<String>,

@@ -310,7 +310,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
             issue: None,
             tunnel: row.tunnel.as_deref().map(tunnel),
         },
-        iface: row.iface.clone(),
+        iface: row.iface.as_str().into(),
         drop_reason: row.drop_reason.clone(),
     }
 }

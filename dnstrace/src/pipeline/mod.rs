@@ -96,7 +96,7 @@ pub(crate) struct Frame<'a> {
     pub drop_reason: Option<String>,
     /// The capture point's name when known already (replay of our own file); else it
     /// comes from [`Names::iface`].
-    pub iface: Option<String>,
+    pub iface: Option<std::sync::Arc<str>>,
 }
 
 /// Decodes, correlates and writes; owns all per-packet and per-lookup state. Fed by the
@@ -340,7 +340,12 @@ impl Consumer {
 
     /// One DNS message (a TCP segment may hold several) into the packet output and the
     /// correlator.
-    fn ingest(&mut self, p: Packet, iface: String, f: &Frame<'_>) -> std::io::Result<()> {
+    fn ingest(
+        &mut self,
+        p: Packet,
+        iface: std::sync::Arc<str>,
+        f: &Frame<'_>,
+    ) -> std::io::Result<()> {
         self.issues.add(&p);
         let held_line = match (&self.held, self.packets) {
             (Some(_), _) => Some(

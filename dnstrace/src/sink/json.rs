@@ -19,7 +19,7 @@ struct PacketRecord<'a> {
     #[serde(flatten)]
     stamp: Stamp<'a>,
     ts_ns: u64,
-    iface: String,
+    iface: std::sync::Arc<str>,
     ifindex: u32,
     netns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

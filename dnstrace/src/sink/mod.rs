@@ -5,7 +5,11 @@ mod lookup;
 pub mod pcap;
 mod text;
 
-use std::{collections::HashMap, io::Write};
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, LazyLock},
+};
 
 pub use json::JsonSink;
 pub(crate) use lookup::serialize_hops;
@@ -72,7 +76,8 @@ pub struct Names {
     /// The `node` of every record.
     node: String,
     own_netns: u64,
-    by_index: HashMap<u32, String>,
+    /// Shared with every event named after it: naming one costs no allocation.
+    by_index: HashMap<u32, Arc<str>>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
     mono_to_epoch_ns: i128,
     drop_reasons: HashMap<u32, String>,
@@ -80,7 +85,7 @@ pub struct Names {
     hops: crate::cli::Hops,
     /// Interfaces gone, forgotten once packets captured on them have had time to
     /// arrive: (monotonic time it went, index, name).
-    retired: std::collections::VecDeque<(u64, u32, String)>,
+    retired: std::collections::VecDeque<(u64, u32, Arc<str>)>,
     /// Netns inodes and pods (live runs only).
     identity: Option<crate::identity::Identity>,
 }
@@ -95,7 +100,7 @@ impl Names {
             own_netns,
             by_index: ifaces
                 .into_iter()
-                .map(|(i, name)| (i, printable_string(name)))
+                .map(|(i, name)| (i, printable_string(name).into()))
                 .collect(),
             mono_to_epoch_ns: mono_to_epoch_ns(),
             drop_reasons: HashMap::new(),
@@ -166,7 +171,7 @@ impl Names {
 
     /// Names an interface index learnt after the start (replay learns them from the file).
     pub fn add_iface(&mut self, index: u32, name: String) {
-        self.by_index.insert(index, printable_string(name));
+        self.by_index.insert(index, printable_string(name).into());
     }
 
     /// Interface `index` went away at `at_ns` (monotonic): its name is forgotten a little
@@ -200,15 +205,17 @@ impl Names {
     }
 
     /// The capture point: the interface name for tc hooks, "socket" for the socket hop.
-    pub fn iface(&self, meta: &Meta) -> String {
+    pub fn iface(&self, meta: &Meta) -> Arc<str> {
+        static SOCKET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("socket"));
+        static LO: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("lo"));
         match meta.point {
-            Point::SocketIn | Point::SocketOut => "socket".to_owned(),
+            Point::SocketIn | Point::SocketOut => Arc::clone(&SOCKET),
             Point::TcIngress | Point::TcEgress | Point::Drop => {
                 match self.by_index.get(&meta.ifindex) {
-                    Some(name) if meta.netns == self.own_netns => name.clone(),
+                    Some(name) if meta.netns == self.own_netns => Arc::clone(name),
                     // Loopback is the first device of every netns.
-                    _ if meta.ifindex == 1 => "lo".to_owned(),
-                    _ => format!("if{}", meta.ifindex),
+                    _ if meta.ifindex == 1 => Arc::clone(&LO),
+                    _ => format!("if{}", meta.ifindex).into(),
                 }
             }
         }
