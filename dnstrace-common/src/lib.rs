@@ -9,6 +9,9 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the per-CPU array of recently copied DNS payloads (kernel-private layout,
+/// [`dedup::SLOTS`] entries and one for the sequence).
+pub const MAP_DEDUP: &str = "DEDUP";
 /// Name of the read-only global holding [`RawConfig`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -44,6 +47,28 @@ pub mod tunnel {
     pub const VXLAN_LINUX_PORT: u16 = 8472;
     /// Geneve (RFC 8926).
     pub const GENEVE_PORT: u16 = 6081;
+}
+
+/// Sending a UDP DNS payload once: the same message seen again at another hop on the
+/// same CPU, byte for byte, travels as a compact record (its own headers only).
+pub mod dedup {
+    /// [`RawEventHeader::dedup`]: a full record, nothing remembered.
+    pub const NONE: u8 = 0;
+    /// A full record whose payload the kernel remembered as (`msg_slot`, `msg_seq`).
+    pub const FULL: u8 = 1;
+    /// The packet's bytes up to the end of its UDP header (`cap_len` = `payload_off`);
+    /// its payload is that of the full record (`msg_slot`, `msg_seq`), byte for byte.
+    pub const COMPACT: u8 = 2;
+    /// Remembered payloads per CPU.
+    pub const SLOTS: u32 = 64;
+    /// Longest payload remembered; longer ones are always copied.
+    pub const MAX_PAYLOAD: u32 = 512;
+    /// Shortest payload remembered (a DNS header).
+    pub const MIN_PAYLOAD: u32 = 12;
+    /// A remembered payload is matched only this long after it was copied.
+    pub const WINDOW_NS: u64 = 1_000_000_000;
+    /// CPUs at or above this one copy every payload (`msg_slot` = cpu × SLOTS + slot is a u16).
+    pub const MAX_CPUS: u32 = (u16::MAX as u32 + 1) / SLOTS;
 }
 
 /// Where an event was captured.
@@ -82,10 +107,12 @@ pub enum Counter {
     CopyFailed = 5,
     /// DNS packets dropped by the kernel (skb:kfree_skb with a drop reason).
     Drops = 6,
+    /// Events sent as compact records (a payload the same CPU had just copied).
+    Compact = 7,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Packets,
         Counter::DnsSeen,
         Counter::Emitted,
@@ -93,6 +120,7 @@ impl Counter {
         Counter::Truncated,
         Counter::CopyFailed,
         Counter::Drops,
+        Counter::Compact,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }
@@ -109,6 +137,9 @@ pub struct RawConfig {
     pub nports: u32,
     /// Where the drop program finds things in kernel structs (read from BTF).
     pub skb: RawSkbOffsets,
+    /// Non-zero: send a UDP payload seen again as a compact record (see [`dedup`]).
+    pub dedup: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of kernel struct fields, resolved from the running kernel's
@@ -155,6 +186,8 @@ impl RawConfig {
             snaplen: 512,
             nports: 1,
             skb: RawSkbOffsets::DISABLED,
+            dedup: 1,
+            _pad: 0,
         }
     }
 }
@@ -179,18 +212,27 @@ pub struct RawEventHeader {
     pub point: u8,
     /// One of [`link`].
     pub link: u8,
-    pub _pad: [u8; 2],
+    /// One of [`dedup`].
+    pub dedup: u8,
+    pub _pad: u8,
     /// `enum skb_drop_reason` value for [`point::DROP`] events, else 0.
     pub drop_reason: u32,
     /// Command name of the sending task (socket egress only), NUL padded.
     pub comm: [u8; 16],
+    /// [`dedup::FULL`] and [`dedup::COMPACT`]: the payload's sequence number on its CPU (never 0).
+    pub msg_seq: u32,
+    /// [`dedup::FULL`] and [`dedup::COMPACT`]: cpu × [`dedup::SLOTS`] + the slot it is kept in.
+    pub msg_slot: u16,
+    /// [`dedup::FULL`] and [`dedup::COMPACT`]: where the UDP payload starts in the packet.
+    pub payload_off: u16,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<RawEventHeader>();
 
-const _: () = assert!(HEADER_LEN == 56);
-const _: () = assert!(core::mem::size_of::<RawConfig>() == 64);
+const _: () = assert!(HEADER_LEN == 64);
+const _: () = assert!(core::mem::size_of::<RawConfig>() == 72);
 const _: () = assert!(HEADER_LEN.is_multiple_of(8));
+const _: () = assert!(dedup::SLOTS.is_power_of_two() && dedup::MAX_PAYLOAD.is_power_of_two());
 
 /// One ring buffer record: header followed by `N` bytes of packet data (of which
 /// `header.cap_len` are valid).

@@ -4,14 +4,14 @@
 //! and for DNS-port traffic copies a prefix of the packet into the ring buffer.
 //! Every path hands the packet on unchanged: tc programs return
 //! `TC_ACT_UNSPEC` (tcx: next), cgroup programs return 1 (allow).
-use core::ptr::{addr_of, addr_of_mut, read_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     Global,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_skb_load_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_load_bytes,
         generated::bpf_probe_read_kernel as probe_read_raw,
     },
     macros::{btf_tracepoint, cgroup_skb, classifier, map},
@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, TcContext},
 };
 use dnstrace_common::{
-    Counter, MAX_IPV6_EXT, MAX_PORTS, MAX_SNAPLEN, RawConfig, RawEvent, RawEventHeader, link,
-    point,
+    Counter, MAX_IPV6_EXT, MAX_PORTS, MAX_SNAPLEN, RawConfig, RawEvent, RawEventHeader, dedup,
+    link, point,
     tunnel::{GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT},
 };
 
@@ -29,6 +29,20 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// A payload this CPU copied into the ring lately. Entry [`dedup::SLOTS`] holds only
+/// the CPU's last sequence number, in `seq`.
+#[repr(C)]
+pub struct Slot {
+    /// The payload's sequence number; 0 while the slot is being written (or never was).
+    seq: u32,
+    len: u32,
+    ts_ns: u64,
+    data: [u64; dedup::MAX_PAYLOAD as usize / 8],
+}
+
+#[map(name = "DEDUP")]
+static DEDUP: PerCpuArray<Slot> = PerCpuArray::with_max_entries(dedup::SLOTS + 1, 0);
 
 #[unsafe(no_mangle)]
 static CONFIG: Global<RawConfig> = Global::new(RawConfig::empty());
@@ -146,11 +160,18 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     } else {
         ipv4_fast::<0, 24>(data, end)
     };
-    let (sport, dport) = match fast {
-        Fast::Ports(sport, dport) => (sport, dport),
+    // The UDP payload's offset, when the fast path found IPv4 UDP without options.
+    let (sport, dport, udp_payload) = match fast {
+        Fast::Ports(sport, dport, udp) => {
+            (sport, dport, udp.then_some(if ethernet { 42 } else { 28 }))
+        }
         Fast::Skip => return None,
-        Fast::Slow => ports(data, end, ethernet)?,
+        Fast::Slow => {
+            let (sport, dport) = ports(data, end, ethernet)?;
+            (sport, dport, None)
+        }
     };
+    let mut udp_payload = udp_payload;
     if !dns_port(sport, dport) {
         // Pod-to-pod DNS across nodes rides inside an overlay tunnel: only a datagram to
         // a tunnel port costs more than these three compares.
@@ -161,6 +182,7 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         if !dns_port(sport, dport) {
             return None;
         }
+        udp_payload = None;
     }
     count(Counter::DnsSeen);
 
@@ -170,7 +192,7 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     if cap < wire_len {
         count(Counter::Truncated);
     }
-    let header = RawEventHeader {
+    let mut header = RawEventHeader {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         netns_cookie: 0,
@@ -185,21 +207,208 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         } else {
             link::RAW_IP
         },
-        _pad: [0; 2],
+        dedup: dedup::NONE,
+        _pad: 0,
         drop_reason: 0,
         comm: [0; 16],
+        msg_seq: 0,
+        msg_slot: 0,
+        payload_off: 0,
     };
-    let socket = at == point::SOCKET_IN || at == point::SOCKET_OUT;
+    let socket = (at == point::SOCKET_IN || at == point::SOCKET_OUT).then_some(skb);
     // SAFETY (closure): `emit` passes a destination with room for `len` bytes.
-    emit_sized(header, cap, socket.then_some(skb), |dst, len| unsafe {
+    let copy = |dst: *mut core::ffi::c_void, len: u32| unsafe {
         bpf_skb_load_bytes(skb.cast(), 0, dst, len)
+    };
+    let cached = match udp_payload {
+        Some(off) if cap == wire_len => cached(data, end, off, wire_len, header.ts_ns),
+        _ => None,
+    };
+    match cached {
+        None => emit_sized(header, cap, socket, copy, || {}),
+        Some(Cached::Again { key, seq, off }) => {
+            header.dedup = dedup::COMPACT;
+            header.msg_slot = key;
+            header.msg_seq = seq;
+            header.payload_off = off as u16;
+            emit::<64>(header, off as u32, socket, copy, || {})?;
+            count(Counter::Compact);
+            Some(())
+        }
+        Some(Cached::New {
+            slot,
+            key,
+            seq,
+            off,
+            len,
+        }) => {
+            header.dedup = dedup::FULL;
+            header.msg_slot = key;
+            header.msg_seq = seq;
+            header.payload_off = off as u16;
+            let ts = header.ts_ns;
+            // Kept only once its full record is in the ring: a compact record always
+            // comes after the record that carries its payload.
+            emit_sized(header, cap, socket, copy, || {
+                remember(skb, slot, seq, off, len, ts)
+            })
+        }
+    }
+}
+
+/// What the payload cache made of a UDP DNS packet copied whole.
+enum Cached {
+    /// This CPU copied the same payload, byte for byte, within [`dedup::WINDOW_NS`]:
+    /// send only the headers and name it.
+    Again { key: u16, seq: u32, off: usize },
+    /// Copy it in full, and keep it in `slot` as `seq`.
+    New {
+        slot: *mut Slot,
+        key: u16,
+        seq: u32,
+        off: usize,
+        len: u32,
+    },
+}
+
+/// Looks up the UDP payload at `off` (the rest of the packet) in this CPU's cache.
+/// None when it is not to be kept: cut, not all in the linear data, too short or long.
+#[inline(always)]
+fn cached(data: usize, end: usize, off: usize, wire_len: u32, ts: u64) -> Option<Cached> {
+    // SAFETY: `config()` points at the global, valid for the program's lifetime.
+    if unsafe { read_volatile(addr_of!((*config()).dedup)) } == 0 {
+        return None;
+    }
+    if end.wrapping_sub(data) != wire_len as usize {
+        return None;
+    }
+    let len = wire_len.checked_sub(off as u32)?;
+    if !(dedup::MIN_PAYLOAD..=dedup::MAX_PAYLOAD).contains(&len) {
+        return None;
+    }
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if cpu >= dedup::MAX_CPUS {
+        return None;
+    }
+    // The DNS ID and the length pick the slot; only the bytes decide a match.
+    let id = u32::from(be16(data, end, off)?);
+    let index =
+        (id ^ (len << 16)).wrapping_mul(0x9e37_79b1) >> (32 - dedup::SLOTS.trailing_zeros());
+    let slot = DEDUP.get_ptr_mut(index)?;
+    let key = (cpu * dedup::SLOTS + index) as u16;
+    // SAFETY: a per-CPU map value, valid for the program's lifetime. A program that
+    // interrupts this one on this CPU may rewrite it: `remember` zeroes `seq` first and
+    // sets it last, so a match needs the same non-zero `seq` before and after.
+    unsafe {
+        let seq = read_volatile(addr_of!((*slot).seq));
+        if seq != 0
+            && read_volatile(addr_of!((*slot).len)) == len
+            && ts.wrapping_sub(read_volatile(addr_of!((*slot).ts_ns))) <= dedup::WINDOW_NS
+            && same_payload(data, end, off, len, slot)
+            && read_volatile(addr_of!((*slot).seq)) == seq
+        {
+            return Some(Cached::Again { key, seq, off });
+        }
+    }
+    let last = DEDUP.get_ptr_mut(dedup::SLOTS)?;
+    // SAFETY: as above; a sequence number taken twice by nested programs is told
+    // apart by userspace, which keeps a slot only for a rising sequence.
+    let seq = unsafe {
+        let seq = read_volatile(addr_of!((*last).seq)).wrapping_add(1).max(1);
+        write_volatile(addr_of_mut!((*last).seq), seq);
+        seq
+    };
+    Some(Cached::New {
+        slot,
+        key,
+        seq,
+        off,
+        len,
     })
+}
+
+/// The packet's `len` bytes at `off` equal the slot's, compared 8 bytes at a time.
+///
+/// # Safety
+/// `slot` points at a map value; 8 <= len <= [`dedup::MAX_PAYLOAD`].
+#[inline(always)]
+unsafe fn same_payload(data: usize, end: usize, off: usize, len: u32, slot: *const Slot) -> bool {
+    let len = len as usize;
+    let words = len / 8;
+    for i in 0..dedup::MAX_PAYLOAD as usize / 8 {
+        if i >= words {
+            break;
+        }
+        let Some(a) = word(data, end, off + i * 8) else {
+            return false;
+        };
+        // SAFETY: i < the slot's words.
+        if a != unsafe { read_volatile(addr_of!((*slot).data[i])) } {
+            return false;
+        }
+    }
+    if len % 8 != 0 {
+        // The last 8 bytes, overlapping the last whole word.
+        // SAFETY: reading a local.
+        let at = unsafe { read_volatile(&len) }.wrapping_sub(8) & (dedup::MAX_PAYLOAD as usize - 1);
+        if at > dedup::MAX_PAYLOAD as usize - 8 {
+            return false;
+        }
+        let Some(a) = word(data, end, off + at) else {
+            return false;
+        };
+        // SAFETY: at + 8 <= the slot's bytes, checked above.
+        let b = unsafe {
+            addr_of!((*slot).data)
+                .cast::<u8>()
+                .add(at)
+                .cast::<u64>()
+                .read_unaligned()
+        };
+        if a != b {
+            return false;
+        }
+    }
+    true
+}
+
+/// 8 packet bytes at `off` as one load, bounds-checked like [`bytes`].
+#[inline(always)]
+fn word(data: usize, end: usize, off: usize) -> Option<u64> {
+    // SAFETY: reading a local.
+    let off = unsafe { core::ptr::read_volatile(&off) };
+    let p = data + off;
+    if p + 8 > end {
+        return None;
+    }
+    // SAFETY: p..p+8 lies inside the packet, checked just above. The verifier allows
+    // a misaligned packet load, and the JIT emits one plain load for it.
+    Some(unsafe { read_volatile(p as *const u64) })
+}
+
+/// Keeps the payload just copied into the ring (`len` bytes at `off`) in `slot` as `seq`.
+#[inline(always)]
+fn remember(skb: *mut __sk_buff, slot: *mut Slot, seq: u32, off: usize, len: u32, ts: u64) {
+    // 1..=MAX_PAYLOAD, in a form the verifier can see.
+    let n = (len.wrapping_sub(1) & (dedup::MAX_PAYLOAD - 1)) + 1;
+    // SAFETY: `slot` is a per-CPU map value with room for MAX_PAYLOAD bytes; see `cached`
+    // for why `seq` is zeroed first and set last.
+    unsafe {
+        write_volatile(addr_of_mut!((*slot).seq), 0);
+        write_volatile(addr_of_mut!((*slot).len), len);
+        write_volatile(addr_of_mut!((*slot).ts_ns), ts);
+        let dst = addr_of_mut!((*slot).data).cast();
+        if bpf_skb_load_bytes(skb.cast(), off as u32, dst, n) == 0 {
+            write_volatile(addr_of_mut!((*slot).seq), seq);
+        }
+    }
 }
 
 /// What the fast path made of a packet.
 enum Fast {
-    /// IPv4 UDP or TCP (first fragment): its ports.
-    Ports(u16, u16),
+    /// IPv4 UDP or TCP (first fragment): its ports, and whether it is UDP.
+    Ports(u16, u16, bool),
     /// IPv4 that cannot be DNS (another protocol, or a later fragment).
     Skip,
     /// Anything else (IPv6, VLAN tags, IPv4 options, short packets): parse fully.
@@ -229,6 +438,7 @@ fn ipv4_fast<const L2: usize, const N: usize>(data: usize, end: usize) -> Fast {
     Fast::Ports(
         u16::from_be_bytes([h[L2 + 20], h[L2 + 21]]),
         u16::from_be_bytes([h[L2 + 22], h[L2 + 23]]),
+        proto == IPPROTO_UDP,
     )
 }
 
@@ -438,14 +648,22 @@ fn on_drop(ctx: &BtfTracePointContext) -> Option<()> {
         pid: 0,
         point: point::DROP,
         link: link::RAW_IP,
-        _pad: [0; 2],
+        dedup: dedup::NONE,
+        _pad: 0,
         drop_reason: reason,
         comm: [0; 16],
+        msg_seq: 0,
+        msg_slot: 0,
+        payload_off: 0,
     };
     // SAFETY (closure): `emit` passes a destination with room for `len` bytes.
-    emit_sized(header, cap, None, |dst, len| unsafe {
-        probe_read_raw(dst, len, l3 as *const _)
-    })
+    emit_sized(
+        header,
+        cap,
+        None,
+        |dst, len| unsafe { probe_read_raw(dst, len, l3 as *const _) },
+        || {},
+    )
 }
 
 #[inline(always)]
@@ -537,29 +755,32 @@ fn emit_sized(
     cap: u32,
     socket: Option<*mut __sk_buff>,
     copy: impl Fn(*mut core::ffi::c_void, u32) -> i64,
+    then: impl Fn(),
 ) -> Option<()> {
     if cap == 0 {
         return None;
     }
     if cap <= 256 {
-        emit::<256>(header, cap, socket, copy)
+        emit::<256>(header, cap, socket, copy, then)
     } else if cap <= 512 {
-        emit::<512>(header, cap, socket, copy)
+        emit::<512>(header, cap, socket, copy, then)
     } else if cap <= 1024 {
-        emit::<1024>(header, cap, socket, copy)
+        emit::<1024>(header, cap, socket, copy, then)
     } else {
-        emit::<{ MAX_SNAPLEN as usize }>(header, cap, socket, copy)
+        emit::<{ MAX_SNAPLEN as usize }>(header, cap, socket, copy, then)
     }
 }
 
 /// Reserves a record with room for `N` packet bytes, fills the header and
-/// copies `cap` (0 < cap <= N) bytes with `copy(dst, len)`.
+/// copies `cap` (0 < cap <= N) bytes with `copy(dst, len)`, then calls `then` before
+/// submitting it.
 #[inline(always)]
 fn emit<const N: usize>(
     mut header: RawEventHeader,
     cap: u32,
     socket: Option<*mut __sk_buff>,
     copy: impl Fn(*mut core::ffi::c_void, u32) -> i64,
+    then: impl Fn(),
 ) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<RawEvent<N>>(0) else {
         count(Counter::RingFull);
@@ -603,6 +824,7 @@ fn emit<const N: usize>(
         count(Counter::CopyFailed);
         return None;
     }
+    then();
     // Wake the reader only once a quarter of the ring is waiting: a wake-up
     // per event (an irq_work, an IPI: a VM exit on a VM) costs more than all
     // the rest of this path. The reader also drains the ring on a timer.

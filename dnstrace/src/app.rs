@@ -108,6 +108,7 @@ pub async fn watch(cfg: WatchConfig) -> anyhow::Result<Summary> {
         tc_priority: cfg.tc_priority,
         drops: cfg.drops,
         follow: monitor.is_some(),
+        dedup: cfg.dedup,
     };
     let mut capture = Capture::open(&capture_cfg).await?;
     if monitor.is_some() {

@@ -269,6 +269,11 @@ pub struct WatchArgs {
     )]
     pub snaplen: u32,
 
+    /// Copy every sighting of a UDP payload in full, not once per CPU and second
+    /// (to measure and test the compact records).
+    #[arg(long, hide = true, env = "DNSTRACE_NO_DEDUP")]
+    pub no_dedup: bool,
+
     /// Output format [default: tui when stdout is a terminal, else text].
     #[arg(short, long, value_enum, env = "DNSTRACE_OUTPUT")]
     pub output: Option<Output>,
@@ -604,6 +609,8 @@ pub struct WatchConfig {
     pub drops: bool,
     pub ports: Vec<u16>,
     pub snaplen: u32,
+    /// Compact records for a UDP payload seen again (off with the hidden --no-dedup).
+    pub dedup: bool,
     pub output: Output,
     /// Where logs go (None: stderr). Always set with the TUI, which owns the terminal.
     pub log_file: Option<PathBuf>,
@@ -690,6 +697,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
             drops,
             ports,
             snaplen: a.snaplen,
+            dedup: !a.no_dedup,
             output,
             log_file,
             packets: a.packets,

@@ -4,6 +4,7 @@
 mod attach;
 mod btf;
 mod cgroup;
+mod dedup;
 mod follow;
 pub mod links;
 mod monitor;
@@ -11,7 +12,13 @@ mod noop;
 mod ring;
 pub mod stale;
 
-use std::os::fd::AsFd as _;
+use std::{
+    os::fd::AsFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -58,6 +65,8 @@ pub struct CaptureConfig {
     /// `--auto`: the interfaces follow the netns, so one that went away since it was
     /// listed is left out rather than an error.
     pub follow: bool,
+    /// Send a UDP payload seen again on the same CPU as a compact record.
+    pub dedup: bool,
 }
 
 /// A packet as delivered by the kernel, ready for `decode`.
@@ -68,9 +77,14 @@ pub struct Captured {
     pub data: bytes::Bytes,
     /// For `Point::Drop` events: the kernel's `enum skb_drop_reason` value.
     pub drop_reason: Option<u32>,
+    /// Names the UDP payload (the bytes after the UDP header) when the kernel sent it
+    /// once for several sightings: events with the same `message` carry the same
+    /// payload, byte for byte. None when the kernel did not tell.
+    pub message: Option<u64>,
 }
 
-/// Sums of the per-CPU kernel counters.
+/// Sums of the per-CPU kernel counters, and the compact records the reader could not
+/// rebuild.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
     /// Packets the programs ran on (DNS or not).
@@ -87,12 +101,16 @@ pub struct KernelCounters {
     pub copy_failed: u64,
     /// DNS packets the kernel dropped.
     pub drops: u64,
+    /// Events sent as compact records: their UDP payload came once, in an earlier event.
+    pub compact: u64,
+    /// Compact records whose payload the reader no longer held: lost.
+    pub orphaned: u64,
 }
 
 impl KernelCounters {
     /// Events the kernel saw but userspace never got.
     pub fn lost(&self) -> u64 {
-        self.ring_full + self.copy_failed
+        self.ring_full + self.copy_failed + self.orphaned
     }
 }
 
@@ -263,6 +281,8 @@ pub struct Capture {
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     own_netns: u64,
+    /// Compact records the drain could not rebuild.
+    orphaned: Arc<AtomicU64>,
     /// The interfaces of the netns, as listed at start and followed since.
     names: Vec<links::Link>,
     /// How tc programs are attached, the clsact qdiscs this process added and the
@@ -290,6 +310,7 @@ impl Capture {
         config.ports[..ports.len()].copy_from_slice(ports);
         config.nports = ports.len() as u32;
         config.snaplen = cfg.snaplen.clamp(SNAPLEN_MIN, SNAPLEN_MAX);
+        config.dedup = u32::from(cfg.dedup);
         let mut drop_reasons = Default::default();
         if cfg.drops {
             match btf::resolve() {
@@ -343,6 +364,7 @@ impl Capture {
             ring: Some(ring),
             counters,
             own_netns: own_netns_cookie(),
+            orphaned: Arc::default(),
             names,
             attacher,
             followed: follow::Followed::default(),
@@ -619,7 +641,7 @@ impl Capture {
     /// Takes the ring buffer for draining; call once.
     pub fn take_drain(&mut self) -> Option<Drain> {
         let ring = self.ring.take()?;
-        Drain::new(ring, self.own_netns).ok()
+        Drain::new(ring, self.own_netns, self.orphaned.clone()).ok()
     }
 
     /// Detaches every program (links go with the programs) and removes the
@@ -650,6 +672,8 @@ impl Capture {
             truncated: sum(Counter::Truncated),
             copy_failed: sum(Counter::CopyFailed),
             drops: sum(Counter::Drops),
+            compact: sum(Counter::Compact),
+            orphaned: self.orphaned.load(Ordering::Relaxed),
         }
     }
 }
@@ -698,18 +722,37 @@ fn attach_all(
     Ok((attached, held))
 }
 
-/// Converts one ring buffer record, copying the packet.
+/// Converts one ring buffer record, copying the packet (a compact one is left as its headers).
 #[cfg(test)]
 pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
-    let (mut captured, packet) = from_record(record, own_netns)?;
+    let (mut captured, packet, _) = from_record(record, own_netns)?;
     captured.data = bytes::Bytes::copy_from_slice(packet);
     Some(captured)
 }
 
+/// What a record says about its UDP payload (see [`dedup`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// The packet as copied; nothing kept.
+    Own,
+    /// The packet as copied; the kernel kept its payload (from `off` on) as (`slot`, `seq`).
+    Kept { slot: u16, seq: u32, off: usize },
+    /// Only the packet's headers: its payload is that of (`slot`, `seq`).
+    Named { slot: u16, seq: u32 },
+}
+
+impl Payload {
+    /// The [`Captured::message`] of a payload kept as (`slot`, `seq`).
+    pub(crate) fn message(slot: u16, seq: u32) -> u64 {
+        (u64::from(slot) << 32) | u64::from(seq)
+    }
+}
+
 /// Converts one ring buffer record: the only place that reads the kernel ABI.
 /// Leaves `data` empty and returns the packet bytes as a slice of `record`,
-/// for the caller to copy (the drain copies a whole batch into one buffer).
-pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[u8])> {
+/// for the caller to copy (the drain copies a whole batch into one buffer),
+/// and what the record says about its payload.
+pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[u8], Payload)> {
     if record.len() < HEADER_LEN {
         return None;
     }
@@ -756,8 +799,21 @@ pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[
         link,
         data: bytes::Bytes::new(),
         drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
+        message: None,
     };
-    Some((captured, &data[..cap]))
+    let payload = match h.dedup {
+        dnstrace_common::dedup::FULL => Payload::Kept {
+            slot: h.msg_slot,
+            seq: h.msg_seq,
+            off: usize::from(h.payload_off),
+        },
+        dnstrace_common::dedup::COMPACT => Payload::Named {
+            slot: h.msg_slot,
+            seq: h.msg_seq,
+        },
+        _ => Payload::Own,
+    };
+    Some((captured, &data[..cap], payload))
 }
 
 /// Loads the eBPF object (maps created, programs not yet loaded).
@@ -834,9 +890,13 @@ mod tests {
             pid: 0,
             point: point::TC_EGRESS,
             link: link::ETHERNET,
-            _pad: [0; 2],
+            dedup: dnstrace_common::dedup::NONE,
+            _pad: 0,
             drop_reason: 0,
             comm: [0; 16],
+            msg_seq: 0,
+            msg_slot: 0,
+            payload_off: 0,
         }
     }
 

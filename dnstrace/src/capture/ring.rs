@@ -5,7 +5,10 @@
 //! pauses and events wait in the kernel ring buffer. If that fills too, the
 //! kernel counts every lost event (`ring_full`), so all losses are counted in
 //! one place, exactly.
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -13,7 +16,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
 };
 
-use super::{Captured, from_record};
+use super::{Captured, Payload, dedup::Mirror, from_record};
 
 /// Memory the queue to the decoder may hold. Its length in batches alone would let
 /// 1,024 batches of 256 full-size packets (a flood at snaplen 2048) take 512 MiB.
@@ -74,12 +77,20 @@ pub struct Drain {
     ring: AsyncFd<RingBuf<MapData>>,
     own_netns: u64,
     stats: DrainStats,
+    /// The payloads compact records name.
+    mirror: Mirror,
+    /// Compact records whose payload was no longer held (shared with the capture's counters).
+    orphaned: Arc<AtomicU64>,
     /// Bytes the queue may still take.
     budget: Arc<Semaphore>,
 }
 
 impl Drain {
-    pub(super) fn new(ring: RingBuf<MapData>, own_netns: u64) -> std::io::Result<Self> {
+    pub(super) fn new(
+        ring: RingBuf<MapData>,
+        own_netns: u64,
+        orphaned: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd holds the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -88,6 +99,10 @@ impl Drain {
             ring,
             own_netns,
             stats: DrainStats::default(),
+            mirror: Mirror::new(
+                aya::util::nr_cpus().unwrap_or(dnstrace_common::dedup::MAX_CPUS as usize),
+            ),
+            orphaned,
             budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
         })
     }
@@ -104,7 +119,13 @@ impl Drain {
             let batch = tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let Ok(mut guard) = guard else { break };
-                    let batch = read_batch(guard.get_inner_mut(), self.own_netns, &mut self.stats);
+                    let mut reader = Reader {
+                        own_netns: self.own_netns,
+                        stats: &mut self.stats,
+                        mirror: &mut self.mirror,
+                        orphaned: &self.orphaned,
+                    };
+                    let batch = read_batch(guard.get_inner_mut(), &mut reader);
                     if batch.0.len() < BATCH {
                         // The ring is empty: wait for the next wake-up.
                         guard.clear_ready();
@@ -133,7 +154,13 @@ impl Drain {
     /// once more after detaching).
     pub async fn drain_rest(&mut self, tx: &mpsc::Sender<Batch>) {
         loop {
-            let batch = read_batch(self.ring.get_mut(), self.own_netns, &mut self.stats);
+            let mut reader = Reader {
+                own_netns: self.own_netns,
+                stats: &mut self.stats,
+                mirror: &mut self.mirror,
+                orphaned: &self.orphaned,
+            };
+            let batch = read_batch(self.ring.get_mut(), &mut reader);
             let full = batch.0.len() == BATCH;
             if !batch.0.is_empty() {
                 self.send(tx, batch).await;
@@ -159,33 +186,98 @@ impl Drain {
 }
 
 /// Reads up to [`BATCH`] events; returns them with the memory they hold.
-fn read_batch(
-    ring: &mut RingBuf<MapData>,
-    own_netns: u64,
-    stats: &mut DrainStats,
-) -> (Batch, usize) {
-    let mut batch = Vec::with_capacity(BATCH);
-    // The packets of a batch share one buffer: one allocation per batch, not per event.
-    let mut packets = bytes::BytesMut::with_capacity(BATCH * 128);
-    let mut spans = Vec::with_capacity(BATCH);
+fn read_batch(ring: &mut RingBuf<MapData>, reader: &mut Reader) -> (Batch, usize) {
+    let mut batch = Building::new();
     while batch.len() < BATCH {
         let Some(item) = ring.next() else { break };
-        stats.received += 1;
-        match from_record(&item, own_netns) {
-            Some((c, packet)) => {
-                let start = packets.len();
-                packets.extend_from_slice(packet);
-                spans.push(start..packets.len());
-                batch.push(c);
-            }
-            None => stats.bad_records += 1,
+        reader.push(&item, &mut batch);
+    }
+    batch.finish()
+}
+
+/// A batch being filled.
+pub(crate) struct Building {
+    events: Vec<Captured>,
+    /// The packets of a batch share one buffer: one allocation per batch, not per event.
+    packets: bytes::BytesMut,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Building {
+    pub fn new() -> Self {
+        Self {
+            events: Vec::with_capacity(BATCH),
+            packets: bytes::BytesMut::with_capacity(BATCH * 128),
+            spans: Vec::with_capacity(BATCH),
         }
     }
-    // What it holds: its event slots and its packets' shared buffer.
-    let bytes = batch.capacity() * size_of::<Captured>() + packets.capacity();
-    let packets = packets.freeze();
-    for (c, span) in batch.iter_mut().zip(spans) {
-        c.data = packets.slice(span);
+
+    pub fn len(&self) -> usize {
+        self.events.len()
     }
-    (Batch::new(batch), bytes)
+
+    /// The batch, and the memory it holds: its event slots and its packets' buffer.
+    pub fn finish(self) -> (Batch, usize) {
+        let Self {
+            mut events,
+            packets,
+            spans,
+        } = self;
+        let bytes = events.capacity() * size_of::<Captured>() + packets.capacity();
+        let packets = packets.freeze();
+        for (c, span) in events.iter_mut().zip(spans) {
+            c.data = packets.slice(span);
+        }
+        (Batch::new(events), bytes)
+    }
+}
+
+/// Turns ring buffer records into events.
+pub(crate) struct Reader<'a> {
+    pub own_netns: u64,
+    pub stats: &'a mut DrainStats,
+    pub mirror: &'a mut Mirror,
+    pub orphaned: &'a AtomicU64,
+}
+
+impl Reader<'_> {
+    /// Adds the event of one record to `to`; a compact one rebuilt into its packet.
+    pub fn push(&mut self, record: &[u8], to: &mut Building) {
+        self.stats.received += 1;
+        let Some((mut c, packet, payload)) = from_record(record, self.own_netns) else {
+            self.stats.bad_records += 1;
+            return;
+        };
+        let packets = &mut to.packets;
+        let start = packets.len();
+        match payload {
+            Payload::Own => packets.extend_from_slice(packet),
+            Payload::Kept { slot, seq, off } => {
+                packets.extend_from_slice(packet);
+                if let Some(kept) = packet.get(off..)
+                    && self.mirror.remember(slot, seq, kept)
+                {
+                    c.message = Some(Payload::message(slot, seq));
+                }
+            }
+            Payload::Named { slot, seq } => {
+                // Its own headers and the payload named, exactly as long as the kernel
+                // saw the packet; anything else is not guessed at.
+                match self.mirror.payload(slot, seq) {
+                    Some(kept) if packet.len() + kept.len() == c.meta.wire_len as usize => {
+                        packets.extend_from_slice(packet);
+                        packets.extend_from_slice(kept);
+                        c.meta.cap_len = c.meta.wire_len;
+                        c.message = Some(Payload::message(slot, seq));
+                    }
+                    _ => {
+                        self.orphaned.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+        to.spans.push(start..packets.len());
+        to.events.push(c);
+    }
 }

@@ -188,14 +188,16 @@ impl Summary {
         let u = &self.userspace;
         vec![
             format!(
-                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}), {} cut at snaplen",
+                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}, compact without its payload: {}), {} cut at snaplen, {} compact (payload sent once)",
                 k.packets,
                 k.dns_seen,
                 k.emitted,
                 k.lost(),
                 k.ring_full,
                 k.copy_failed,
-                k.truncated
+                k.orphaned,
+                k.truncated,
+                k.compact
             ),
             format!(
                 "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
