@@ -161,7 +161,7 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         ipv4_fast::<0, 24>(data, end)
     };
     // The UDP payload's offset, when the fast path found IPv4 UDP without options.
-    let (sport, dport, udp_payload) = match fast {
+    let (sport, dport, mut udp_payload) = match fast {
         Fast::Ports(sport, dport, udp) => {
             (sport, dport, udp.then_some(if ethernet { 42 } else { 28 }))
         }
@@ -171,7 +171,6 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
             (sport, dport, None)
         }
     };
-    let mut udp_payload = udp_payload;
     if !dns_port(sport, dport) {
         // Pod-to-pod DNS across nodes rides inside an overlay tunnel: only a datagram to
         // a tunnel port costs more than these three compares.

@@ -262,7 +262,7 @@ impl Metrics {
         );
         r.register(
             "events_lost",
-            "Events the tracer lost, by stage: kernel_ring (ring buffer full), kernel_copy (packet copy failed), evicted (lookups ended early at the cap on live lookups)",
+            "Events the tracer lost, by stage: kernel_ring (ring buffer full), kernel_copy (packet copy failed), orphaned (a compact record whose payload the reader no longer held), evicted (lookups ended early at the cap on live lookups)",
             m.lost.clone(),
         );
         r.register(
@@ -411,6 +411,7 @@ impl Metrics {
         for (stage, n) in [
             ("kernel_ring", up(k.ring_full, old.ring_full)),
             ("kernel_copy", up(k.copy_failed, old.copy_failed)),
+            ("orphaned", up(k.orphaned, old.orphaned)),
         ] {
             self.lost.get_or_create(&StageLabels { stage }).inc_by(n);
         }

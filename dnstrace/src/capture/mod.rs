@@ -973,4 +973,152 @@ mod tests {
             "{msg}"
         );
     }
+
+    /// An IPv4 UDP packet as the socket hop sees it: 28 bytes of headers, then `dns`.
+    fn udp_packet(ttl: u8, dns: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, ttl, 17, 0, 0];
+        p.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x12, 0x34, 0, 53, 0, 0, 0, 0]);
+        p.extend_from_slice(dns);
+        p
+    }
+
+    /// A record of `kind` for `packet` (its payload at 28), kept as (slot, seq).
+    fn dedup_record(kind: u8, packet: &[u8], slot: u16, seq: u32) -> Vec<u8> {
+        let mut h = header();
+        h.point = point::SOCKET_IN;
+        h.link = link::RAW_IP;
+        h.wire_len = packet.len() as u32;
+        h.dedup = kind;
+        h.msg_slot = slot;
+        h.msg_seq = seq;
+        h.payload_off = 28;
+        let copied = if kind == dnstrace_common::dedup::COMPACT {
+            &packet[..28]
+        } else {
+            packet
+        };
+        h.cap_len = copied.len() as u32;
+        record(h, copied)
+    }
+
+    struct Read {
+        stats: ring::DrainStats,
+        mirror: dedup::Mirror,
+        orphaned: AtomicU64,
+    }
+
+    impl Read {
+        fn new() -> Self {
+            Self {
+                stats: Default::default(),
+                mirror: dedup::Mirror::new(2),
+                orphaned: AtomicU64::new(0),
+            }
+        }
+
+        fn events(&mut self, records: &[Vec<u8>]) -> Vec<Captured> {
+            let mut reader = ring::Reader {
+                own_netns: 1,
+                stats: &mut self.stats,
+                mirror: &mut self.mirror,
+                orphaned: &self.orphaned,
+            };
+            let mut batch = ring::Building::new();
+            for r in records {
+                reader.push(r, &mut batch);
+            }
+            batch.finish().0.into_iter().collect()
+        }
+    }
+
+    #[test]
+    fn a_compact_record_is_rebuilt_with_its_own_headers() {
+        use dnstrace_common::dedup::{COMPACT, FULL};
+        let dns = b"\x40\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x00\x00\x01\x00\x01";
+        let first = udp_packet(64, dns);
+        // The next hop: another TTL, the same payload.
+        let again = udp_packet(63, dns);
+        let mut read = Read::new();
+        let events = read.events(&[
+            dedup_record(FULL, &first, 70, 9),
+            dedup_record(COMPACT, &again, 70, 9),
+            dedup_record(COMPACT, &first, 70, 9),
+        ]);
+        assert_eq!(events.len(), 3);
+        assert_eq!(&events[0].data[..], &first[..]);
+        assert_eq!(&events[1].data[..], &again[..]);
+        assert_eq!(&events[2].data[..], &first[..]);
+        assert_eq!(events[1].meta.cap_len, again.len() as u32);
+        assert!(events[0].message.is_some());
+        assert!(events.iter().all(|e| e.message == events[0].message));
+        assert_eq!(read.orphaned.load(Ordering::Relaxed), 0);
+        // A record without dedup names no message.
+        let mut plain = header();
+        plain.cap_len = first.len() as u32;
+        assert_eq!(read.events(&[record(plain, &first)])[0].message, None);
+    }
+
+    #[test]
+    fn a_compact_record_without_its_payload_is_counted_not_guessed() {
+        use dnstrace_common::dedup::{COMPACT, FULL};
+        let dns = [7u8; 20];
+        let p = udp_packet(64, &dns);
+        let mut read = Read::new();
+        let events = read.events(&[
+            // Never kept.
+            dedup_record(COMPACT, &p, 3, 1),
+            dedup_record(FULL, &p, 3, 2),
+            // An older payload of that slot.
+            dedup_record(COMPACT, &p, 3, 1),
+            // Another slot.
+            dedup_record(COMPACT, &p, 4, 2),
+        ]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(read.orphaned.load(Ordering::Relaxed), 3);
+        // A compact record whose length does not add up is not rebuilt.
+        let mut short = dedup_record(COMPACT, &p, 3, 2);
+        short[20..24].copy_from_slice(&(p.len() as u32 + 1).to_ne_bytes());
+        assert!(read.events(&[short]).is_empty());
+        assert_eq!(read.orphaned.load(Ordering::Relaxed), 4);
+        assert_eq!(read.stats.received, 5);
+        // Orphans are losses.
+        let k = KernelCounters {
+            orphaned: 4,
+            ring_full: 1,
+            ..Default::default()
+        };
+        assert_eq!(k.lost(), 5);
+    }
+
+    #[test]
+    fn garbled_dedup_records_never_panic() {
+        use dnstrace_common::dedup::{COMPACT, FULL};
+        let p = udp_packet(64, &[9u8; 40]);
+        let mut read = Read::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 1..20_000u32 {
+            let full = dedup_record(FULL, &p, 1, i);
+            let mut r = dedup_record(if i % 2 == 0 { FULL } else { COMPACT }, &p, 1, i);
+            for _ in 0..(next() % 6) {
+                let at = (next() as usize) % r.len();
+                r[at] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                r.truncate((next() as usize) % (r.len() + 1));
+            }
+            for e in read.events(&[full, r]) {
+                assert!(
+                    e.data.len()
+                        <= MAX_SNAPLEN as usize + dnstrace_common::dedup::MAX_PAYLOAD as usize
+                );
+            }
+        }
+        assert!(read.orphaned.load(Ordering::Relaxed) > 0);
+    }
 }

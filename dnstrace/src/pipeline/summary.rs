@@ -188,7 +188,7 @@ impl Summary {
         let u = &self.userspace;
         vec![
             format!(
-                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost in the kernel (ring buffer full: {}, copy failed: {}, compact without its payload: {}), {} cut at snaplen, {} compact (payload sent once)",
+                "dnstrace: kernel: {} packets seen, {} on DNS ports, {} events emitted, {} lost (ring buffer full: {}, copy failed: {}, compact record without its payload: {}), {} cut at snaplen, {} compact (payload sent once)",
                 k.packets,
                 k.dns_seen,
                 k.emitted,

@@ -586,7 +586,8 @@ impl PcapSink {
 
     /// Writes everything still held, one statistics block per interface, and flushes;
     /// a failure is in the stats' `error`.
-    /// `lost` is the events the kernel lost (ring buffer full, copy failed): they cannot be
+    /// `lost` is the events lost before the decoder had them (ring buffer full, copy
+    /// failed, compact records without their payload): they cannot be
     /// told apart by interface, so every block carries the total as isb_osdrop.
     pub fn close(mut self, end_epoch_ns: u64, lost: u64) -> PcapStats {
         match self.try_close(end_epoch_ns, lost) {
@@ -601,7 +602,7 @@ impl PcapSink {
             let mut options = vec![
                 InterfaceStatisticsOption::Comment(Cow::Owned(format!(
                     "{name}: {} packets captured; isb_ifdrop = DNS packets the kernel dropped {}; \
-                     isb_osdrop = events lost in the kernel for the whole capture (not per interface)",
+                     isb_osdrop = events lost on the way from the kernel for the whole capture (not per interface)",
                     c.packets,
                     if *kind == PointKind::Drop {
                         "(all drop events)"

@@ -74,6 +74,7 @@ struct Figures {
     bytes_per_query: Samples,
     events_per_lookup: Samples,
     decodes_per_event: Samples,
+    compact_share: Samples,
 }
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
@@ -97,6 +98,8 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     .push(s.received as f64 / s.finished.max(1) as f64);
                 f.decodes_per_event
                     .push(s.decoded as f64 / s.received.max(1) as f64);
+                f.compact_share
+                    .push(100.0 * s.compact as f64 / s.emitted.max(1) as f64);
             }
             eprintln!(
                 "[bench] cost: repeat {}, {}: CPU {} % per 10k qps, latency avg {:.3} ms, p99 {:.3} ms, {} bytes written",
@@ -194,6 +197,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             2,
         ),
         ("DNS decodes per event", |f| &f.decodes_per_event, 2),
+        (
+            "events sent as compact records (payload copied once), %",
+            |f| &f.compact_share,
+            1,
+        ),
     ] {
         rows.push_str(&format!(
             "| {label} | {} |\n",

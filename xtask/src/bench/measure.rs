@@ -352,6 +352,8 @@ pub struct TraceSummary {
     pub emitted: u64,
     pub lost: u64,
     pub ring_full: u64,
+    /// Events sent as compact records (0 from a dnstrace that has none).
+    pub compact: u64,
     pub received: u64,
     pub dropped: u64,
     pub decoded: u64,
@@ -392,6 +394,7 @@ impl TraceSummary {
             emitted: k[2],
             lost: k[3],
             ring_full: k[4],
+            compact: k.get(8).copied().unwrap_or(0),
             received: u[0],
             dropped: u[1],
             decoded: u[2],
@@ -438,6 +441,13 @@ mod tests {
             (s.packets, s.dns_seen, s.emitted, s.lost, s.ring_full),
             (400, 300, 290, 10, 10)
         );
+        assert_eq!(s.compact, 0);
+        let text = text.replace(
+            "copy failed: 0), 0 cut at snaplen",
+            "copy failed: 0, compact record without its payload: 0), 0 cut at snaplen, 150 compact (payload sent once)",
+        );
+        let s = TraceSummary::parse(&text).unwrap();
+        assert_eq!((s.lost, s.ring_full, s.compact), (10, 10, 150));
         assert_eq!((s.received, s.dropped, s.decoded), (290, 0, 290));
         assert_eq!((s.finished, s.evicted), (70, 5));
     }
