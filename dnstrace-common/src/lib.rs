@@ -10,7 +10,7 @@ pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the per-CPU array of recently copied DNS payloads (kernel-private layout,
-/// [`dedup::SLOTS`] entries and one for the sequence).
+/// [`dedup::SLOTS`] entries).
 pub const MAP_DEDUP: &str = "DEDUP";
 /// Name of the read-only global holding [`RawConfig`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
@@ -54,7 +54,7 @@ pub mod tunnel {
 pub mod dedup {
     /// [`RawEventHeader::dedup`]: a full record, nothing remembered.
     pub const NONE: u8 = 0;
-    /// A full record whose payload the kernel remembered as (`msg_slot`, `msg_seq`).
+    /// A full record whose payload the kernel kept as (`msg_slot`, `msg_seq`).
     pub const FULL: u8 = 1;
     /// The packet's bytes up to the end of its UDP header (`cap_len` = `payload_off`);
     /// its payload is that of the full record (`msg_slot`, `msg_seq`), byte for byte.
@@ -219,7 +219,8 @@ pub struct RawEventHeader {
     pub drop_reason: u32,
     /// Command name of the sending task (socket egress only), NUL padded.
     pub comm: [u8; 16],
-    /// [`dedup::FULL`] and [`dedup::COMPACT`]: the payload's sequence number on its CPU (never 0).
+    /// [`dedup::FULL`] and [`dedup::COMPACT`]: names the full record in its slot: the low
+    /// 32 bits of its `ts_ns` (1 for 0).
     pub msg_seq: u32,
     /// [`dedup::FULL`] and [`dedup::COMPACT`]: cpu × [`dedup::SLOTS`] + the slot it is kept in.
     pub msg_slot: u16,

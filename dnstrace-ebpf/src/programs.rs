@@ -30,11 +30,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// A payload this CPU copied into the ring lately. Entry [`dedup::SLOTS`] holds only
-/// the CPU's last sequence number, in `seq`.
+/// A payload this CPU copied into the ring lately.
 #[repr(C)]
 pub struct Slot {
-    /// The payload's sequence number; 0 while the slot is being written (or never was).
+    /// The name of the record that carried the payload; 0 while the slot is being
+    /// written (or never was).
     seq: u32,
     len: u32,
     ts_ns: u64,
@@ -42,7 +42,7 @@ pub struct Slot {
 }
 
 #[map(name = "DEDUP")]
-static DEDUP: PerCpuArray<Slot> = PerCpuArray::with_max_entries(dedup::SLOTS + 1, 0);
+static DEDUP: PerCpuArray<Slot> = PerCpuArray::with_max_entries(dedup::SLOTS, 0);
 
 #[unsafe(no_mangle)]
 static CONFIG: Global<RawConfig> = Global::new(RawConfig::empty());
@@ -310,14 +310,10 @@ fn cached(data: usize, end: usize, off: usize, wire_len: u32, ts: u64) -> Option
             return Some(Cached::Again { key, seq, off });
         }
     }
-    let last = DEDUP.get_ptr_mut(dedup::SLOTS)?;
-    // SAFETY: as above; a sequence number taken twice by nested programs is told
-    // apart by userspace, which keeps a slot only for a rising sequence.
-    let seq = unsafe {
-        let seq = read_volatile(addr_of!((*last).seq)).wrapping_add(1).max(1);
-        write_volatile(addr_of_mut!((*last).seq), seq);
-        seq
-    };
+    // The record's own time names it: two records of one slot and CPU a whole number of
+    // 2³² ns apart are told apart by their order in the ring (userspace keeps the last),
+    // and an exact tie by userspace too (it then holds neither).
+    let seq = (ts as u32).max(1);
     Some(Cached::New {
         slot,
         key,

@@ -9,6 +9,7 @@
 //! | `tcp`       | [`ops`] frames, synthetic segments, ticks  | DNS-over-TCP stream reassembly      |
 //! | `replay`    | a pcap or pcapng file                      | `dnstrace replay` end to end (reader, pipeline, JSON and pcapng outputs) |
 //! | `correlate` | [`ops`] frames, synthetic packets, ticks   | the correlator and the lookup outputs |
+//! | `records`   | ring buffer records, each length-prefixed  | the record reader: compact records rebuilt from earlier payloads, orphans counted |
 //!
 //! A panic anywhere is a crash, except inside hickory-proto, whose panics dnstrace catches
 //! on purpose (`decode::dns` runs it guarded): those are noted once each on stderr.
@@ -655,4 +656,23 @@ pub fn correlate_events(input: &[u8]) {
         "lookups left open after the end: {stats:?}"
     );
     upstreams_json(&c.upstreams(), Names::new(HOST_NETNS, []).stamp(0));
+}
+
+/// `records`: ring buffer records as the kernel writes them, each a 2-byte little-endian
+/// length and its bytes, read as the drain reads them (a compact record is rebuilt from
+/// an earlier record's payload, or counted as orphaned), then decoded.
+pub fn ring_records(input: &[u8]) {
+    let mut records = Vec::new();
+    let mut rest = input;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        records.push(&rest[2..2 + n]);
+        rest = &rest[2 + n..];
+    }
+    let (events, _orphaned) = dnstrace::capture::read_records(records.iter().copied());
+    for e in events {
+        // An event holds exactly the bytes it says it has.
+        assert_eq!(e.data.len(), e.meta.cap_len as usize);
+        let _ = decode::decode(e.meta, e.link, &e.data);
+    }
 }

@@ -47,7 +47,7 @@ struct Target {
     quiet: bool,
 }
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     Target {
         name: "decode",
         max_len: 16 << 10,
@@ -73,6 +73,11 @@ const TARGETS: [Target; 5] = [
         max_len: 64 << 10,
         quiet: false,
     },
+    Target {
+        name: "records",
+        max_len: 16 << 10,
+        quiet: false,
+    },
 ];
 
 #[derive(clap::Args)]
@@ -80,7 +85,7 @@ pub struct Args {
     /// Seconds to fuzz each target.
     #[arg(long, env = SECONDS_ENV, default_value_t = 60)]
     seconds: u64,
-    /// Targets to run (decode, dns, tcp, replay, correlate); all when none is given.
+    /// Targets to run (decode, dns, tcp, replay, correlate, records); all when none is given.
     targets: Vec<String>,
 }
 

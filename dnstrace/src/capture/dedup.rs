@@ -2,7 +2,8 @@
 //!
 //! The kernel sends a UDP DNS payload that the same CPU copied moments ago, byte for
 //! byte, as a compact record: that sighting's own bytes up to the end of its UDP
-//! header, and the name (slot, sequence) of the full record that carried the payload.
+//! header, and the name (slot, and the low bits of its clock) of the full record that
+//! carried the payload.
 //! [`Mirror`] keeps the payload of each slot's latest full record and rebuilds the
 //! packet, so nothing downstream (decode, correlate, pcapng) sees a difference.
 //!
@@ -14,10 +15,9 @@ use dnstrace_common::dedup;
 /// The payload of one kernel slot, as last seen in a full record.
 #[derive(Default)]
 struct Held {
-    /// The highest sequence seen in this slot (0: none).
+    /// The name of the last full record of this slot (0: none).
     seq: u32,
-    /// `payload` is that of `seq`: false when a full record came with a sequence that
-    /// did not rise.
+    /// `payload` is that of `seq`: false when two full records came with one name.
     valid: bool,
     payload: Vec<u8>,
 }
@@ -37,9 +37,9 @@ impl Mirror {
         }
     }
 
-    /// A full record kept by the kernel as (`slot`, `seq`): holds its payload. The
-    /// kernel's sequence rises per CPU; one that does not (two programs on a CPU that
-    /// interrupted each other) leaves the slot empty rather than risk a wrong payload.
+    /// A full record kept by the kernel as (`slot`, `seq`): holds its payload, in place
+    /// of the slot's last one. Two records of a slot with one name (a tie of their
+    /// clocks' low 32 bits) leave the slot empty rather than risk a wrong payload.
     pub fn remember(&mut self, slot: u16, seq: u32, payload: &[u8]) -> bool {
         let i = usize::from(slot);
         if i >= self.limit || seq == 0 || payload.len() > dedup::MAX_PAYLOAD as usize {
@@ -49,9 +49,7 @@ impl Mirror {
             self.slots.resize_with(i + 1, Held::default);
         }
         let held = &mut self.slots[i];
-        // A rise modulo 2³² (the sequence wraps), never an equal or older one.
-        let rise = seq.wrapping_sub(held.seq);
-        if held.seq != 0 && (rise == 0 || rise > u32::MAX / 2) {
+        if held.seq == seq {
             held.valid = false;
             return false;
         }
@@ -89,25 +87,16 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_that_does_not_rise_empties_the_slot() {
+    fn one_name_for_two_payloads_empties_the_slot() {
         let mut m = Mirror::new(1);
         assert!(m.remember(0, 7, b"a"));
-        // Two full records with one sequence: which one a compact record means is unknown.
+        // Two full records with one name: which one a compact record means is unknown.
         assert!(!m.remember(0, 7, b"b"));
         assert_eq!(m.payload(0, 7), None);
-        assert!(m.remember(0, 8, b"c"));
-        assert!(!m.remember(0, 6, b"d"));
-        assert_eq!(m.payload(0, 8), None);
-        assert_eq!(m.payload(0, 6), None);
-        // Nor does an older one come back once the slot was emptied.
-        assert!(!m.remember(0, 7, b"e"));
+        // The next full record of the slot is held, whatever its name.
+        assert!(m.remember(0, 6, b"c"));
+        assert_eq!(m.payload(0, 6), Some(&b"c"[..]));
         assert_eq!(m.payload(0, 7), None);
-        assert!(m.remember(0, 9, b"g"));
-        assert_eq!(m.payload(0, 9), Some(&b"g"[..]));
-        // Wrapping around is a rise (the kernel skips 0).
-        assert!(m.remember(1, u32::MAX, b"e"));
-        assert!(m.remember(1, 1, b"f"));
-        assert_eq!(m.payload(1, 1), Some(&b"f"[..]));
     }
 
     #[test]

@@ -730,6 +730,35 @@ pub(crate) fn from_bytes(record: &[u8], own_netns: u64) -> Option<Captured> {
     Some(captured)
 }
 
+/// Runs ring buffer records through the reader as the drain does, from a fresh start
+/// (for the fuzz target): the events, and the compact records it could not rebuild.
+#[doc(hidden)]
+pub fn read_records<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Captured>, u64) {
+    let mut stats = DrainStats::default();
+    let mut mirror = dedup::Mirror::new(4);
+    let orphaned = AtomicU64::new(0);
+    let mut reader = ring::Reader {
+        own_netns: 1,
+        stats: &mut stats,
+        mirror: &mut mirror,
+        orphaned: &orphaned,
+    };
+    let mut events = Vec::new();
+    let mut batch = ring::Building::new();
+    for r in records {
+        reader.push(r, &mut batch);
+        if batch.len() == ring::BATCH {
+            events.extend(
+                std::mem::replace(&mut batch, ring::Building::new())
+                    .finish()
+                    .0,
+            );
+        }
+    }
+    events.extend(batch.finish().0);
+    (events, orphaned.into_inner())
+}
+
 /// What a record says about its UDP payload (see [`dedup`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Payload {

@@ -56,7 +56,7 @@ impl IntoIterator for Batch {
 }
 
 /// Largest batch handed to the pipeline.
-const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 256;
 /// The kernel wakes the reader only once a quarter of the ring is waiting
 /// (a wake-up per event would cost more than capturing it), so the ring is
 /// also drained this often.
