@@ -144,7 +144,7 @@ impl Correlator {
     /// (what became of them happened out of sight), not `unanswered`.
     pub fn iface_gone(&mut self, name: &str, ts_ns: u64) {
         self.cfg.watched.ifaces.retain(|i| i != name);
-        let id = self.intern_iface(name);
+        let id = self.intern_iface(&std::sync::Arc::from(name));
         self.iface_gaps.note(id, ts_ns);
     }
 

@@ -17,6 +17,8 @@
 mod gaps;
 mod judge;
 mod state;
+/// The fast hasher of the correlator's maps, for other per-event tables keyed by small integers.
+pub(crate) use state::Fx;
 mod upstream;
 
 #[cfg(test)]
@@ -26,13 +28,14 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::decode::{Packet, Point, Proto, dns, dns::Rcode, tunnel::Tunnel};
 use state::{
-    B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, Fx, HopRec, Interner, Leg, LegKind, LegRef,
-    LookupState, Refs,
+    B_DNS, B_DO, B_EDNS, B_QR, B_TC, B_TCP, HopRec, Interner, Leg, LegKind, LegRef, LookupState,
+    Refs,
 };
 use upstream::Upstreams;
 
@@ -51,6 +54,9 @@ pub struct Event {
 /// lookup, its leg and hop, its index entries, and its share of the tables at their
 /// largest (asserted by a test with a counting allocator).
 pub const LOOKUP_STATE_BYTES: usize = 620;
+
+/// How many of the last events' interfaces are tried by address before the name is hashed.
+const RECENT_IFACES: usize = 8;
 
 /// Which capture points are watched: a verdict that rests on *not* seeing something is
 /// only given when the place it would have been seen is watched.
@@ -449,8 +455,8 @@ pub struct Correlator {
     /// Client address of a TCP retry → lookup.
     tcp_flows: HashMap<SocketAddr, u64, Fx>,
     ifaces: Interner,
-    /// The interface of the last event (an id into `ifaces`).
-    last_iface: u16,
+    /// The interfaces of the last events (ids into `ifaces`), most recent first.
+    recent_ifaces: [u16; RECENT_IFACES],
     uplink: Vec<bool>,
     /// By interface id: the capture time of the last event seen there.
     iface_last: Vec<u64>,
@@ -492,7 +498,7 @@ impl Correlator {
             tc_wait: HashMap::default(),
             tcp_flows: HashMap::default(),
             ifaces: Interner::new("?"),
-            last_iface: 0,
+            recent_ifaces: [0; RECENT_IFACES],
             uplink: vec![false],
             iface_last: vec![0],
             reasons: Interner::new(""),
@@ -740,13 +746,22 @@ impl Correlator {
         s
     }
 
-    fn intern_iface(&mut self, name: &str) -> u16 {
-        // Events come in runs from one interface: try the last one's first.
-        if self.last_iface != 0 && !name.is_empty() && self.ifaces.get(self.last_iface) == name {
-            return self.last_iface;
+    fn intern_iface(&mut self, name: &Arc<str>) -> u16 {
+        // The pipeline names each interface with one shared string, so the interfaces of
+        // the last few events are found by address, without hashing the name.
+        if let Some(at) = self
+            .recent_ifaces
+            .iter()
+            .position(|&id| id != 0 && self.ifaces.holds(id, name))
+        {
+            let id = self.recent_ifaces[at];
+            self.recent_ifaces.copy_within(0..at, 1);
+            self.recent_ifaces[0] = id;
+            return id;
         }
         if let Some(id) = self.ifaces.find(name) {
-            self.last_iface = id;
+            self.ifaces.adopt(id, name);
+            self.note_recent_iface(id);
             return id;
         }
         // New, or an id given back by an interface gone: its facts start afresh.
@@ -756,10 +771,16 @@ impl Correlator {
             self.uplink.resize(i + 1, false);
             self.iface_last.resize(i + 1, 0);
         }
-        self.uplink[i] = self.cfg.uplinks.iter().any(|u| u == name);
+        self.uplink[i] = self.cfg.uplinks.iter().any(|u| **u == **name);
         self.iface_last[i] = 0;
-        self.last_iface = id;
+        self.ifaces.adopt(id, name);
+        self.note_recent_iface(id);
         id
+    }
+
+    fn note_recent_iface(&mut self, id: u16) {
+        self.recent_ifaces.copy_within(0..RECENT_IFACES - 1, 1);
+        self.recent_ifaces[0] = id;
     }
 
     fn is_uplink(&self, iface: u16) -> bool {

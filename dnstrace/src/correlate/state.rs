@@ -450,6 +450,24 @@ impl Interner {
         id
     }
 
+    /// Whether `id` is held as this very string (the same allocation: the interner keeps a
+    /// clone, so no other string can have its address while it does).
+    pub fn holds(&self, id: u16, name: &Arc<str>) -> bool {
+        self.names
+            .get(usize::from(id))
+            .is_some_and(|n| Arc::ptr_eq(n, name))
+    }
+
+    /// Keeps `name` itself for `id` when it is the same text, so that [`Self::holds`]
+    /// knows it next time.
+    pub fn adopt(&mut self, id: u16, name: &Arc<str>) {
+        if let Some(n) = self.names.get_mut(usize::from(id)).filter(|_| id != 0)
+            && **n == **name
+        {
+            *n = Arc::clone(name);
+        }
+    }
+
     pub fn get(&self, id: u16) -> &str {
         self.names.get(usize::from(id)).map_or("?", |n| n)
     }
@@ -586,7 +604,7 @@ impl Deadlines {
 
 /// FxHash: the maps are keyed by integers and addresses the tracer computed itself.
 #[derive(Clone, Copy, Default)]
-pub(super) struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
@@ -629,7 +647,7 @@ impl Hasher for FxHasher {
     }
 }
 
-pub(super) type Fx = BuildHasherDefault<FxHasher>;
+pub(crate) type Fx = BuildHasherDefault<FxHasher>;
 
 /// Case-insensitive hash of a question (name, type, class), without allocating.
 ///
@@ -664,9 +682,15 @@ impl Words {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut pad = [0u8; 8];
-            pad[..rest.len()].copy_from_slice(rest);
-            let w = u64::from_le_bytes(pad);
+            // The last eight bytes (overlapping the last whole word) when there are eight,
+            // so that no copy is made; else the few there are.
+            let w = match bytes.len().checked_sub(8) {
+                Some(at) => u64::from_le_bytes(bytes[at..].try_into().unwrap_or_default()),
+                None => rest
+                    .iter()
+                    .rev()
+                    .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+            };
             self.word(if fold_case { ascii_lower(w) } else { w });
         }
         self.word(bytes.len() as u64);
@@ -784,6 +808,30 @@ mod tests {
         assert_eq!(d.first(), Some((5, 2)), "soonest first");
         d.sweep(0, |_, _| true);
         assert!(d.is_empty(), "nothing open, nothing kept");
+    }
+
+    /// An interface is known by address only as the very string the interner keeps: the
+    /// same text elsewhere is not taken for it until adopted, and a released id matches
+    /// nothing it held.
+    #[test]
+    fn interner_holds_only_the_string_it_keeps() {
+        let mut i = Interner::new("?");
+        let first: Arc<str> = Arc::from("veth1");
+        let id = i.intern(&first);
+        assert!(!i.holds(id, &first), "interned from a copy");
+        i.adopt(id, &first);
+        assert!(i.holds(id, &first));
+        let again: Arc<str> = Arc::from("veth1");
+        assert!(!i.holds(id, &again), "the same text, another string");
+        let other: Arc<str> = Arc::from("veth2");
+        i.adopt(id, &other);
+        assert!(
+            i.holds(id, &first) && i.get(id) == "veth1",
+            "another name is not adopted"
+        );
+        i.release(id);
+        assert!(!i.holds(id, &first), "released");
+        assert!(!i.holds(0, &first) && !i.holds(99, &first));
     }
 
     #[test]

@@ -79,15 +79,23 @@ pub fn ipv4_string(ip: Ipv4Addr) -> String {
 
 /// Same text as `addr.to_string()`.
 pub fn socket_addr_string(addr: &SocketAddr) -> String {
+    let mut out = String::with_capacity(21);
+    push_socket_addr(&mut out, addr);
+    out
+}
+
+/// Appends `addr.to_string()`, without the formatter for IPv4.
+pub fn push_socket_addr(out: &mut String, addr: &SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
-            let mut out = String::with_capacity(21);
-            push_ipv4(&mut out, *v4.ip());
+            push_ipv4(out, *v4.ip());
             out.push(':');
-            push_decimal(&mut out, u32::from(v4.port()));
-            out
+            push_decimal(out, u32::from(v4.port()));
         }
-        SocketAddr::V6(_) => addr.to_string(),
+        SocketAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{addr}");
+        }
     }
 }
 

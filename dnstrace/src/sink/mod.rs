@@ -77,7 +77,7 @@ pub struct Names {
     node: String,
     own_netns: u64,
     /// Shared with every event named after it: naming one costs no allocation.
-    by_index: HashMap<u32, Arc<str>>,
+    by_index: HashMap<u32, Arc<str>, crate::correlate::Fx>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, to turn kernel timestamps into wall time.
     mono_to_epoch_ns: i128,
     drop_reasons: HashMap<u32, String>,
