@@ -376,7 +376,7 @@ pub(super) fn run(sc: &Scenario) -> Outcome {
             assert!(
                 c.by_msg.len() <= c.cfg.max_lookups
                     && c.by_q.len() <= c.cfg.max_lookups
-                    && c.deadlines.len() <= 2 * c.cfg.max_lookups + 64,
+                    && c.deadlines.len() <= 4 * c.cfg.max_lookups + 256,
                 "an index outgrew the lookup cap"
             );
         }
