@@ -36,6 +36,10 @@ pub struct FloodArgs {
     /// Send DNS queries, each with its own id and name.
     #[arg(long)]
     pub dns: bool,
+    /// With --dns, send one query again and again (one message seen again and again:
+    /// dnstrace sends it as compact records).
+    #[arg(long, requires = "dns")]
+    pub same: bool,
     /// Run on this CPU only.
     #[arg(long)]
     pub cpu: Option<usize>,
@@ -57,6 +61,9 @@ impl FloodArgs {
         ];
         if self.dns {
             v.push("--dns".to_owned());
+        }
+        if self.same {
+            v.push("--same".to_owned());
         }
         if let Some(cpu) = self.cpu {
             v.extend(["--cpu".to_owned(), cpu.to_string()]);
@@ -97,7 +104,7 @@ pub fn run(args: &FloodArgs) -> Result<()> {
         let n = (limit - sent).min(BATCH as u64) as usize;
         if args.dns {
             for (i, (buf, len)) in bufs.iter_mut().zip(lens.iter_mut()).take(n).enumerate() {
-                *len = dns_query(buf, sent + i as u64);
+                *len = dns_query(buf, if args.same { 0 } else { sent + i as u64 });
             }
         }
         sent += send_batch(&sock, &bufs[..n], &lens[..n])? as u64;
