@@ -353,6 +353,7 @@ async fn run(
     let pcap = done.close_pcap(done.end_epoch_ns.max(1), kernel.lost());
     let Done {
         decoded,
+        reused,
         issues,
         tcp,
         lookups,
@@ -376,6 +377,7 @@ async fn run(
         kernel,
         userspace: drain.stats(),
         decoded,
+        decode_reused: reused,
         issues,
         tcp,
         lookups,

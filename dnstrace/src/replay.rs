@@ -33,7 +33,7 @@ use crate::{
         frag::{Defrag, Outcome},
         text::{printable, printable_string},
     },
-    pipeline::{Consumer, Frame, Outputs, ReplayStats, Summary, start_tui},
+    pipeline::{Consumer, Frame, Outputs, Payload, ReplayStats, Summary, start_tui},
     sink::{
         Names,
         pcap::{APPLICATION, Bounds, PacketNote, PcapSink, RunInfo},
@@ -543,6 +543,8 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             data,
             drop_reason,
             iface: named,
+            // A file's frames each carry their packet whole.
+            payload: Payload::Unnamed,
         };
         if let Err(e) = consumer.decoded(&frame, p) {
             out_error = Some(e);
@@ -601,6 +603,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
     let mut summary = Summary {
         netns: host_netns,
         decoded: done.decoded,
+        decode_reused: done.reused,
         issues: done.issues,
         tcp: done.tcp,
         lookups: done.lookups,

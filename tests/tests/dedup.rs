@@ -176,6 +176,34 @@ fn stop_and_compare(lab: &Lab, dedup: Tracer, full: Tracer) -> (Vec<Vec<u8>>, Tr
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "a packet differs");
     }
+    // The same lookups from both: a compact record's message, taken from the decode of
+    // the record that carried its payload, stitches as its own decode would.
+    let reused = n(&dedup.summary["decode_reused"]);
+    assert!(
+        reused > 0,
+        "no message was decoded once for several sightings"
+    );
+    assert_eq!(n(&full.summary["decode_reused"]), 0);
+    let lookups = |t: &Trace| {
+        let mut v: Vec<String> = t
+            .lookups
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {} {} {} {} {}",
+                    l["qname"], l["qtype"], l["client"], l["server"], l["verdict"], l["rcode"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!dedup.lookups.is_empty());
+    assert_eq!(lookups(&dedup), lookups(&full), "the lookups differ");
+    eprintln!(
+        "{reused} of {} DNS messages taken from an earlier sighting's decode",
+        a.len()
+    );
     (a.into_iter().map(|(_, p)| p).collect(), dedup, full)
 }
 

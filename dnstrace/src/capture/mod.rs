@@ -81,6 +81,9 @@ pub struct Captured {
     /// once for several sightings: events with the same `message` carry the same
     /// payload, byte for byte. None when the kernel did not tell.
     pub message: Option<u64>,
+    /// A compact record: the payload came in the earlier event that `message` names,
+    /// and was put back here.
+    pub compact: bool,
 }
 
 /// Sums of the per-CPU kernel counters, and the compact records the reader could not
@@ -829,6 +832,7 @@ pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[
         data: bytes::Bytes::new(),
         drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
         message: None,
+        compact: false,
     };
     let payload = match h.dedup {
         dnstrace_common::dedup::FULL => Payload::Kept {

@@ -269,6 +269,7 @@ impl Reader<'_> {
                         packets.extend_from_slice(kept);
                         c.meta.cap_len = c.meta.wire_len;
                         c.message = Some(Payload::message(slot, seq));
+                        c.compact = true;
                     }
                     _ => {
                         self.orphaned.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! outputs (packet lines, finished lookups, the pcapng file, the metrics); at the end,
 //! what was counted becomes the run's [`Summary`].
 mod outputs;
+mod reuse;
 mod summary;
 
 use std::{
@@ -14,6 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 pub(crate) use outputs::Outputs;
+pub(crate) use reuse::Payload;
 pub use summary::{IssueCounts, ReplayStats, Summary};
 
 use crate::{
@@ -46,6 +48,8 @@ pub(crate) enum Control {
 /// What the consumer hands back at the end.
 pub(crate) struct Done {
     pub decoded: u64,
+    /// DNS messages taken from an earlier sighting's decode.
+    pub reused: u64,
     pub issues: IssueCounts,
     pub tcp: decode::tcp::TcpStats,
     pub lookups: correlate::CorrelateStats,
@@ -97,6 +101,8 @@ pub(crate) struct Frame<'a> {
     /// The capture point's name when known already (replay of our own file); else it
     /// comes from [`Names::iface`].
     pub iface: Option<std::sync::Arc<str>>,
+    /// What the kernel said about the UDP payload: kept for, or named by, compact records.
+    pub payload: reuse::Payload,
 }
 
 /// Decodes, correlates and writes; owns all per-packet and per-lookup state. Fed by the
@@ -111,6 +117,8 @@ pub(crate) struct Consumer {
     lost_seen: u64,
     upstream_every: Option<Duration>,
     decoded: u64,
+    /// DNS messages decoded once for the sightings of compact records.
+    reuse: reuse::Reused,
     issues: IssueCounts,
     /// `--pcap`: every packet, commented with its lookup and verdict.
     pub pcap: Option<PcapSink>,
@@ -176,6 +184,7 @@ impl Consumer {
             lost_seen: 0,
             upstream_every,
             decoded: 0,
+            reuse: reuse::Reused::default(),
             issues: IssueCounts::default(),
             pcap: None,
             pcap_failed: None,
@@ -246,6 +255,7 @@ impl Consumer {
                     data: &c.data,
                     drop_reason,
                     iface: None,
+                    payload: reuse::Payload::of(c.message, c.compact),
                 },
             )?;
         }
@@ -284,7 +294,9 @@ impl Consumer {
 
     /// Decodes one frame and takes it through the pipeline.
     pub(crate) fn frame(&mut self, meta: Meta, f: Frame<'_>) -> std::io::Result<()> {
-        let p = decode::decode_with(meta, f.link, f.data, self.detail());
+        let p = self
+            .reuse
+            .decode(meta, f.link, f.data, f.payload, self.detail());
         self.decoded(&f, p)
     }
 
@@ -511,6 +523,7 @@ impl Consumer {
     pub(crate) fn done_with(self, error: Option<std::io::Error>) -> Done {
         Done {
             decoded: self.decoded,
+            reused: self.reuse.served,
             issues: self.issues,
             tcp: self.tcp.stats,
             lookups: correlate::CorrelateStats {

@@ -39,6 +39,9 @@ pub struct Summary {
     pub kernel: KernelCounters,
     pub userspace: DrainStats,
     pub decoded: u64,
+    /// Of `decoded`, the DNS messages not parsed again: a compact record's payload is that
+    /// of an earlier record, whose decoded message it takes (one decode per message).
+    pub decode_reused: u64,
     pub issues: IssueCounts,
     /// DNS over TCP reassembly, with what its bounds gave up.
     pub tcp: TcpStats,
@@ -200,8 +203,13 @@ impl Summary {
                 k.compact
             ),
             format!(
-                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded, {} malformed, {} partial",
-                u.received, u.dropped, self.decoded, self.issues.malformed, self.issues.partial
+                "dnstrace: userspace: {} received, {} dropped (output closed), {} decoded ({} DNS messages taken from an earlier sighting's decode), {} malformed, {} partial",
+                u.received,
+                u.dropped,
+                self.decoded,
+                self.decode_reused,
+                self.issues.malformed,
+                self.issues.partial
             ),
         ]
     }

@@ -357,6 +357,9 @@ pub struct TraceSummary {
     pub received: u64,
     pub dropped: u64,
     pub decoded: u64,
+    /// Of `decoded`, DNS messages taken from an earlier sighting's decode (0 from a
+    /// dnstrace that parses every one).
+    pub reused: u64,
     pub finished: u64,
     pub evicted: u64,
 }
@@ -383,6 +386,10 @@ impl TraceSummary {
             bail!("unexpected dnstrace summary:\n{stderr}");
         }
         let finished = nums(l).first().copied().unwrap_or(0);
+        let reused = line("dnstrace: userspace: ")?
+            .split_once(" DNS messages taken from")
+            .and_then(|(before, _)| nums(before).last().copied())
+            .unwrap_or(0);
         let evicted = l
             .split(", ")
             .find_map(|part| part.strip_suffix(" evicted"))
@@ -398,6 +405,7 @@ impl TraceSummary {
             received: u[0],
             dropped: u[1],
             decoded: u[2],
+            reused,
             finished,
             evicted,
         })
@@ -450,5 +458,15 @@ mod tests {
         assert_eq!((s.lost, s.ring_full, s.compact), (10, 10, 150));
         assert_eq!((s.received, s.dropped, s.decoded), (290, 0, 290));
         assert_eq!((s.finished, s.evicted), (70, 5));
+        assert_eq!(s.reused, 0);
+        let text = text.replace(
+            "290 decoded, 0 malformed",
+            "290 decoded (140 DNS messages taken from an earlier sighting's decode), 0 malformed",
+        );
+        let s = TraceSummary::parse(&text).unwrap();
+        assert_eq!(
+            (s.received, s.dropped, s.decoded, s.reused),
+            (290, 0, 290, 140)
+        );
     }
 }
