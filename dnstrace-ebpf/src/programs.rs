@@ -162,17 +162,14 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     };
     // The UDP payload's offset in IPv4 UDP without options (found by the fast path) or
     // plain IPv6 UDP (looked for below); only these go through the payload cache.
-    let (sport, dport, mut udp_payload, slow) = match fast {
-        Fast::Ports(sport, dport, udp) => (
-            sport,
-            dport,
-            udp.then_some(if ethernet { 42 } else { 28 }),
-            false,
-        ),
+    let (sport, dport, mut udp_payload) = match fast {
+        Fast::Ports(sport, dport, udp) => {
+            (sport, dport, udp.then_some(if ethernet { 42 } else { 28 }))
+        }
         Fast::Skip => return None,
         Fast::Slow => {
             let (sport, dport) = ports(data, end, ethernet)?;
-            (sport, dport, None, true)
+            (sport, dport, None)
         }
     };
     if !dns_port(sport, dport) {
@@ -187,8 +184,10 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         }
         // A tunnelled message is always copied in full.
         udp_payload = None;
-    } else if slow {
-        // Looked for only once the ports said DNS: non-DNS packets pay nothing for it.
+    } else if udp_payload.is_none() {
+        // Looked for only once the ports said DNS, and without a flag carried from the
+        // fast path (which made LLVM spill one on it): non-DNS packets pay nothing for it,
+        // IPv4 TCP DNS a bounds check and a compare.
         udp_payload = if ethernet {
             ipv6_udp::<14, 21>(data, end)
         } else {
@@ -429,8 +428,8 @@ enum Fast {
 
 /// The UDP payload's offset (`L2` + 48) in a plain IPv6 UDP packet after `L2` bytes of
 /// Ethernet header (or none), read with a single bounds check (`N` = L2 + 7); None for
-/// anything else: a VLAN tag, an extension header (a fragment included), TCP. Runs only
-/// on DNS-port packets the fast path left to [`ports`], which read this UDP header's ports.
+/// anything else: IPv4, a VLAN tag, an extension header (a fragment included), TCP. Runs
+/// only on DNS-port packets; when it says yes, [`ports`] read this UDP header's ports.
 #[inline(always)]
 fn ipv6_udp<const L2: usize, const N: usize>(data: usize, end: usize) -> Option<usize> {
     if data + N > end {
