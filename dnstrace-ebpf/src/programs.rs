@@ -160,7 +160,8 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
     } else {
         ipv4_fast::<0, 24>(data, end)
     };
-    // The UDP payload's offset, when the fast path found IPv4 UDP without options.
+    // The UDP payload's offset in IPv4 UDP without options (found by the fast path) or
+    // plain IPv6 UDP (looked for below); only these go through the payload cache.
     let (sport, dport, mut udp_payload) = match fast {
         Fast::Ports(sport, dport, udp) => {
             (sport, dport, udp.then_some(if ethernet { 42 } else { 28 }))
@@ -181,7 +182,17 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
         if !dns_port(sport, dport) {
             return None;
         }
+        // A tunnelled message is always copied in full.
         udp_payload = None;
+    } else if udp_payload.is_none() {
+        // Looked for only once the ports said DNS, and without a flag carried from the
+        // fast path (which made LLVM spill one on it): non-DNS packets pay nothing for it,
+        // IPv4 TCP DNS a bounds check and a compare.
+        udp_payload = if ethernet {
+            ipv6_udp::<14, 21>(data, end)
+        } else {
+            ipv6_udp::<0, 7>(data, end)
+        };
     }
     count(Counter::DnsSeen);
 
@@ -230,6 +241,7 @@ fn on_packet(skb: *mut __sk_buff, ethernet: bool, at: u8) -> Option<()> {
             header.msg_slot = key;
             header.msg_seq = seq;
             header.payload_off = off as u16;
+            // off <= 62 (see `cached`): the headers fit the smallest record.
             emit::<64>(header, off as u32, socket, copy, || {})?;
             count(Counter::Compact);
             Some(())
@@ -272,6 +284,10 @@ enum Cached {
 
 /// Looks up the UDP payload at `off` (the rest of the packet) in this CPU's cache.
 /// None when it is not to be kept: cut, not all in the linear data, too short or long.
+///
+/// `off` is 42 or 28 (IPv4 without options, Ethernet or not) or 62 or 48 (IPv6 without
+/// extension headers): a compact record copies `off` bytes into a 64-byte record. IPv4
+/// options, IPv6 extension headers, VLAN tags, tunnels and TCP are always copied in full.
 #[inline(always)]
 fn cached(data: usize, end: usize, off: usize, wire_len: u32, ts: u64) -> Option<Cached> {
     // SAFETY: `config()` points at the global, valid for the program's lifetime.
@@ -408,6 +424,26 @@ enum Fast {
     Skip,
     /// Anything else (IPv6, VLAN tags, IPv4 options, short packets): parse fully.
     Slow,
+}
+
+/// The UDP payload's offset (`L2` + 48) in a plain IPv6 UDP packet after `L2` bytes of
+/// Ethernet header (or none), read with a single bounds check (`N` = L2 + 7); None for
+/// anything else: IPv4, a VLAN tag, an extension header (a fragment included), TCP. Runs
+/// only on DNS-port packets; when it says yes, [`ports`] read this UDP header's ports.
+#[inline(always)]
+fn ipv6_udp<const L2: usize, const N: usize>(data: usize, end: usize) -> Option<usize> {
+    if data + N > end {
+        return None;
+    }
+    // SAFETY: data..data+N lies inside the packet, checked just above.
+    let h = unsafe { &*(data as *const [u8; N]) };
+    if (L2 != 0 && (h[L2 - 2] != 0x86 || h[L2 - 1] != 0xdd))
+        || h[L2] >> 4 != 6
+        || h[L2 + 6] != IPPROTO_UDP
+    {
+        return None;
+    }
+    Some(L2 + 48)
 }
 
 /// The common case, IPv4 without options after `L2` bytes of Ethernet

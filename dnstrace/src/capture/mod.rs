@@ -1015,18 +1015,51 @@ mod tests {
         p
     }
 
+    /// A plain IPv6 UDP packet (no extension header): 48 bytes of headers, then `dns`;
+    /// behind an Ethernet header (payload at 62) when `ethernet`.
+    fn udp6_packet(ethernet: bool, hop_limit: u8, dns: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        if ethernet {
+            p.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+        }
+        let udp_len = 8 + dns.len() as u16;
+        p.extend_from_slice(&[0x60, 0, 0, 0]);
+        p.extend_from_slice(&udp_len.to_be_bytes());
+        p.extend_from_slice(&[17, hop_limit]);
+        for host in [1, 2] {
+            p.extend_from_slice(&[0xfd, 0, 2, 0x47, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, host]);
+        }
+        p.extend_from_slice(&[0x12, 0x34, 0, 53]);
+        p.extend_from_slice(&udp_len.to_be_bytes());
+        p.extend_from_slice(&[0xab, 0xcd]);
+        p.extend_from_slice(dns);
+        p
+    }
+
     /// A record of `kind` for `packet` (its payload at 28), kept as (slot, seq).
     fn dedup_record(kind: u8, packet: &[u8], slot: u16, seq: u32) -> Vec<u8> {
+        dedup_record_at(kind, link::RAW_IP, 28, packet, slot, seq)
+    }
+
+    /// A record of `kind` for `packet` on `link`, its payload at `off`, kept as (slot, seq).
+    fn dedup_record_at(
+        kind: u8,
+        link: u8,
+        off: usize,
+        packet: &[u8],
+        slot: u16,
+        seq: u32,
+    ) -> Vec<u8> {
         let mut h = header();
         h.point = point::SOCKET_IN;
-        h.link = link::RAW_IP;
+        h.link = link;
         h.wire_len = packet.len() as u32;
         h.dedup = kind;
         h.msg_slot = slot;
         h.msg_seq = seq;
-        h.payload_off = 28;
+        h.payload_off = off as u16;
         let copied = if kind == dnstrace_common::dedup::COMPACT {
-            &packet[..28]
+            &packet[..off]
         } else {
             packet
         };
@@ -1089,6 +1122,33 @@ mod tests {
         let mut plain = header();
         plain.cap_len = first.len() as u32;
         assert_eq!(read.events(&[record(plain, &first)])[0].message, None);
+    }
+
+    #[test]
+    fn an_ipv6_compact_record_is_rebuilt_with_its_own_headers() {
+        use dnstrace_common::dedup::{COMPACT, FULL};
+        let dns = b"\x40\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x00\x00\x1c\x00\x01";
+        // Sent at the socket hop (raw IPv6, payload at 48), then seen on a veth (Ethernet,
+        // at 62) and at the next hop's socket (another hop limit): one payload.
+        let sent = udp6_packet(false, 64, dns);
+        let veth = udp6_packet(true, 64, dns);
+        let forwarded = udp6_packet(false, 63, dns);
+        assert_eq!((sent.len() - dns.len(), veth.len() - dns.len()), (48, 62));
+        let mut read = Read::new();
+        let events = read.events(&[
+            dedup_record_at(FULL, link::RAW_IP, 48, &sent, 5, 11),
+            dedup_record_at(COMPACT, link::ETHERNET, 62, &veth, 5, 11),
+            dedup_record_at(COMPACT, link::RAW_IP, 48, &forwarded, 5, 11),
+        ]);
+        assert_eq!(read.orphaned.load(Ordering::Relaxed), 0);
+        assert_eq!(events.len(), 3);
+        for (e, p) in events.iter().zip([&sent, &veth, &forwarded]) {
+            assert_eq!(&e.data[..], &p[..]);
+            assert_eq!(e.meta.cap_len, p.len() as u32);
+            assert_eq!(e.message, events[0].message);
+        }
+        assert_eq!(events[1].link, LinkType::Ethernet);
+        assert!(events[0].message.is_some());
     }
 
     #[test]
