@@ -15,6 +15,12 @@
 //! `run-heap FILE MAX_LOOKUPS` also counts heap bytes (slower): held with the
 //! capture's lookups still open (`heap_at_end`), and at most (`heap_peak`);
 //! `peak_rss_kib_open` is the RSS peak before the end of capture finishes them.
+//!
+//! `collector_bench decode FILE` times the decode stage alone on the first
+//! [`DECODE_FRAMES`] frames, each seen at [`HOPS`] points as on a node (the same payload,
+//! its addresses rewritten as DNAT and SNAT do), the kernel having sent all but the first
+//! sighting as compact records: every sighting parsed, against one parse per message
+//! (`pipeline::Reused`). Passes of the two alternate; it prints ns per sighting for each.
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     collections::BTreeMap,
@@ -29,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use dnstrace::{
     correlate::{self, Correlator, Coverage},
     decode::{self, Detail, LinkType, Meta, Point},
+    pipeline::{Payload, Reused},
 };
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 
@@ -86,6 +93,7 @@ fn main() -> Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["gen", file, lookups] => generate(file, lookups.parse().context("LOOKUPS")?),
         ["gen-flood", file, queries] => generate_flood(file, queries.parse().context("QUERIES")?),
+        ["decode", file] => decode_once(file),
         ["run", file] => run(file, correlate::Config::default().max_lookups),
         ["run", file, cap] => run(file, cap.parse().context("MAX_LOOKUPS")?),
         ["run-heap", file, cap] => {
@@ -93,7 +101,7 @@ fn main() -> Result<()> {
             run(file, cap.parse().context("MAX_LOOKUPS")?)
         }
         _ => bail!(
-            "usage: collector_bench gen FILE LOOKUPS | gen-flood FILE QUERIES | run FILE [MAX_LOOKUPS] | run-heap FILE MAX_LOOKUPS"
+            "usage: collector_bench gen FILE LOOKUPS | gen-flood FILE QUERIES | run FILE [MAX_LOOKUPS] | run-heap FILE MAX_LOOKUPS | decode FILE"
         ),
     }
 }
@@ -288,6 +296,89 @@ fn run(path: &str, max_lookups: usize) -> Result<()> {
         stats.evicted,
         events as f64 / cpu.max(1e-9),
         peak_rss_kib()
+    );
+    Ok(())
+}
+
+/// Frames of the capture the decode benchmark takes.
+const DECODE_FRAMES: usize = 100_000;
+/// Points each message is seen at in the decode benchmark.
+const HOPS: u8 = 4;
+/// Passes of each way in the decode benchmark.
+const DECODE_PASSES: usize = 9;
+
+fn decode_once(path: &str) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    let mut reader = PcapReader::new(BufReader::with_capacity(1 << 20, file))?;
+    let mut sightings: Vec<(Meta, Vec<u8>, Payload)> = Vec::new();
+    let mut n = 0u64;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet?;
+        if n as usize == DECODE_FRAMES {
+            break;
+        }
+        n += 1;
+        // Names as the kernel gives them: 64 slots, the low bits of a clock.
+        let message = ((n % 64) << 32) | n;
+        for hop in 0..HOPS {
+            let mut data = packet.data.to_vec();
+            // The source address of hops past the first: 10.hop.x.y.
+            if hop > 0 && data.len() > 30 {
+                data[27] = hop;
+            }
+            let meta = Meta {
+                ts_ns: packet.timestamp.as_nanos() as u64 + u64::from(hop),
+                ifindex: u32::from(hop) + 2,
+                netns: 1,
+                point: Point::TcIngress,
+                wire_len: packet.orig_len,
+                cap_len: data.len() as u32,
+                pid: 0,
+                comm: None,
+            };
+            let payload = if hop == 0 {
+                Payload::Kept(message)
+            } else {
+                Payload::Named(message)
+            };
+            sightings.push((meta, data, payload));
+        }
+    }
+    let (mut parsed, mut once) = (Vec::new(), Vec::new());
+    let mut check = (0u64, 0u64);
+    for _ in 0..DECODE_PASSES {
+        let cpu0 = cpu_seconds();
+        for (meta, data, _) in &sightings {
+            let p = decode::decode_with(meta.clone(), LinkType::Ethernet, data, Detail::Stitch);
+            check.0 += u64::from(std::hint::black_box(p).dns.is_some());
+        }
+        parsed.push((cpu_seconds() - cpu0) * 1e9 / sightings.len() as f64);
+        let cpu0 = cpu_seconds();
+        let mut reused = Reused::default();
+        for (meta, data, payload) in &sightings {
+            let p = reused.decode(
+                meta.clone(),
+                LinkType::Ethernet,
+                data,
+                *payload,
+                Detail::Stitch,
+            );
+            check.1 += u64::from(std::hint::black_box(p).dns.is_some());
+        }
+        once.push((cpu_seconds() - cpu0) * 1e9 / sightings.len() as f64);
+        if reused.served == 0 {
+            bail!("no message was taken from an earlier decode");
+        }
+    }
+    if check.0 != check.1 {
+        bail!("the two ways decoded different messages: {check:?}");
+    }
+    let show = |v: &[f64]| serde_json::to_string(v).unwrap_or_default();
+    println!(
+        "{{\"sightings\":{},\"hops\":{HOPS},\"parsed_ns\":{},\"once_ns\":{}}}",
+        sightings.len(),
+        show(&parsed),
+        show(&once)
     );
     Ok(())
 }

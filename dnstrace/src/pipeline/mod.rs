@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 pub(crate) use outputs::Outputs;
-pub(crate) use reuse::Payload;
+pub use reuse::{Payload, Reused};
 pub use summary::{IssueCounts, ReplayStats, Summary};
 
 use crate::{

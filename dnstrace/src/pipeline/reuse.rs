@@ -17,7 +17,7 @@ use crate::decode::{self, LinkType, Meta, Packet, dns};
 
 /// What the pipeline knows about a frame's UDP payload from the capture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Payload {
+pub enum Payload {
     /// Nothing: decode it.
     #[default]
     Unnamed,
@@ -28,7 +28,7 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    pub(crate) fn of(message: Option<u64>, compact: bool) -> Self {
+    pub fn of(message: Option<u64>, compact: bool) -> Self {
         match (message, compact) {
             (None, _) => Self::Unnamed,
             (Some(m), false) => Self::Kept(m),
@@ -39,7 +39,7 @@ impl Payload {
 
 /// The decoded messages of the kernel's kept payloads, by slot.
 #[derive(Default)]
-pub(crate) struct Reused {
+pub struct Reused {
     slots: Vec<Option<(u64, dns::Message)>>,
     /// DNS messages served from an earlier sighting's decode.
     pub served: u64,
@@ -53,7 +53,7 @@ fn slot(message: u64) -> Option<usize> {
 
 impl Reused {
     /// Decodes a frame, reading only its own headers when its payload's message is held.
-    pub(crate) fn decode(
+    pub fn decode(
         &mut self,
         meta: Meta,
         link: LinkType,

@@ -118,6 +118,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             )
         },
     );
+    let decode = decode_once(ctx, &file)?;
     report.section(
         "Collector throughput",
         format!(
@@ -131,7 +132,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
              | dnstrace decode + correlate | {wall} | {rate} | {ours} |\n\
              | `tshark {targs}` | {twall} | {trate} | {theirs} |\n\n\
              Ratio (median events per CPU-second): **{ratio:.0}×**. Peak RSS of the collector run: {rss} MiB. \
-             Both must find the {unanswered} unanswered lookups the generator wrote.\n",
+             Both must find the {unanswered} unanswered lookups the generator wrote.\n{decode}",
             name = file.file_name().unwrap_or_default().to_string_lossy(),
             wall = wall.show(2),
             rate = rate.show(0),
@@ -153,6 +154,46 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The decode stage alone, each message seen at several points: parsed at every
+/// sighting, against once per message with the others taken from compact records.
+fn decode_once(ctx: &Ctx, file: &Path) -> Result<String> {
+    bail_if_stopped()?;
+    let (out, _, _) =
+        timed(Command::new(&ctx.collector).args(["decode", &file.display().to_string()]))?;
+    let v = json(&out)?;
+    let samples = |key: &str| {
+        Samples(
+            v[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let (parsed, once) = (samples("parsed_ns"), samples("once_ns"));
+    if parsed.0.is_empty() || once.0.is_empty() {
+        bail!("collector_bench decode gave no figures: {out}");
+    }
+    eprintln!(
+        "[bench] collector: decode per sighting {} ns parsed each time, {} ns once per message",
+        parsed.show(1),
+        once.show(1)
+    );
+    Ok(format!(
+        "\nThe decode stage alone (`collector_bench decode FILE`): the first {sightings} \
+             sightings' worth of the same capture, each message seen at {hops} points (its \
+             addresses rewritten at each, as DNAT and SNAT do) and all but the first sighting \
+             sent as compact records, decoded {n} times each way, alternating:\n\n\
+             | | ns per sighting, median (min–max) |\n|---|---|\n\
+             | every sighting's DNS message parsed | {parsed} |\n\
+             | parsed once per message, the compact records taking it (what `watch` does) | {once} |\n",
+        sightings = v["sightings"].as_u64().unwrap_or(0),
+        hops = v["hops"].as_u64().unwrap_or(0),
+        n = parsed.0.len(),
+        parsed = parsed.show(1),
+        once = once.show(1),
+    ))
 }
 
 fn tshark_args(file: &Path) -> Vec<String> {
