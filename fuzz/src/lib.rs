@@ -463,7 +463,7 @@ fn message(u: &mut Unstructured) -> arbitrary::Result<dns::Message> {
     let question = match u.ratio(1u8, 16)? {
         true => None,
         false => Some(dns::Question {
-            name: pick(u, &NAMES)?.to_owned(),
+            name: (*pick(u, &NAMES)?).into(),
             qtype: pick(u, &TYPES)?.into(),
             qclass: pick(u, &["IN", "CH"])?.into(),
         }),
@@ -471,7 +471,7 @@ fn message(u: &mut Unstructured) -> arbitrary::Result<dns::Message> {
     let mut answers = Vec::new();
     for _ in 0..u.int_in_range(0..=3)? {
         answers.push(dns::Answer {
-            name: pick(u, &NAMES)?.to_owned(),
+            name: (*pick(u, &NAMES)?).into(),
             rtype: pick(u, &TYPES)?.into(),
             ttl: u.int_in_range(0..=300)?,
             data: pick(u, &DATA)?.to_owned(),

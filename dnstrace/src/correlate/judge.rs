@@ -422,7 +422,7 @@ impl Correlator {
                     ..Origin::default()
                 }
             }),
-            qname: lk.qname.into_string(),
+            qname: lk.qname.to_string(),
             qtype: lk.qtype,
         }
     }

@@ -53,7 +53,7 @@ pub struct Event {
 /// Heap bytes one live lookup's state may take under a flood of one-sighting lookups: the
 /// lookup, its leg and hop, its index entries, and its share of the tables at their
 /// largest (asserted by a test with a counting allocator).
-pub const LOOKUP_STATE_BYTES: usize = 620;
+pub const LOOKUP_STATE_BYTES: usize = 640;
 
 /// How many of the last events' interfaces are tried by address before the name is hashed.
 const RECENT_IFACES: usize = 8;
@@ -1090,7 +1090,7 @@ impl Correlator {
             lid,
             Box::new(LookupState {
                 qhash,
-                qname: q.name.into_boxed_str(),
+                qname: q.name,
                 qtype: q.qtype,
                 legs: vec![leg],
                 retries: 0,

@@ -259,7 +259,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
             ..dns::Flags::default()
         },
         question: Some(dns::Question {
-            name: row.qname.clone().unwrap_or_else(|| qname.to_owned()),
+            name: row.qname.as_deref().unwrap_or(qname).into(),
             qtype: row.qtype.clone().unwrap_or_else(|| qtype.to_owned()).into(),
             qclass: "IN".into(),
         }),

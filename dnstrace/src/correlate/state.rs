@@ -249,7 +249,8 @@ impl Leg {
 #[derive(Debug)]
 pub(super) struct LookupState {
     pub qhash: u64,
-    pub qname: Box<str>,
+    /// The first query's name, shared with its decoded message.
+    pub qname: std::sync::Arc<str>,
     /// A name from the decoder's table: no allocation per lookup.
     pub qtype: crate::decode::dns::Text,
     pub legs: Vec<Leg>,

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 
 use hickory_proto::op::{self, Query};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
@@ -136,8 +137,9 @@ impl Flags {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Question {
-    /// Fully qualified, with the trailing dot, in the case seen on the wire.
-    pub name: String,
+    /// Fully qualified, with the trailing dot, in the case seen on the wire. Shared: a
+    /// message decoded once for several sightings gives each the same name.
+    pub name: Arc<str>,
     /// "A", "AAAA", … or "TYPE<n>".
     pub qtype: Text,
     /// "IN", "CH", … or "CLASS<n>".
@@ -158,7 +160,7 @@ impl Question {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Answer {
-    pub name: String,
+    pub name: Arc<str>,
     pub rtype: Text,
     pub ttl: u32,
     /// RDATA in presentation format, at most [`MAX_DATA_CHARS`] characters.
@@ -473,21 +475,24 @@ fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
 
 /// An uncompressed name at `at` made of letters, digits, `-` and `_`, as
 /// hickory's `to_ascii` writes it (trailing dot), and the offset after it.
-fn plain_name(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+fn plain_name(bytes: &[u8], start: usize) -> Option<(Arc<str>, usize)> {
     // Checked first; then the wire form after the first length byte is copied whole, and
     // each later length byte (and the final 0) becomes the dot that ends its label.
     let end = plain_name_end(bytes, start)?;
     if end == start + 1 {
-        return Some((".".to_owned(), end));
+        return Some((".".into(), end));
     }
-    let mut name = bytes[start + 1..end].to_vec();
+    // At most 254 bytes (checked above): built on the stack, then one allocation.
+    let mut buf = [0u8; 256];
+    let name = buf.get_mut(..end - start - 1)?;
+    name.copy_from_slice(&bytes[start + 1..end]);
     let mut at = usize::from(bytes[start]);
     while at < name.len() {
         let next = usize::from(name[at]);
         name[at] = b'.';
         at += 1 + next;
     }
-    Some((String::from_utf8(name).ok()?, end))
+    Some((std::str::from_utf8(name).ok()?.into(), end))
 }
 
 /// Reads only the first question, for messages whose later sections are broken.
@@ -499,7 +504,7 @@ fn first_question(bytes: &[u8]) -> Option<Question> {
 
 fn question(query: &Query) -> Question {
     Question {
-        name: printable_string(query.name().to_ascii()),
+        name: printable_string(query.name().to_ascii()).into(),
         qtype: type_name(query.query_type()),
         qclass: class_name(query.query_class()),
     }
@@ -507,7 +512,7 @@ fn question(query: &Query) -> Question {
 
 fn answer(record: &Record) -> Answer {
     Answer {
-        name: printable_string(record.name.to_ascii()),
+        name: printable_string(record.name.to_ascii()).into(),
         rtype: type_name(record.record_type()),
         ttl: record.ttl,
         data: rdata_text(&record.data),
@@ -864,7 +869,7 @@ mod tests {
     #[test]
     fn leading_dash_is_escaped_as_hickory_does() {
         let m = parse(&hex("0f3f 0100 0001 0000 0000 0000 02 2d69 00 0010 0001")).unwrap();
-        assert_eq!(m.question.unwrap().name, "\\-i.");
+        assert_eq!(&*m.question.unwrap().name, "\\-i.");
     }
 
     #[test]
@@ -878,7 +883,7 @@ mod tests {
         assert_eq!((m.qdcount, m.ancount, m.nscount, m.arcount), (1, 0, 0, 1));
         let q = m.question.unwrap();
         assert_eq!(
-            (q.name.as_str(), q.qtype.as_str(), q.qclass.as_str()),
+            (&*q.name, q.qtype.as_str(), q.qclass.as_str()),
             ("www.example.test.", "A", "IN")
         );
         let edns = m.edns.unwrap();
@@ -917,7 +922,7 @@ mod tests {
         assert_eq!(m.rcode, "NXDOMAIN");
         assert_eq!(m.nscount, 1);
         assert!(m.answers.is_empty());
-        assert_eq!(m.question.unwrap().name, "www.example.test.");
+        assert_eq!(&*m.question.unwrap().name, "www.example.test.");
     }
 
     #[test]
@@ -1033,7 +1038,7 @@ mod tests {
             "0005 8180 0001 0001 0000 0000 01 78 00 0001 0001  c01f c01d 0001 0001 00000000 0000",
         );
         let (partial, _) = malformed(&bytes);
-        assert_eq!(partial.unwrap().question.unwrap().name, "x.");
+        assert_eq!(&*partial.unwrap().question.unwrap().name, "x.");
     }
 
     #[test]

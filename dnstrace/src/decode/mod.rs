@@ -999,7 +999,7 @@ mod tests {
         assert_eq!(packet.proto, Some(Proto::Udp));
         assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
         assert_eq!(
-            packet.dns.unwrap().question.unwrap().name,
+            &*packet.dns.unwrap().question.unwrap().name,
             "www.example.test."
         );
     }

@@ -103,7 +103,7 @@ impl<W: Write> JsonSink<W> {
             opcode: dns.map(|d| d.opcode.as_str()),
             rcode: dns.filter(|d| d.qr).map(|d| d.rcode),
             flags: dns.map(|d| flag_names(&d.flags)).unwrap_or_default(),
-            qname: q.map(|q| q.name.as_str()),
+            qname: q.map(|q| &*q.name),
             qtype: q.map(|q| q.qtype.as_str()),
             edns: dns.and_then(|d| d.edns.as_ref()),
             answers: dns.map(|d| d.answers.as_slice()).unwrap_or(&[]),
