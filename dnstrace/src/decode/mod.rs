@@ -1408,6 +1408,28 @@ mod tests {
             })
         }
 
+        /// Every frame of every capture, with its file's name and its metadata; None (and
+        /// says so) when the corpus is absent.
+        fn all_frames() -> Option<Vec<(String, Meta, Frame)>> {
+            let Ok(entries) = std::fs::read_dir(DIR) else {
+                println!("skipped: {DIR} is absent");
+                return None;
+            };
+            let mut out = Vec::new();
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name().into_string().unwrap_or_default();
+                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
+                    continue;
+                }
+                for f in read(&entry.path()) {
+                    let mut meta = meta(f.data.len());
+                    meta.wire_len = f.wire_len;
+                    out.push((name.clone(), meta, f));
+                }
+            }
+            Some(out)
+        }
+
         /// The frames of a pcap or pcapng file whose link type `decode` supports.
         fn read(path: &Path) -> Vec<Frame> {
             let bytes = std::fs::read(path).unwrap();
@@ -1704,30 +1726,21 @@ mod tests {
         /// the same header, question, OPT, addresses and issue for every frame.
         #[test]
         fn stitch_detail_is_full_without_answers() {
-            let Ok(entries) = std::fs::read_dir(DIR) else {
-                println!("skipped: {DIR} is absent");
+            let Some(corpus) = all_frames() else {
                 return;
             };
             let (mut frames, mut answered) = (0, 0);
-            for entry in entries.filter_map(Result::ok) {
-                let name = entry.file_name().into_string().unwrap_or_default();
-                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
-                    continue;
+            for (name, meta, f) in &corpus {
+                let mut full = decode(meta.clone(), f.link, &f.data);
+                let lean = decode_with(meta.clone(), f.link, &f.data, Detail::Stitch);
+                if let Some(m) = &mut full.dns
+                    && !m.answers.is_empty()
+                {
+                    answered += 1;
+                    m.answers.clear();
                 }
-                for f in read(&entry.path()) {
-                    let mut meta = meta(f.data.len());
-                    meta.wire_len = f.wire_len;
-                    let mut full = decode(meta.clone(), f.link, &f.data);
-                    let lean = decode_with(meta, f.link, &f.data, Detail::Stitch);
-                    if let Some(m) = &mut full.dns
-                        && !m.answers.is_empty()
-                    {
-                        answered += 1;
-                        m.answers.clear();
-                    }
-                    assert_eq!(lean, full, "{name}");
-                    frames += 1;
-                }
+                assert_eq!(lean, full, "{name}");
+                frames += 1;
             }
             println!("{frames} frames, {answered} with answers");
             assert!(frames > 1_000 && answered > 100);
@@ -1737,33 +1750,23 @@ mod tests {
         /// for frame, in both details (the corpus has 3553 frames, 762 of them take it).
         #[test]
         fn udp4_fast_path_matches_the_full_slice() {
-            let Ok(entries) = std::fs::read_dir(DIR) else {
-                println!("skipped: {DIR} is absent");
+            let Some(corpus) = all_frames() else {
                 return;
             };
             let (mut frames, mut fast) = (0, 0);
-            for entry in entries.filter_map(Result::ok) {
-                let name = entry.file_name().into_string().unwrap_or_default();
-                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
-                    continue;
+            for (name, meta, f) in &corpus {
+                for detail in [Detail::Full, Detail::Stitch] {
+                    let slow = decode_inner(meta.clone(), f.link, &f.data, detail, false);
+                    let quick = decode_inner(meta.clone(), f.link, &f.data, detail, true);
+                    assert_eq!(quick, slow, "{name}");
                 }
-                for f in read(&entry.path()) {
-                    let mut meta = meta(f.data.len());
-                    meta.wire_len = f.wire_len;
-                    for detail in [Detail::Full, Detail::Stitch] {
-                        let slow = decode_inner(meta.clone(), f.link, &f.data, detail, false);
-                        let quick = decode_inner(meta.clone(), f.link, &f.data, detail, true);
-                        assert_eq!(quick, slow, "{name}");
-                    }
-                    let mut probe =
-                        decode_inner(meta.clone(), f.link, &f.data, Detail::Full, false);
-                    if meta.cap_len >= meta.wire_len
-                        && udp4_fast(&mut probe, f.link, &f.data, Detail::Full)
-                    {
-                        fast += 1;
-                    }
-                    frames += 1;
+                let mut probe = decode_inner(meta.clone(), f.link, &f.data, Detail::Full, false);
+                if meta.cap_len >= meta.wire_len
+                    && udp4_fast(&mut probe, f.link, &f.data, Detail::Full)
+                {
+                    fast += 1;
                 }
+                frames += 1;
             }
             println!("{frames} frames, {fast} on the fast path");
             assert!(fast > 500, "{fast} of {frames} frames on the fast path");
@@ -1773,32 +1776,23 @@ mod tests {
         /// decodes to exactly its full decode, or is handed back for one.
         #[test]
         fn a_known_message_gives_the_full_decode() {
-            let Ok(entries) = std::fs::read_dir(DIR) else {
-                println!("skipped: {DIR} is absent");
+            let Some(corpus) = all_frames() else {
                 return;
             };
             let (mut clean, mut known, mut v6) = (0, 0, 0);
-            for entry in entries.filter_map(Result::ok) {
-                let name = entry.file_name().into_string().unwrap_or_default();
-                if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
-                    continue;
-                }
-                for f in read(&entry.path()) {
-                    let mut meta = meta(f.data.len());
-                    meta.wire_len = f.wire_len;
-                    for detail in [Detail::Full, Detail::Stitch] {
-                        let full = decode_with(meta.clone(), f.link, &f.data, detail);
-                        let (Some(m), None, Some(Proto::Udp), None) =
-                            (&full.dns, &full.issue, full.proto, &full.tunnel)
-                        else {
-                            continue;
-                        };
-                        clean += 1;
-                        if let Ok(p) = decode_known(meta.clone(), f.link, &f.data, m) {
-                            assert_eq!(p, full, "{name}");
-                            known += 1;
-                            v6 += usize::from(p.src.is_some_and(|a| a.is_ipv6()));
-                        }
+            for (name, meta, f) in &corpus {
+                for detail in [Detail::Full, Detail::Stitch] {
+                    let full = decode_with(meta.clone(), f.link, &f.data, detail);
+                    let (Some(m), None, Some(Proto::Udp), None) =
+                        (&full.dns, &full.issue, full.proto, &full.tunnel)
+                    else {
+                        continue;
+                    };
+                    clean += 1;
+                    if let Ok(p) = decode_known(meta.clone(), f.link, &f.data, m) {
+                        assert_eq!(p, full, "{name}");
+                        known += 1;
+                        v6 += usize::from(p.src.is_some_and(|a| a.is_ipv6()));
                     }
                 }
             }
