@@ -33,9 +33,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use dnstrace::{
+    capture::{Message, MessageName},
     correlate::{self, Correlator, Coverage},
     decode::{self, Detail, LinkType, Meta, Point},
-    pipeline::{Payload, Reused},
+    pipeline::Reused,
 };
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 
@@ -310,7 +311,7 @@ const DECODE_PASSES: usize = 9;
 fn decode_once(path: &str) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     let mut reader = PcapReader::new(BufReader::with_capacity(1 << 20, file))?;
-    let mut sightings: Vec<(Meta, Vec<u8>, Payload)> = Vec::new();
+    let mut sightings: Vec<(Meta, Vec<u8>, Message)> = Vec::new();
     let mut n = 0u64;
     while let Some(packet) = reader.next_packet() {
         let packet = packet?;
@@ -319,7 +320,10 @@ fn decode_once(path: &str) -> Result<()> {
         }
         n += 1;
         // Names as the kernel gives them: 64 slots, the low bits of a clock.
-        let message = ((n % 64) << 32) | n;
+        let name = MessageName {
+            slot: (n % 64) as u16,
+            seq: n as u32,
+        };
         for hop in 0..HOPS {
             let mut data = packet.data.to_vec();
             // The source address of hops past the first: 10.hop.x.y.
@@ -337,9 +341,9 @@ fn decode_once(path: &str) -> Result<()> {
                 comm: None,
             };
             let payload = if hop == 0 {
-                Payload::Kept(message)
+                Message::Kept(name)
             } else {
-                Payload::Named(message)
+                Message::Named(name)
             };
             sightings.push((meta, data, payload));
         }

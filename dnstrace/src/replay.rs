@@ -33,7 +33,7 @@ use crate::{
         frag::{Defrag, Outcome},
         text::{printable, printable_string},
     },
-    pipeline::{Consumer, Frame, Outputs, Payload, ReplayStats, Summary, start_tui},
+    pipeline::{Consumer, Frame, Outputs, ReplayStats, Summary, start_tui},
     sink::{
         Names,
         pcap::{APPLICATION, Bounds, PacketNote, PcapSink, RunInfo},
@@ -544,7 +544,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
             drop_reason,
             iface: named,
             // A file's frames each carry their packet whole.
-            payload: Payload::Unnamed,
+            message: crate::capture::Message::Unnamed,
         };
         if let Err(e) = consumer.decoded(&frame, p) {
             out_error = Some(e);

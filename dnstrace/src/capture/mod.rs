@@ -77,13 +77,42 @@ pub struct Captured {
     pub data: bytes::Bytes,
     /// For `Point::Drop` events: the kernel's `enum skb_drop_reason` value.
     pub drop_reason: Option<u32>,
-    /// Names the UDP payload (the bytes after the UDP header) when the kernel sent it
-    /// once for several sightings: events with the same `message` carry the same
-    /// payload, byte for byte. None when the kernel did not tell.
-    pub message: Option<u64>,
-    /// A compact record: the payload came in the earlier event that `message` names,
-    /// and was put back here.
-    pub compact: bool,
+    /// What the kernel said about the UDP payload (the bytes after the UDP header):
+    /// events whose message has the same name carry the same payload, byte for byte.
+    pub message: Message,
+}
+
+/// Names a UDP payload the kernel kept for later sightings on the same CPU: its slot
+/// (CPU × [`dnstrace_common::dedup::SLOTS`] + index) and the low 32 bits of the clock of
+/// the record that carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageName {
+    pub slot: u16,
+    pub seq: u32,
+}
+
+/// What the kernel said about an event's UDP payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Message {
+    /// Nothing: the event carries its packet, and nothing names the payload.
+    #[default]
+    Unnamed,
+    /// The event carries its packet, and the kernel kept its payload under this name for
+    /// the compact records that follow.
+    Kept(MessageName),
+    /// A compact record: the payload came in the earlier event of this name and was put
+    /// back here.
+    Named(MessageName),
+}
+
+impl Message {
+    /// The name of the payload, kept or named; None when unnamed.
+    pub fn name(self) -> Option<MessageName> {
+        match self {
+            Message::Unnamed => None,
+            Message::Kept(n) | Message::Named(n) => Some(n),
+        }
+    }
 }
 
 /// Sums of the per-CPU kernel counters, and the compact records the reader could not
@@ -773,13 +802,6 @@ pub(crate) enum Payload {
     Named { slot: u16, seq: u32 },
 }
 
-impl Payload {
-    /// The [`Captured::message`] of a payload kept as (`slot`, `seq`).
-    pub(crate) fn message(slot: u16, seq: u32) -> u64 {
-        (u64::from(slot) << 32) | u64::from(seq)
-    }
-}
-
 /// Converts one ring buffer record: the only place that reads the kernel ABI.
 /// Leaves `data` empty and returns the packet bytes as a slice of `record`,
 /// for the caller to copy (the drain copies a whole batch into one buffer),
@@ -831,8 +853,7 @@ pub(crate) fn from_record(record: &[u8], own_netns: u64) -> Option<(Captured, &[
         link,
         data: bytes::Bytes::new(),
         drop_reason: (h.point == point::DROP).then_some(h.drop_reason),
-        message: None,
-        compact: false,
+        message: Message::Unnamed,
     };
     let payload = match h.dedup {
         dnstrace_common::dedup::FULL => Payload::Kept {
@@ -1115,13 +1136,20 @@ mod tests {
         assert_eq!(&events[1].data[..], &again[..]);
         assert_eq!(&events[2].data[..], &first[..]);
         assert_eq!(events[1].meta.cap_len, again.len() as u32);
-        assert!(events[0].message.is_some());
-        assert!(events.iter().all(|e| e.message == events[0].message));
+        assert!(events[0].message.name().is_some());
+        assert!(
+            events
+                .iter()
+                .all(|e| e.message.name() == events[0].message.name())
+        );
         assert_eq!(read.orphaned.load(Ordering::Relaxed), 0);
         // A record without dedup names no message.
         let mut plain = header();
         plain.cap_len = first.len() as u32;
-        assert_eq!(read.events(&[record(plain, &first)])[0].message, None);
+        assert_eq!(
+            read.events(&[record(plain, &first)])[0].message,
+            Message::Unnamed
+        );
     }
 
     #[test]
@@ -1145,10 +1173,10 @@ mod tests {
         for (e, p) in events.iter().zip([&sent, &veth, &forwarded]) {
             assert_eq!(&e.data[..], &p[..]);
             assert_eq!(e.meta.cap_len, p.len() as u32);
-            assert_eq!(e.message, events[0].message);
+            assert_eq!(e.message.name(), events[0].message.name());
         }
         assert_eq!(events[1].link, LinkType::Ethernet);
-        assert!(events[0].message.is_some());
+        assert!(events[0].message.name().is_some());
     }
 
     #[test]

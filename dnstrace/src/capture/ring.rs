@@ -16,7 +16,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
 };
 
-use super::{Captured, Payload, dedup::Mirror, from_record};
+use super::{Captured, Message, MessageName, Payload, dedup::Mirror, from_record};
 
 /// Memory the queue to the decoder may hold. Its length in batches alone would let
 /// 1,024 batches of 256 full-size packets (a flood at snaplen 2048) take 512 MiB.
@@ -257,7 +257,7 @@ impl Reader<'_> {
                 if let Some(kept) = packet.get(off..)
                     && self.mirror.remember(slot, seq, kept)
                 {
-                    c.message = Some(Payload::message(slot, seq));
+                    c.message = Message::Kept(MessageName { slot, seq });
                 }
             }
             Payload::Named { slot, seq } => {
@@ -268,8 +268,7 @@ impl Reader<'_> {
                         packets.extend_from_slice(packet);
                         packets.extend_from_slice(kept);
                         c.meta.cap_len = c.meta.wire_len;
-                        c.message = Some(Payload::message(slot, seq));
-                        c.compact = true;
+                        c.message = Message::Named(MessageName { slot, seq });
                     }
                     _ => {
                         self.orphaned.fetch_add(1, Ordering::Relaxed);

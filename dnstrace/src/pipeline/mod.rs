@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 pub(crate) use outputs::Outputs;
-pub use reuse::{Payload, Reused};
+pub use reuse::Reused;
 pub use summary::{IssueCounts, ReplayStats, Summary};
 
 use crate::{
@@ -102,7 +102,7 @@ pub(crate) struct Frame<'a> {
     /// comes from [`Names::iface`].
     pub iface: Option<std::sync::Arc<str>>,
     /// What the kernel said about the UDP payload: kept for, or named by, compact records.
-    pub payload: reuse::Payload,
+    pub message: crate::capture::Message,
 }
 
 /// Decodes, correlates and writes; owns all per-packet and per-lookup state. Fed by the
@@ -255,7 +255,7 @@ impl Consumer {
                     data: &c.data,
                     drop_reason,
                     iface: None,
-                    payload: reuse::Payload::of(c.message, c.compact),
+                    message: c.message,
                 },
             )?;
         }
@@ -296,7 +296,7 @@ impl Consumer {
     pub(crate) fn frame(&mut self, meta: Meta, f: Frame<'_>) -> std::io::Result<()> {
         let p = self
             .reuse
-            .decode(meta, f.link, f.data, f.payload, self.detail());
+            .decode(meta, f.link, f.data, f.message, self.detail());
         self.decoded(&f, p)
     }
 

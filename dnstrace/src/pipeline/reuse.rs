@@ -11,44 +11,18 @@
 //! message, replaced by the next full record of that slot, and a compact record is
 //! served only when the name it carries is the one held. A message that did not decode
 //! cleanly is not kept: its sightings are decoded in full, so every issue is counted.
-use dnstrace_common::dedup;
+use crate::{
+    capture::{Message, MessageName},
+    decode::{self, LinkType, Meta, Packet, dns},
+};
 
-use crate::decode::{self, LinkType, Meta, Packet, dns};
-
-/// What the pipeline knows about a frame's UDP payload from the capture.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Payload {
-    /// Nothing: decode it.
-    #[default]
-    Unnamed,
-    /// The kernel kept this payload as `message`, for compact records that follow.
-    Kept(u64),
-    /// A compact record: the payload is that of the earlier record named `message`.
-    Named(u64),
-}
-
-impl Payload {
-    pub fn of(message: Option<u64>, compact: bool) -> Self {
-        match (message, compact) {
-            (None, _) => Self::Unnamed,
-            (Some(m), false) => Self::Kept(m),
-            (Some(m), true) => Self::Named(m),
-        }
-    }
-}
-
-/// The decoded messages of the kernel's kept payloads, by slot.
+/// The decoded messages of the kernel's kept payloads, indexed by slot. One consumer
+/// decodes at one [`decode::Detail`], so a message held was decoded as a new one would be.
 #[derive(Default)]
 pub struct Reused {
-    slots: Vec<Option<(u64, dns::Message)>>,
+    slots: Vec<Option<(MessageName, dns::Message)>>,
     /// DNS messages served from an earlier sighting's decode.
     pub served: u64,
-}
-
-/// The slot of a message name (`capture::Payload::message`): its high 32 bits.
-fn slot(message: u64) -> Option<usize> {
-    let i = usize::try_from(message >> 32).ok()?;
-    (i < (dedup::MAX_CPUS * dedup::SLOTS) as usize).then_some(i)
 }
 
 impl Reused {
@@ -58,11 +32,11 @@ impl Reused {
         meta: Meta,
         link: LinkType,
         data: &[u8],
-        payload: Payload,
+        message: Message,
         detail: decode::Detail,
     ) -> Packet {
-        let meta = match payload {
-            Payload::Named(m) => match self.held(m) {
+        let meta = match message {
+            Message::Named(name) => match self.held(name) {
                 Some(known) => match decode::decode_known(meta, link, data, known) {
                     Ok(p) => {
                         self.served += 1;
@@ -75,30 +49,28 @@ impl Reused {
             _ => meta,
         };
         let p = decode::decode_with(meta, link, data, detail);
-        if let Payload::Kept(m) = payload {
-            self.keep(m, &p);
+        if let Message::Kept(name) = message {
+            self.keep(name, &p);
         }
         p
     }
 
-    fn held(&self, message: u64) -> Option<&dns::Message> {
-        match self.slots.get(slot(message)?)? {
-            Some((name, known)) if *name == message => Some(known),
+    fn held(&self, name: MessageName) -> Option<&dns::Message> {
+        match self.slots.get(usize::from(name.slot))? {
+            Some((held, known)) if *held == name => Some(known),
             _ => None,
         }
     }
 
-    /// A full record the kernel kept as `message`: its slot now holds this message, or
+    /// A full record the kernel kept as `name`: its slot now holds this message, or
     /// nothing when it did not decode cleanly (its sightings are then decoded each).
-    fn keep(&mut self, message: u64, p: &Packet) {
-        let Some(i) = slot(message) else {
-            return;
-        };
+    fn keep(&mut self, name: MessageName, p: &Packet) {
+        let i = usize::from(name.slot);
         if i >= self.slots.len() {
             self.slots.resize_with(i + 1, || None);
         }
         self.slots[i] = match (&p.dns, &p.issue, p.proto, &p.tunnel) {
-            (Some(m), None, Some(decode::Proto::Udp), None) => Some((message, m.clone())),
+            (Some(m), None, Some(decode::Proto::Udp), None) => Some((name, m.clone())),
             _ => None,
         };
     }
@@ -152,14 +124,18 @@ mod tests {
         q
     }
 
-    fn decode(r: &mut Reused, f: &[u8], payload: Payload) -> Packet {
+    fn decode(r: &mut Reused, f: &[u8], message: Message) -> Packet {
         r.decode(
             meta(f.len()),
             LinkType::Ethernet,
             f,
-            payload,
+            message,
             Detail::Stitch,
         )
+    }
+
+    fn n(slot: u16, seq: u32) -> MessageName {
+        MessageName { slot, seq }
     }
 
     #[test]
@@ -169,9 +145,9 @@ mod tests {
         let first = frame([10, 1, 0, 2], 40000, &q);
         // The same payload after SNAT: other address and port.
         let again = frame([10, 9, 0, 1], 61000, &q);
-        let kept = decode(&mut r, &first, Payload::Kept(5 << 32 | 77));
+        let kept = decode(&mut r, &first, Message::Kept(n(5, 77)));
         assert_eq!(r.served, 0);
-        let named = decode(&mut r, &again, Payload::Named(5 << 32 | 77));
+        let named = decode(&mut r, &again, Message::Named(n(5, 77)));
         assert_eq!(r.served, 1);
         // Exactly what a full decode of the sighting gives.
         let full = decode::decode_with(
@@ -190,18 +166,18 @@ mod tests {
         let mut r = Reused::default();
         let a = frame([10, 1, 0, 2], 40000, &query(1, "a.test."));
         let b = frame([10, 1, 0, 2], 40001, &query(2, "b.test."));
-        decode(&mut r, &a, Payload::Kept(3 << 32 | 1));
+        decode(&mut r, &a, Message::Kept(n(3, 1)));
         // The slot's next full record replaces it.
-        decode(&mut r, &b, Payload::Kept(3 << 32 | 2));
-        let p = decode(&mut r, &a, Payload::Named(3 << 32 | 1));
+        decode(&mut r, &b, Message::Kept(n(3, 2)));
+        let p = decode(&mut r, &a, Message::Named(n(3, 1)));
         assert_eq!(r.served, 0, "a name no longer held is decoded in full");
         assert_eq!(p.dns.unwrap().id, 1);
-        let p = decode(&mut r, &b, Payload::Named(3 << 32 | 2));
+        let p = decode(&mut r, &b, Message::Named(n(3, 2)));
         assert_eq!(r.served, 1);
         assert_eq!(p.dns.unwrap().id, 2);
-        // Another slot, and a slot past the kernel's range, hold nothing.
-        decode(&mut r, &b, Payload::Named(4 << 32 | 2));
-        decode(&mut r, &b, Payload::Named(u64::MAX));
+        // Another slot, and a slot never filled, hold nothing.
+        decode(&mut r, &b, Message::Named(n(4, 2)));
+        decode(&mut r, &b, Message::Named(n(u16::MAX, 2)));
         assert_eq!(r.served, 1);
     }
 
@@ -212,17 +188,17 @@ mod tests {
         let mut bad = query(7, "broken.test.");
         bad.truncate(bad.len() - 3);
         let f = frame([10, 1, 0, 2], 40000, &bad);
-        let first = decode(&mut r, &f, Payload::Kept(1 << 32 | 9));
+        let first = decode(&mut r, &f, Message::Kept(n(1, 9)));
         assert!(first.issue.is_some());
-        let again = decode(&mut r, &f, Payload::Named(1 << 32 | 9));
+        let again = decode(&mut r, &f, Message::Named(n(1, 9)));
         assert_eq!(r.served, 0);
         assert_eq!(again.issue, first.issue, "each sighting counts its issue");
         // A slot whose latest full record did not decode holds nothing, not its last
         // good message.
         let good = frame([10, 1, 0, 2], 40000, &query(8, "good.test."));
-        decode(&mut r, &good, Payload::Kept(1 << 32 | 10));
-        decode(&mut r, &f, Payload::Kept(1 << 32 | 11));
-        decode(&mut r, &good, Payload::Named(1 << 32 | 10));
+        decode(&mut r, &good, Message::Kept(n(1, 10)));
+        decode(&mut r, &f, Message::Kept(n(1, 11)));
+        decode(&mut r, &good, Message::Named(n(1, 10)));
         assert_eq!(r.served, 0);
     }
 
@@ -231,7 +207,7 @@ mod tests {
         let mut r = Reused::default();
         let q = query(0x4321, "v6.example.test.");
         let first = frame([10, 1, 0, 2], 40000, &q);
-        decode(&mut r, &first, Payload::Kept(2 << 32 | 5));
+        decode(&mut r, &first, Message::Kept(n(2, 5)));
         // Cut short by the snaplen: the rest of the packet is not there to compare.
         let mut m = meta(first.len());
         m.wire_len += 10;
@@ -239,7 +215,7 @@ mod tests {
             m.clone(),
             LinkType::Ethernet,
             &first,
-            Payload::Named(2 << 32 | 5),
+            Message::Named(n(2, 5)),
             Detail::Stitch,
         );
         assert_eq!(r.served, 0);
