@@ -380,13 +380,14 @@ impl TraceSummary {
                 .with_context(|| format!("no {prefix:?} line in dnstrace's stderr:\n{stderr}"))
         };
         let k = nums(line("dnstrace: kernel: ")?);
-        let u = nums(line("dnstrace: userspace: ")?);
+        let userspace = line("dnstrace: userspace: ")?;
+        let u = nums(userspace);
         let l = line("dnstrace: lookups: ")?;
         if k.len() < 6 || u.len() < 3 {
             bail!("unexpected dnstrace summary:\n{stderr}");
         }
         let finished = nums(l).first().copied().unwrap_or(0);
-        let reused = line("dnstrace: userspace: ")?
+        let reused = userspace
             .split_once(" DNS messages taken from")
             .and_then(|(before, _)| nums(before).last().copied())
             .unwrap_or(0);
