@@ -445,7 +445,26 @@ fn fast_parse(bytes: &[u8], header: &Header, keep: bool) -> Option<Message> {
     })
 }
 
-/// Where the name [`plain_name`] would read at `at` ends, when it would read it.
+/// The bytes a plain label may hold: ASCII letters, digits, `-` and `_` (one table
+/// load per byte rather than three range checks).
+static LABEL_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    table
+};
+
+/// Whether `label` is plain: [`LABEL_BYTE`]s, not starting with `-`.
+fn plain_label(label: &[u8]) -> bool {
+    label.first() != Some(&b'-') && label.iter().all(|&b| LABEL_BYTE[usize::from(b)])
+}
+
+/// Where the uncompressed plain name at `at` ends (labels of at most 63 [`LABEL_BYTE`]s,
+/// 253 name bytes in all), when it is one.
 fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
     let mut name_len = 0;
     loop {
@@ -457,19 +476,11 @@ fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
         if len > 63 {
             return None;
         }
-        let label = bytes.get(at..at + len)?;
-        if label.first() == Some(&b'-')
-            || !label
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        name_len += len + 1;
+        if name_len > 253 || !plain_label(bytes.get(at..at + len)?) {
             return None;
         }
         at += len;
-        name_len += len + 1;
-        if name_len > 253 {
-            return None;
-        }
     }
 }
 
