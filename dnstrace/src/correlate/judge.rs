@@ -422,7 +422,7 @@ impl Correlator {
                     ..Origin::default()
                 }
             }),
-            qname: lk.qname.to_string(),
+            qname: lk.qname.clone(),
             qtype: lk.qtype,
         }
     }
@@ -1090,7 +1090,7 @@ impl Correlator {
             id: 0,
             client: socket_addr_string(&leg.client()),
             server: socket_addr_string(&leg.server()),
-            qname: lk.qname.to_string(),
+            qname: lk.qname.clone(),
             qtype: lk.qtype.clone(),
             rcode: resp.map(|h| h.rcode),
             verdict,

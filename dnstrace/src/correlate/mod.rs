@@ -251,7 +251,8 @@ pub struct Lookup {
     pub client: String,
     /// "ip:port" the client addressed (before any DNAT).
     pub server: String,
-    pub qname: String,
+    /// Shared with the lookup's live state and its forwarded queries: never copied.
+    pub qname: std::sync::Arc<str>,
     /// A name from the decoder's table ("A", "AAAA"): no allocation per lookup.
     pub qtype: dns::Text,
     /// What the client finally got, or None.

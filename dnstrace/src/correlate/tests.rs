@@ -1477,7 +1477,7 @@ fn ingest_into_appends_in_order() {
         let at = e.packet.meta.ts_ns;
         c.ingest_into(e, at, &mut out);
     }
-    let got: Vec<(&str, Verdict)> = out.iter().map(|l| (l.qname.as_str(), l.verdict)).collect();
+    let got: Vec<(&str, Verdict)> = out.iter().map(|l| (&*l.qname, l.verdict)).collect();
     assert_eq!(
         got,
         [("a.test.", Verdict::Ok), ("b.test.", Verdict::Unknown)]

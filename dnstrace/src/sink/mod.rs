@@ -490,7 +490,7 @@ mod tests {
             id: 1,
             client: "10.0.0.2:40000".to_owned(),
             server: "10.0.0.1:53".to_owned(),
-            qname: "example.org.".to_owned(),
+            qname: "example.org.".into(),
             qtype: "A".into(),
             rcode: None,
             verdict: Verdict::Ok,

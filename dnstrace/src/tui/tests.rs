@@ -96,7 +96,7 @@ fn base(t0: u64, client: &str, server: &str, qname: &str, qtype: &str, verdict: 
         id: t0 / MS,
         client: client.to_owned(),
         server: server.to_owned(),
-        qname: qname.to_owned(),
+        qname: qname.into(),
         qtype: qtype.to_owned().into(),
         rcode: Rcode::from_name("NOERROR"),
         verdict,
@@ -438,7 +438,10 @@ fn screen(m: &Model) -> String {
 
 /// The qnames of the list, top to bottom.
 fn order(m: &Model) -> Vec<String> {
-    m.visible().iter().map(|r| r.lookup.qname.clone()).collect()
+    m.visible()
+        .iter()
+        .map(|r| r.lookup.qname.to_string())
+        .collect()
 }
 
 #[test]
@@ -588,7 +591,7 @@ fn pause_holds_the_list_and_counts_what_arrives() {
     let before = order(&m);
     for i in 0..3 {
         let mut l = nxdomain(5_000 * MS + i * MS);
-        l.qname = format!("new{i}.example.test.");
+        l.qname = format!("new{i}.example.test.").into();
         handle(&mut m, lookup_ev(l));
     }
     assert_eq!(order(&m), before, "the list does not move while paused");
@@ -609,7 +612,7 @@ fn detail_of_the_selected_lookup() {
         handle(&mut m, ev);
     }
     assert!(m.detail);
-    assert_eq!(m.selected().unwrap().lookup.qname, "www.example.test.");
+    assert_eq!(&*m.selected().unwrap().lookup.qname, "www.example.test.");
     let text = screen(&m);
     // NAT is visible: the ClusterIP before, CoreDNS's address after the DNAT.
     assert!(
@@ -623,9 +626,9 @@ fn detail_of_the_selected_lookup() {
     insta::assert_snapshot!("detail_ok_forwarded", text);
     // The detail holds on to its lookup while new ones arrive.
     handle(&mut m, lookup_ev(nxdomain(9_000 * MS)));
-    assert_eq!(m.selected().unwrap().lookup.qname, "www.example.test.");
+    assert_eq!(&*m.selected().unwrap().lookup.qname, "www.example.test.");
     handle(&mut m, key(KeyCode::Up));
-    assert_eq!(m.selected().unwrap().lookup.qname, "api.broken.test.");
+    assert_eq!(&*m.selected().unwrap().lookup.qname, "api.broken.test.");
     insta::assert_snapshot!("detail_server_error", screen(&m));
     handle(&mut m, key(KeyCode::Enter));
     assert!(!m.detail);
@@ -705,7 +708,7 @@ fn navigation_and_follow() {
         page, 3,
         "10 rows: header 4, footer 1, list title and columns 2"
     );
-    assert_eq!(m.selected().unwrap().lookup.qname, "nx.example.test.");
+    assert_eq!(&*m.selected().unwrap().lookup.qname, "nx.example.test.");
     // At the top, the selection follows the newest lookup.
     handle(&mut m, lookup_ev(nxdomain(7_000 * MS)));
     assert_eq!(m.selected().unwrap().seq, 6);

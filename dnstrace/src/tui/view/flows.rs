@@ -90,7 +90,7 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
                 cells.push(Cell::from(netns_label(l.netns, m.header.netns)));
             }
             cells.extend([
-                Cell::from(l.qname.clone()),
+                Cell::from(&*l.qname),
                 Cell::from(l.qtype.to_string()),
                 Cell::from(l.rcode.map_or_else(|| "-".to_owned(), |r| r.to_string())),
                 Cell::from(Span::styled(
