@@ -4,7 +4,7 @@
 //!
 //! | target      | input                                      | what it drives                      |
 //! |-------------|--------------------------------------------|-------------------------------------|
-//! | `decode`    | [`ops`] frames, tunneled payloads, ticks   | L2–L4 decode of every link type, VXLAN/Geneve decapsulation, IP defragmentation, the packet outputs |
+//! | `decode`    | [`ops`] frames, tunneled payloads, ticks   | L2–L4 decode of every link type, VXLAN/Geneve decapsulation, IP defragmentation, the packet outputs, the header-only decode of a known message against the full one (differential) |
 //! | `dns`       | one DNS message                            | `decode::dns`, and the fast path against hickory (differential) |
 //! | `tcp`       | [`ops`] frames, synthetic segments, ticks  | DNS-over-TCP stream reassembly      |
 //! | `replay`    | a pcap or pcapng file                      | `dnstrace replay` end to end (reader, pipeline, JSON and pcapng outputs) |
@@ -156,6 +156,18 @@ fn check_packet(p: &Packet) {
     }
 }
 
+/// What must hold for a frame given the message its own full decode found: the
+/// header-only path (`decode::decode_known`, what a compact record's sighting takes)
+/// either gives exactly the full decode or hands the frame back for one.
+fn check_known(p: &Packet, link: LinkType, bytes: &[u8]) {
+    let (Some(m), None, Some(Proto::Udp), None) = (&p.dns, &p.issue, p.proto, &p.tunnel) else {
+        return;
+    };
+    if let Ok(known) = decode::decode_known(p.meta.clone(), link, bytes, m) {
+        assert_eq!(&known, p, "the header-only decode differs from the full decode");
+    }
+}
+
 /// Target `decode`: every frame through `decode::decode`, `decode::tcp_segment`, IP
 /// defragmentation (whose datagrams are decoded too) and the packet outputs.
 pub fn decode_frames(input: &[u8]) {
@@ -168,12 +180,14 @@ pub fn decode_frames(input: &[u8]) {
                 let (ts, link) = (clock.frame(), link_type(link));
                 let p = decode::decode(meta(ts, bytes.len(), cut, Point::TcIngress), link, bytes);
                 check_packet(&p);
+                check_known(&p, link, bytes);
                 out.packet(&p, None);
                 let _ = decode::tcp_segment(link, bytes);
                 if let Outcome::Datagram(d) = defrag.push(link, bytes, ts) {
                     let p =
                         decode::decode(meta(ts, d.len(), 0, Point::TcIngress), LinkType::RawIp, &d);
                     check_packet(&p);
+                    check_known(&p, LinkType::RawIp, &d);
                     out.packet(&p, None);
                 }
             }
