@@ -188,6 +188,7 @@ async fn run(
                 .iter()
                 .any(|p| p.point == decode::Point::Drop),
         },
+        ok_hops: shows_ok_hops(cfg.output, cfg.hops),
         ..correlate::Config::default()
     });
 
@@ -508,6 +509,13 @@ async fn ui_ended(ui: &mut Option<(tui::FeedTx, tui::UiHandle)>) {
         Some((_, handle)) => handle.ended().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether anything shows an `ok` lookup's hops: the TUI's detail view, or `--hops all`.
+/// Otherwise the correlator gives such a lookup only their count and path
+/// (`correlate::Config::ok_hops`), all that its compact record writes.
+pub fn shows_ok_hops(output: Output, hops: crate::cli::Hops) -> bool {
+    output == Output::Tui || hops == crate::cli::Hops::All
 }
 
 fn announce(capture: &Capture, cfg: &WatchConfig, uplinks: &[String]) {

@@ -303,6 +303,7 @@ mod tests {
             netns: None,
             hops_omitted: 0,
             children_omitted: 0,
+            trail: None,
             origin: Default::default(),
         }
     }

@@ -378,6 +378,7 @@ pub async fn replay(cfg: ReplayConfig) -> anyhow::Result<Summary> {
         uplinks: uplinks.clone(),
         host_netns,
         watched: watched.clone(),
+        ok_hops: crate::app::shows_ok_hops(cfg.output, cfg.hops),
         ..correlate::Config::default()
     });
     let names = Names::new(host_netns, [])

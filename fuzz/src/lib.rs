@@ -618,6 +618,9 @@ pub fn correlate_events(input: &[u8]) {
         uplinks: vec!["eth0".to_owned()],
         host_netns: HOST_NETNS,
         watched: Coverage::full(),
+        // Both ways of building an ok lookup: with its hops (TUI, `--hops all`) and with
+        // only their count and path (what `watch` does otherwise).
+        ok_hops: input.first().is_some_and(|b| b & 1 == 0),
         ..correlate::Config::default()
     });
     let mut clock = Clock::new();

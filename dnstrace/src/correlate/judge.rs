@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use super::state::{B_TC, HopRec, Leg, LegKind, LookupState};
-use super::{Correlator, End, Hop, HopEdns, Lookup, Origin, Verdict};
+use super::{Correlator, End, Hop, HopEdns, Lookup, Origin, Trail, Verdict};
 use crate::decode::{
     Point,
     dns::Rcode,
@@ -101,6 +101,10 @@ impl Judgement {
         self.at(OUTCOME)
     }
 }
+
+/// Places a compact trail keeps on the stack ([`Correlator::trail`]); a lookup's hops pass a
+/// handful (socket, pod veth, node-local-dns, CoreDNS veth, uplink).
+const TRAIL_PLACES: usize = 16;
 
 /// A rule's judgement and where on the path it was shown.
 struct Finding {
@@ -381,18 +385,28 @@ impl Correlator {
             .max_by_key(|h| (!h.has(B_TC), h.ts));
         let j = self.judge_tree(&lk, reply, end, how);
         let root = &lk.legs[0];
-        let mut hops: Vec<Hop> = client_legs()
-            .flat_map(|l| l.hops.iter())
-            .chain(lk.rare().tcp_hops.iter())
-            .map(|h| self.hop_out(h))
-            .collect();
-        hops.sort_by_key(|h| h.ts_ns);
+        // An `ok` lookup whose hops nobody will read (`Config::ok_hops` off) keeps only
+        // what a compact record says of them: their count and the places they passed.
+        let with_hops = self.cfg.ok_hops || j.verdict != Verdict::Ok;
+        let client_hops = || {
+            client_legs()
+                .flat_map(|l| l.hops.iter())
+                .chain(lk.rare().tcp_hops.iter())
+        };
+        let (hops, trail) = if with_hops {
+            let mut hops: Vec<Hop> = client_hops().map(|h| self.hop_out(h)).collect();
+            hops.sort_by_key(|h| h.ts_ns);
+            (hops, None)
+        } else {
+            let omitted = client_legs().map(|l| l.hops_omitted as usize).sum();
+            (Vec::new(), Some(self.trail(client_hops(), omitted)))
+        };
         let children = lk
             .legs
             .iter()
             .enumerate()
             .filter(|(_, l)| l.depth == 1)
-            .map(|(i, _)| self.leg_out(&lk, i, end, how))
+            .map(|(i, _)| self.leg_out(&lk, i, end, how, with_hops))
             .collect();
         Lookup {
             id: 0,
@@ -424,6 +438,7 @@ impl Correlator {
             }),
             qname: lk.qname.clone(),
             qtype: lk.qtype,
+            trail,
         }
     }
 
@@ -1059,6 +1074,64 @@ fn no_reply(f: &Facts) -> Option<Finding> {
 }
 
 impl Correlator {
+    /// What a compact record says of `hops` (and `omitted` more): their number and the
+    /// places they passed, each once, in the order first seen, as if they were sorted by
+    /// time (stably) and walked. Without building them: a place's first sighting is its
+    /// earliest (time, position), and at most [`TRAIL_PLACES`] places are kept on the
+    /// stack (more take the slow way).
+    fn trail<'a>(
+        &'a self,
+        hops: impl Iterator<Item = &'a HopRec> + Clone,
+        omitted: usize,
+    ) -> Trail {
+        let place = |h: &HopRec| match h.point {
+            Point::SocketIn | Point::SocketOut => "socket",
+            _ => self.ifaces.get(h.iface),
+        };
+        let mut first = [(0u64, 0usize, ""); TRAIL_PLACES];
+        let (mut n, mut count) = (0, 0);
+        for (i, h) in hops.clone().enumerate() {
+            count += 1;
+            let p = place(h);
+            match first[..n].iter_mut().find(|(_, _, q)| *q == p) {
+                Some(e) if h.ts < e.0 => (e.0, e.1) = (h.ts, i),
+                Some(_) => {}
+                None if n < TRAIL_PLACES => {
+                    first[n] = (h.ts, i, p);
+                    n += 1;
+                }
+                None => {
+                    // Rare: many places. Sort them all.
+                    let mut all: Vec<(u64, &str)> = hops.map(|h| (h.ts, place(h))).collect();
+                    all.sort_by_key(|(ts, _)| *ts);
+                    let mut places: Vec<&str> = Vec::new();
+                    for &(_, p) in &all {
+                        if !places.contains(&p) {
+                            places.push(p);
+                        }
+                    }
+                    return Trail {
+                        hop_count: all.len() + omitted,
+                        path: places.join(">"),
+                    };
+                }
+            }
+        }
+        let first = &mut first[..n];
+        first.sort_unstable_by_key(|&(ts, i, _)| (ts, i));
+        let mut path = String::with_capacity(first.iter().map(|(_, _, p)| p.len() + 1).sum());
+        for (k, (_, _, p)) in first.iter().enumerate() {
+            if k > 0 {
+                path.push('>');
+            }
+            path.push_str(p);
+        }
+        Trail {
+            hop_count: count + omitted,
+            path,
+        }
+    }
+
     fn hop_out(&self, h: &HopRec) -> Hop {
         let dns = h.has(super::B_DNS);
         Hop {
@@ -1080,8 +1153,9 @@ impl Correlator {
         }
     }
 
-    /// A forwarded query as a child record.
-    fn leg_out(&self, lk: &LookupState, i: usize, end: u64, how: End) -> Lookup {
+    /// A forwarded query as a child record; `with_hops`: with its hop records (else an
+    /// empty list: its parent is an `ok` lookup written compactly).
+    fn leg_out(&self, lk: &LookupState, i: usize, end: u64, how: End, with_hops: bool) -> Lookup {
         let leg = &lk.legs[i];
         let resp = leg.hop(leg.resp);
         let last = leg.hops.last().copied().unwrap_or(leg.hops[0]);
@@ -1099,13 +1173,17 @@ impl Correlator {
             hint: None,
             latency_ms: resp.map(|h| ms(h.ts.saturating_sub(leg.first_ts()))),
             detail,
-            hops: leg.hops.iter().map(|h| self.hop_out(h)).collect(),
+            hops: if with_hops {
+                leg.hops.iter().map(|h| self.hop_out(h)).collect()
+            } else {
+                Vec::new()
+            },
             children: lk
                 .legs
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.parent == Some(i as u8))
-                .map(|(j, _)| self.leg_out(lk, j, end, how))
+                .map(|(j, _)| self.leg_out(lk, j, end, how, with_hops))
                 .collect(),
             retries: 0,
             start_ts_ns: leg.first_ts(),
@@ -1113,6 +1191,7 @@ impl Correlator {
             hops_omitted: leg.hops_omitted,
             children_omitted: 0,
             origin: Origin::default(),
+            trail: None,
         }
     }
 

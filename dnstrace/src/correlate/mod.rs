@@ -105,6 +105,10 @@ pub struct Config {
     /// the default 0 every socket event counts as a pod's.
     pub host_netns: u64,
     pub watched: Coverage,
+    /// Build the hop records of a lookup judged `ok` (and of its forwarded queries). Off,
+    /// such a lookup carries only [`Lookup::trail`], all that a compact record writes of
+    /// its hops: for `--hops problems` and `none` when no TUI shows them.
+    pub ok_hops: bool,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             uplinks: Vec::new(),
             host_netns: 0,
             watched: Coverage::full(),
+            ok_hops: true,
         }
     }
 }
@@ -285,6 +290,19 @@ pub struct Lookup {
     /// Who sent it: the task from the socket hop here, the rest from `crate::identity`.
     #[serde(flatten)]
     pub origin: Origin,
+    /// In place of `hops` (then empty, and so are the forwarded queries'), for an `ok`
+    /// lookup built without them ([`Config::ok_hops`] off).
+    #[serde(skip)]
+    pub trail: Option<Trail>,
+}
+
+/// What a compact record says of a lookup's hops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trail {
+    /// The client's hops, those not kept included.
+    pub hop_count: usize,
+    /// Where they were seen, each place once, in the order first seen: "socket>pod0".
+    pub path: String,
 }
 
 /// Who sent a lookup, as far as the node can tell; every field may be unknown. In JSON

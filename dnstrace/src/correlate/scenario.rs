@@ -84,6 +84,7 @@ impl ConfigRow {
                 socket: self.socket.unwrap_or(true),
                 drops: self.drops.unwrap_or(true),
             },
+            ok_hops: d.ok_hops,
         }
     }
 }
@@ -332,7 +333,12 @@ enum Step<'a> {
 /// Feeds the scenario through a correlator the way the pipeline would: `expire` before
 /// every event, then `expire` and `finish` at the end.
 pub(super) fn run(sc: &Scenario) -> Outcome {
-    let mut c = Correlator::new(sc.config.build());
+    run_config(sc, sc.config.build())
+}
+
+/// [`run`] with the correlator configured by `cfg` rather than the fixture alone.
+pub(super) fn run_config(sc: &Scenario, cfg: Config) -> Outcome {
+    let mut c = Correlator::new(cfg);
     let qname = sc.qname.as_deref().unwrap_or("www.example.test.");
     let qtype = sc.qtype.as_deref().unwrap_or("A");
     let mut steps: Vec<(u64, Step<'_>)> = sc

@@ -1537,3 +1537,81 @@ fn batches_end_what_one_call_ends() {
     assert_eq!((expired, calls), (5, 2));
     assert_eq!(batched, whole);
 }
+
+/// Runs `sc` with and without an ok lookup's hops built: both are written the same, JSON
+/// and text, compact records and full; a lookup with a problem is built the same either
+/// way. Returns the lookups and how many of them were ok.
+fn built_without_hops_alike(name: &str, sc: &Scenario) -> (usize, usize) {
+    use crate::cli::Hops;
+    use crate::sink::{Names, lookup_json, lookup_text};
+    fn strip(l: &mut Lookup) {
+        l.hops.clear();
+        l.children.iter_mut().for_each(strip);
+    }
+    let with = scenario::run(sc);
+    let mut cfg = sc.config.build();
+    cfg.ok_hops = false;
+    let without = scenario::run_config(sc, cfg);
+    assert_eq!(with.lookups.len(), without.lookups.len(), "{name}");
+    let mut ok = 0;
+    for (a, b) in with.lookups.iter().zip(&without.lookups) {
+        for hops in [Hops::Problems, Hops::None] {
+            let names = Names::new(scenario::HOST_NETNS, []).with_hops(hops);
+            assert_eq!(lookup_json(a, &names), lookup_json(b, &names), "{name}");
+            assert_eq!(lookup_text(a, &names), lookup_text(b, &names), "{name}");
+        }
+        if a.verdict != Verdict::Ok {
+            assert_eq!(a, b, "{name}: a problem is built with its hops");
+            continue;
+        }
+        ok += 1;
+        let trail = b
+            .trail
+            .as_ref()
+            .expect("an ok lookup without hops has a trail");
+        assert_eq!(
+            trail.hop_count,
+            a.hops.len() + a.hops_omitted as usize,
+            "{name}"
+        );
+        let mut a = a.clone();
+        strip(&mut a);
+        a.trail = b.trail.clone();
+        assert_eq!(&a, b, "{name}: only the hops differ");
+    }
+    (with.lookups.len(), ok)
+}
+
+/// An `ok` lookup built without its hops (`Config::ok_hops` off, as `watch` and `replay`
+/// do when nothing shows them) is written exactly as one built with them, in every
+/// fixture.
+#[test]
+fn an_ok_lookup_built_without_its_hops_is_written_the_same() {
+    let (mut total, mut ok) = (0, 0);
+    for name in SCENARIOS {
+        let (t, o) = built_without_hops_alike(name, &scenario::load(name));
+        total += t;
+        ok += o;
+    }
+    assert!(ok >= 10 && ok < total, "{ok} ok lookups of {total}");
+}
+
+/// The same past the places a trail keeps on the stack, with places first seen at the
+/// same instant (their order is the order they were seen in).
+#[test]
+fn a_trail_through_many_places_is_the_one_the_hops_give() {
+    for places in [3, 16, 17, 40] {
+        let mut rows = vec![q(0.0, "socket-out 2", POD, CIP, 7)];
+        for k in 0..places {
+            let at = format!("if{} ingress", places - k);
+            rows.push(q(0.01 + (k / 2) as f64 * 0.001, &at, POD, CIP, 7));
+        }
+        rows.push(r(1.0, "socket-in 2", CIP, POD, 7, "NOERROR"));
+        let sc = Scenario {
+            events: rows,
+            ..Scenario::default()
+        };
+        let name = format!("{places} places");
+        assert_eq!(built_without_hops_alike(&name, &sc), (1, 1), "{name}");
+    }
+}

@@ -497,6 +497,7 @@ mod tests {
             netns,
             hops_omitted: 0,
             children_omitted: 0,
+            trail: None,
             origin: Origin {
                 pid,
                 ..Origin::default()

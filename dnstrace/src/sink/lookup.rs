@@ -158,18 +158,23 @@ struct CompactRecord<'a> {
 impl<'a> CompactRecord<'a> {
     fn new(stamp: Stamp<'a>, l: &'a Lookup) -> Self {
         let problem = l.verdict != Verdict::Ok;
-        let mut places: Vec<&str> = Vec::new();
-        for h in &l.hops {
-            let place = if h.dir.starts_with("socket") {
-                "socket"
-            } else {
-                &*h.iface
-            };
-            if !places.contains(&place) {
-                places.push(place);
+        let (hop_count, path) = match &l.trail {
+            Some(t) => (t.hop_count, t.path.clone()),
+            None => {
+                let mut places: Vec<&str> = Vec::new();
+                for h in &l.hops {
+                    let place = if h.dir.starts_with("socket") {
+                        "socket"
+                    } else {
+                        &*h.iface
+                    };
+                    if !places.contains(&place) {
+                        places.push(place);
+                    }
+                }
+                (l.hops.len() + l.hops_omitted as usize, places.join(">"))
             }
-        }
-        let path = places.join(">");
+        };
         let pod = l.origin.pod.as_deref();
         Self {
             r#type: "lookup",
@@ -193,7 +198,7 @@ impl<'a> CompactRecord<'a> {
                 .container
                 .as_deref()
                 .and_then(|c| c.name.as_deref()),
-            hop_count: l.hops.len() + l.hops_omitted as usize,
+            hop_count,
             path,
             forwarded: l.descendants() + l.children_omitted as usize,
             culprit: l.culprit.as_deref().filter(|_| problem),

@@ -112,6 +112,7 @@ fn base(t0: u64, client: &str, server: &str, qname: &str, qtype: &str, verdict: 
         netns: Some(POD_NS),
         hops_omitted: 0,
         children_omitted: 0,
+        trail: None,
         origin: Default::default(),
     }
 }
