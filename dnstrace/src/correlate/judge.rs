@@ -1003,6 +1003,10 @@ fn server_error(f: &Facts) -> Option<Finding> {
 /// `ok`: answered, and no rule above found anything.
 fn answered(f: &Facts) -> Option<Finding> {
     let h = f.reply.filter(|_| f.answered)?;
+    if !f.c.cfg.ok_hops {
+        // Nothing will show it: no "answered … in … ms" line and no last hop to write.
+        return Some(Judgement::new(Verdict::Ok, None, None).outcome());
+    }
     // Written piece by piece: every healthy lookup gets this line.
     let mut detail = String::with_capacity(48);
     detail.push_str("answered ");

@@ -105,9 +105,10 @@ pub struct Config {
     /// the default 0 every socket event counts as a pod's.
     pub host_netns: u64,
     pub watched: Coverage,
-    /// Build the hop records of a lookup judged `ok` (and of its forwarded queries). Off,
-    /// such a lookup carries only [`Lookup::trail`], all that a compact record writes of
-    /// its hops: for `--hops problems` and `none` when no TUI shows them.
+    /// Build a lookup judged `ok` in full: its hop records (and its forwarded queries'),
+    /// its detail line and its last hop. Off, such a lookup carries only
+    /// [`Lookup::trail`] of them, all that a compact record writes: for `--hops problems`
+    /// and `none` when no TUI shows them.
     pub ok_hops: bool,
 }
 
@@ -291,7 +292,8 @@ pub struct Lookup {
     #[serde(flatten)]
     pub origin: Origin,
     /// In place of `hops` (then empty, and so are the forwarded queries'), for an `ok`
-    /// lookup built without them ([`Config::ok_hops`] off).
+    /// lookup built without them ([`Config::ok_hops`] off; its `detail` is then empty and
+    /// its `last_hop` None).
     #[serde(skip)]
     pub trail: Option<Trail>,
 }
