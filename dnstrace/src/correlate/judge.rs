@@ -102,9 +102,9 @@ impl Judgement {
     }
 }
 
-/// Places a compact trail keeps on the stack ([`Correlator::trail`]); a lookup's hops pass a
-/// handful (socket, pod veth, node-local-dns, CoreDNS veth, uplink).
-const TRAIL_PLACES: usize = 16;
+/// Places a trail has room for before it grows ([`Correlator::trail`]); a lookup's hops
+/// pass a handful (socket, pod veth, node-local-dns, CoreDNS veth, uplink).
+const TRAIL_PLACES: usize = 8;
 
 /// A rule's judgement and where on the path it was shown.
 struct Finding {
@@ -1080,51 +1080,26 @@ fn no_reply(f: &Facts) -> Option<Finding> {
 impl Correlator {
     /// What a compact record says of `hops` (and `omitted` more): their number and the
     /// places they passed, each once, in the order first seen, as if they were sorted by
-    /// time (stably) and walked. Without building them: a place's first sighting is its
-    /// earliest (time, position), and at most [`TRAIL_PLACES`] places are kept on the
-    /// stack (more take the slow way).
-    fn trail<'a>(
-        &'a self,
-        hops: impl Iterator<Item = &'a HopRec> + Clone,
-        omitted: usize,
-    ) -> Trail {
-        let place = |h: &HopRec| match h.point {
-            Point::SocketIn | Point::SocketOut => "socket",
-            _ => self.ifaces.get(h.iface),
-        };
-        let mut first = [(0u64, 0usize, ""); TRAIL_PLACES];
-        let (mut n, mut count) = (0, 0);
-        for (i, h) in hops.clone().enumerate() {
+    /// time (stably) and walked. Without building or sorting them: a place's first
+    /// sighting is its earliest (time, position).
+    fn trail<'a>(&'a self, hops: impl Iterator<Item = &'a HopRec>, omitted: usize) -> Trail {
+        let mut first: Vec<(u64, usize, &str)> = Vec::with_capacity(TRAIL_PLACES);
+        let mut count = 0;
+        for (i, h) in hops.enumerate() {
             count += 1;
-            let p = place(h);
-            match first[..n].iter_mut().find(|(_, _, q)| *q == p) {
+            let place = match h.point {
+                Point::SocketIn | Point::SocketOut => "socket",
+                _ => self.ifaces.get(h.iface),
+            };
+            match first.iter_mut().find(|(_, _, p)| *p == place) {
                 Some(e) if h.ts < e.0 => (e.0, e.1) = (h.ts, i),
                 Some(_) => {}
-                None if n < TRAIL_PLACES => {
-                    first[n] = (h.ts, i, p);
-                    n += 1;
-                }
-                None => {
-                    // Rare: many places. Sort them all.
-                    let mut all: Vec<(u64, &str)> = hops.map(|h| (h.ts, place(h))).collect();
-                    all.sort_by_key(|(ts, _)| *ts);
-                    let mut places: Vec<&str> = Vec::new();
-                    for &(_, p) in &all {
-                        if !places.contains(&p) {
-                            places.push(p);
-                        }
-                    }
-                    return Trail {
-                        hop_count: all.len() + omitted,
-                        path: places.join(">"),
-                    };
-                }
+                None => first.push((h.ts, i, place)),
             }
         }
-        let first = &mut first[..n];
         first.sort_unstable_by_key(|&(ts, i, _)| (ts, i));
         let mut path = String::with_capacity(first.iter().map(|(_, _, p)| p.len() + 1).sum());
-        for (k, (_, _, p)) in first.iter().enumerate() {
+        for (k, (_, _, p)) in first.into_iter().enumerate() {
             if k > 0 {
                 path.push('>');
             }
