@@ -99,9 +99,7 @@ impl LookupFilter {
             return false;
         }
         if !self.clients.is_empty() {
-            let Some(ip) = client_ip(&l.client) else {
-                return false;
-            };
+            let ip = l.client.ip();
             if !self.clients.iter().any(|net| net.contains(&ip)) {
                 return false;
             }
@@ -176,15 +174,6 @@ impl Query {
     pub fn matches(&self, l: &Lookup, key: &str) -> bool {
         self.filter.matches(l) && self.words.iter().all(|w| key.contains(w.as_str()))
     }
-}
-
-/// "10.244.0.10:40000" and "[fd00::10]:40000" → the address.
-fn client_ip(client: &str) -> Option<std::net::IpAddr> {
-    client
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| client.parse())
-        .ok()
 }
 
 /// `--client`: a CIDR (`10.244.0.0/16`, `fd00::/8`) or one address.
@@ -285,8 +274,8 @@ mod tests {
     fn lookup(client: &str, qname: &str, verdict: Verdict) -> Lookup {
         Lookup {
             id: 1,
-            client: client.into(),
-            server: "169.254.25.10:53".into(),
+            client: client.parse().unwrap(),
+            server: "169.254.25.10:53".parse().unwrap(),
             qname: qname.into(),
             qtype: "A".into(),
             rcode: None,

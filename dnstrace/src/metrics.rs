@@ -318,7 +318,7 @@ impl Metrics {
             );
         }
         if let (Some(ms), Some(_)) = (l.latency_ms, l.rcode) {
-            let server = self.servers.get(&l.server);
+            let server = self.servers.get(&l.server.to_string());
             self.duration
                 .get_or_create(&ServerLabels { server })
                 .observe(ms / 1e3);
@@ -361,7 +361,7 @@ impl Metrics {
                 .observe(ms / 1e3);
         }
         for c in &l.children {
-            let to = self.upstreams.get(&c.server);
+            let to = self.upstreams.get(&c.server.to_string());
             self.upstream_queries
                 .get_or_create(&UpstreamLabels { to: to.clone() })
                 .inc();

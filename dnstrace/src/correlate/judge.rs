@@ -13,11 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::state::{B_TC, HopRec, Leg, LegKind, LookupState};
 use super::{Correlator, End, Hop, HopEdns, Lookup, Origin, Trail, Verdict};
-use crate::decode::{
-    Point,
-    dns::Rcode,
-    text::{push_socket_addr, socket_addr_string},
-};
+use crate::decode::{Point, dns::Rcode, text::push_socket_addr};
 
 /// Forwarding this deep is a loop whatever the addresses.
 const LOOP_DEPTH: u8 = 8;
@@ -410,8 +406,8 @@ impl Correlator {
             .collect();
         Lookup {
             id: 0,
-            client: socket_addr_string(&root.client()),
-            server: socket_addr_string(&root.server()),
+            client: root.client(),
+            server: root.server(),
             rcode: reply.map(|h| h.rcode),
             verdict: j.verdict,
             culprit: j.culprit,
@@ -1141,8 +1137,8 @@ impl Correlator {
         let (verdict, culprit, last_hop, detail) = self.leg_verdict(lk, i, end, how);
         Lookup {
             id: 0,
-            client: socket_addr_string(&leg.client()),
-            server: socket_addr_string(&leg.server()),
+            client: leg.client(),
+            server: leg.server(),
             qname: lk.qname.clone(),
             qtype: lk.qtype.clone(),
             rcode: resp.map(|h| h.rcode),

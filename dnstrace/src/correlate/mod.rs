@@ -253,10 +253,10 @@ pub struct Lookup {
     /// The correlator's number for this lookup, unique in a run, counting from 1; a
     /// forwarded query (child) carries the number of the lookup it belongs to.
     pub id: u64,
-    /// "ip:port" of the client.
-    pub client: String,
-    /// "ip:port" the client addressed (before any DNAT).
-    pub server: String,
+    /// The client's address and port (JSON: "ip:port", as `Display` writes it).
+    pub client: SocketAddr,
+    /// The address and port the client sent to (before any DNAT).
+    pub server: SocketAddr,
     /// Shared with the lookup's live state and its forwarded queries: never copied.
     pub qname: std::sync::Arc<str>,
     /// A name from the decoder's table ("A", "AAAA"): no allocation per lookup.

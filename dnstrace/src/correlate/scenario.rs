@@ -469,13 +469,13 @@ fn check(l: &Lookup, e: &Expect) -> Result<(), String> {
     }
     push(check_opt(
         "client",
-        Some(&l.client),
+        Some(&l.client.to_string()),
         e.client.as_deref(),
         false,
     ));
     push(check_opt(
         "server",
-        Some(&l.server),
+        Some(&l.server.to_string()),
         e.server.as_deref(),
         false,
     ));

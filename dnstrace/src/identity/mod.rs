@@ -12,7 +12,7 @@ pub mod netns;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     num::NonZeroUsize,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -192,10 +192,7 @@ impl Snapshot {
             pod = pod.or_else(|| Some(self.pod_of_uid(&pc.uid)));
             o.container = pc.container_id.map(|id| self.container(id));
         }
-        o.pod = pod.or_else(|| {
-            let ip = l.client.parse::<SocketAddr>().ok()?.ip();
-            self.by_ip.get(&ip).cloned()
-        });
+        o.pod = pod.or_else(|| self.by_ip.get(&l.client.ip()).cloned());
         // A process that exited before its lookup ended has no cgroup left to read; in a
         // pod with one container, it ran in that one.
         if o.container.is_none() {
@@ -479,8 +476,8 @@ mod tests {
     fn lookup(client: &str, netns: Option<u64>, pid: Option<u32>) -> Lookup {
         Lookup {
             id: 1,
-            client: client.into(),
-            server: "10.96.0.10:53".into(),
+            client: client.parse().unwrap(),
+            server: "10.96.0.10:53".parse().unwrap(),
             qname: "a.test.".into(),
             qtype: "A".into(),
             rcode: None,

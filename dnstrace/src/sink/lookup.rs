@@ -1,6 +1,6 @@
 //! Output of finished lookups and the per-upstream table: text for humans
 //! (readable on an 80-column terminal), JSON lines for machines.
-use std::{cell::Cell, fmt::Write as _};
+use std::{cell::Cell, fmt::Write as _, net::SocketAddr};
 
 use serde::{Serialize, Serializer};
 
@@ -110,8 +110,8 @@ struct CompactRecord<'a> {
     #[serde(flatten)]
     stamp: Stamp<'a>,
     id: u64,
-    client: &'a str,
-    server: &'a str,
+    client: &'a SocketAddr,
+    server: &'a SocketAddr,
     qname: &'a str,
     qtype: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,14 +224,14 @@ pub fn lookup_text(l: &Lookup, names: &Names) -> String {
     let mut s = String::new();
     let client = match &l.origin.pod {
         Some(pod) => format!("{} {}", pod.label(), l.client),
-        None => l.client.clone(),
+        None => l.client.to_string(),
     };
     let _ = writeln!(
         s,
         "{}  {} → {}  {} {}  {} {}  {}",
         super::clock_ms(names.epoch_ns(l.start_ts_ns)),
         client,
-        host(&l.server),
+        host(&l.server.to_string()),
         l.qtype,
         l.qname.trim_end_matches('.'),
         l.rcode.map_or("no answer".into(), |r| r.name()),

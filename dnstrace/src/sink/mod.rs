@@ -488,8 +488,8 @@ mod tests {
     fn lookup(t0: u64) -> Lookup {
         Lookup {
             id: 1,
-            client: "10.0.0.2:40000".to_owned(),
-            server: "10.0.0.1:53".to_owned(),
+            client: "10.0.0.2:40000".parse().unwrap(),
+            server: "10.0.0.1:53".parse().unwrap(),
             qname: "example.org.".into(),
             qtype: "A".into(),
             rcode: None,
@@ -516,8 +516,8 @@ mod tests {
     fn healthy_lookup() -> Lookup {
         let mut l = lookup(30_765_616_226_119);
         l.id = 123_456;
-        l.client = "10.244.0.10:40000".into();
-        l.server = "169.254.25.10:53".into();
+        l.client = "10.244.0.10:40000".parse().unwrap();
+        l.server = "169.254.25.10:53".parse().unwrap();
         l.qname = "www.example.test.".into();
         l.rcode = Some(crate::decode::dns::Rcode::NOERROR);
         l.latency_ms = Some(0.288_123);

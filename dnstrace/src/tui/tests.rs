@@ -94,8 +94,8 @@ fn q(
 fn base(t0: u64, client: &str, server: &str, qname: &str, qtype: &str, verdict: Verdict) -> Lookup {
     Lookup {
         id: t0 / MS,
-        client: client.to_owned(),
-        server: server.to_owned(),
+        client: client.parse().unwrap(),
+        server: server.parse().unwrap(),
         qname: qname.into(),
         qtype: qtype.to_owned().into(),
         rcode: Rcode::from_name("NOERROR"),

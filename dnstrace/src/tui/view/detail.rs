@@ -109,11 +109,7 @@ fn label(s: &str) -> Span<'static> {
 fn timeline(out: &mut Vec<Line<'static>>, l: &Lookup, t0: u64, depth: usize) {
     let pad = "  ".repeat(depth);
     // TCP segments without a DNS message: those from the server's port go to the client.
-    let server_port = l
-        .server
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|a| a.port());
+    let server_port = Some(l.server.port());
     let mut prev_ts = None;
     for (i, h) in l.hops.iter().enumerate() {
         // The same message seen at an earlier point: an address that differs was rewritten.

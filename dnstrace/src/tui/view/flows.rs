@@ -82,8 +82,8 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
                 // A pod's client is shown by its name: "namespace/name".
                 Cell::from(match &l.origin.pod {
                     Some(pod) if pod.name.is_some() => pod.label(),
-                    _ if client_w >= 21 => l.client.clone(),
-                    _ => host(&l.client).to_owned(),
+                    _ if client_w >= 21 => l.client.to_string(),
+                    _ => l.client.ip().to_string(),
                 }),
             ];
             if show_netns {
@@ -136,10 +136,4 @@ pub fn render(f: &mut Frame, area: Rect, m: &Model, visible: &[&model::Row]) {
         .header(Row::new(header).style(dim()))
         .column_spacing(1);
     f.render_widget(table, inner);
-}
-
-/// "10.0.0.1:53" → "10.0.0.1", "[fd00::1]:53" → "fd00::1": when the port does not fit.
-fn host(addr: &str) -> &str {
-    let h = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    h.trim_start_matches('[').trim_end_matches(']')
 }
