@@ -503,7 +503,12 @@ fn plain_name(bytes: &[u8], start: usize) -> Option<(Arc<str>, usize)> {
         name[at] = b'.';
         at += 1 + next;
     }
-    Some((std::str::from_utf8(name).ok()?.into(), end))
+    debug_assert!(name.is_ascii());
+    // SAFETY: every byte is ASCII: the label bytes passed `LABEL_BYTE` (ASCII only) in
+    // `plain_name_end`, and each length byte, the final 0 included, became a dot above.
+    // Checking again with `from_utf8` cost 2 % of the collector's instructions.
+    let name = unsafe { std::str::from_utf8_unchecked(name) };
+    Some((name.into(), end))
 }
 
 /// Reads only the first question, for messages whose later sections are broken.
