@@ -578,7 +578,7 @@ fn step(u: &mut Unstructured, now: u64) -> arbitrary::Result<Step> {
         },
         tunnel: match u.ratio(1u8, 4)? {
             false => None,
-            true => Some(decode::tunnel::Tunnel {
+            true => Some(Box::new(decode::tunnel::Tunnel {
                 kind: pick(
                     u,
                     &[
@@ -589,7 +589,7 @@ fn step(u: &mut Unstructured, now: u64) -> arbitrary::Result<Step> {
                 vni: u.int_in_range(0..=0xff_ffff)?,
                 src: socket_addr(u)?,
                 dst: socket_addr(u)?,
-            }),
+            })),
         },
     };
     let iface = match point {

@@ -581,7 +581,7 @@ impl Correlator {
             None if meta.point == Point::Drop => self.reasons.intern("NOT_SPECIFIED"),
             None => 0,
         };
-        let (tunnel, tunnel_sport) = self.tunnels.intern(tunnel.as_ref());
+        let (tunnel, tunnel_sport) = self.tunnels.intern(tunnel.as_deref());
         let mut hop = HopRec {
             ts: if meta.ts_ns != 0 { meta.ts_ns } else { now_ns },
             netns: meta.netns,

@@ -309,7 +309,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
             tcp_flags: row.tcp_flags.as_deref().map(tcp_flags),
             dns,
             issue: None,
-            tunnel: row.tunnel.as_deref().map(tunnel),
+            tunnel: row.tunnel.as_deref().map(tunnel).map(Box::new),
         },
         iface: row.iface.as_str().into(),
         drop_reason: row.drop_reason.clone(),

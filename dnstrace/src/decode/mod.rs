@@ -106,7 +106,7 @@ pub struct Packet {
     pub issue: Option<Issue>,
     /// Set when the packet crossed this point inside an overlay tunnel: `src`, `dst` and
     /// the rest are then the inner packet's, and the captured bytes hold both.
-    pub tunnel: Option<Tunnel>,
+    pub tunnel: Option<Box<Tunnel>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -440,12 +440,12 @@ fn decode_into(
                 match tunnel::inner(kind, udp.payload()) {
                     Found::No => {}
                     Found::Frame { vni, frame } => {
-                        packet.tunnel = Some(Tunnel {
+                        packet.tunnel = Some(Box::new(Tunnel {
                             kind,
                             vni,
                             src,
                             dst,
-                        });
+                        }));
                         return decode_into(
                             packet,
                             LinkType::Ethernet,

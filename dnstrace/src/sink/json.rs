@@ -118,7 +118,7 @@ impl<W: Write> JsonSink<W> {
                 .issue
                 .as_ref()
                 .map(|i| format!("{}: {}", i.kind.as_str(), i.detail)),
-            tunnel: p.tunnel.as_ref(),
+            tunnel: p.tunnel.as_deref(),
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
