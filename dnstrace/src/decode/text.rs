@@ -90,13 +90,6 @@ pub fn ipv4_string(ip: Ipv4Addr) -> String {
     out
 }
 
-/// Same text as `addr.to_string()`.
-pub fn socket_addr_string(addr: &SocketAddr) -> String {
-    let mut out = String::with_capacity(21);
-    push_socket_addr(&mut out, addr);
-    out
-}
-
 /// Appends `addr.to_string()`, without the formatter for IPv4.
 pub fn push_socket_addr(out: &mut String, addr: &SocketAddr) {
     match addr {
@@ -115,6 +108,12 @@ pub fn push_socket_addr(out: &mut String, addr: &SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn socket_addr_string(addr: &SocketAddr) -> String {
+        let mut out = String::new();
+        push_socket_addr(&mut out, addr);
+        out
+    }
 
     #[test]
     fn push_decimal_matches_to_string() {

@@ -1,6 +1,6 @@
 //! Output of finished lookups and the per-upstream table: text for humans
 //! (readable on an 80-column terminal), JSON lines for machines.
-use std::{cell::Cell, fmt::Write as _, net::SocketAddr};
+use std::{borrow::Cow, cell::Cell, fmt::Write as _, net::SocketAddr};
 
 use serde::{Serialize, Serializer};
 
@@ -140,7 +140,7 @@ struct CompactRecord<'a> {
     /// The client's hops (its own attempts), as in the full record.
     hop_count: usize,
     /// Where they were seen, each place once, in the order first seen: "socket>pod0".
-    path: String,
+    path: Cow<'a, str>,
     /// Forwarded queries at any depth.
     #[serde(skip_serializing_if = "super::is_zero")]
     forwarded: usize,
@@ -159,7 +159,7 @@ impl<'a> CompactRecord<'a> {
     fn new(stamp: Stamp<'a>, l: &'a Lookup) -> Self {
         let problem = l.verdict != Verdict::Ok;
         let (hop_count, path) = match &l.trail {
-            Some(t) => (t.hop_count, t.path.clone()),
+            Some(t) => (t.hop_count, Cow::Borrowed(t.path.as_str())),
             None => {
                 let mut places: Vec<&str> = Vec::new();
                 for h in &l.hops {
@@ -172,7 +172,8 @@ impl<'a> CompactRecord<'a> {
                         places.push(place);
                     }
                 }
-                (l.hops.len() + l.hops_omitted as usize, places.join(">"))
+                let path = Cow::Owned(places.join(">"));
+                (l.hops.len() + l.hops_omitted as usize, path)
             }
         };
         let pod = l.origin.pod.as_deref();
