@@ -499,6 +499,9 @@ pub struct Correlator {
     evicted: Vec<Lookup>,
     /// The sending task of the event being ingested (socket hop only), for a new lookup.
     task: Option<(u32, String)>,
+    /// Sightings a leg that outgrows its first two usually ends with: the node's path
+    /// (see [`state::HopRoom`]).
+    hop_room: state::HopRoom,
 }
 
 impl Correlator {
@@ -533,6 +536,7 @@ impl Correlator {
             placed: None,
             evicted: Vec::new(),
             task: None,
+            hop_room: state::HopRoom::default(),
         }
     }
 
@@ -898,11 +902,12 @@ impl Correlator {
         };
         let leg = &mut lk.legs[usize::from(r.leg)];
         let here = hop.spot();
+        let room = self.hop_room.get();
         // Seen here already: the sender transmitted the same message again.
         let again = hop.point != Point::Drop && leg.query_hops().any(|h| h.spot() == here);
         let is_drop = hop.point == Point::Drop;
         let fact = (is_drop && leg.drop.is_none()) || (on_uplink && leg.uplink.is_none());
-        if let Some(i) = leg.push(hop, fact) {
+        if let Some(i) = leg.push(hop, fact, room) {
             if is_drop {
                 leg.drop.get_or_insert(i);
             }
@@ -1182,6 +1187,7 @@ impl Correlator {
             return None;
         };
         self.place_at(r.lookup, Some(r.leg));
+        let room = self.hop_room.get();
         let lk = self.lookups.get_mut(&r.lookup)?;
         let leg = &mut lk.legs[usize::from(r.leg)];
         let here = hop.spot();
@@ -1197,7 +1203,7 @@ impl Correlator {
             || (!is_drop && leg.resp.is_none())
             || at_client
             || (unexpected && leg.unexpected.is_none());
-        match leg.push(hop, fact) {
+        match leg.push(hop, fact, room) {
             Some(i) if is_drop => {
                 leg.drop.get_or_insert(i);
             }
@@ -1328,6 +1334,9 @@ impl Correlator {
 
     fn finish_one(&mut self, lid: u64, end: u64, how: End) -> Option<Lookup> {
         let lk = self.remove(lid)?;
+        for leg in &lk.legs {
+            self.hop_room.saw(leg.hops.len());
+        }
         // An evicted lookup says nothing about its upstreams: it was cut short.
         if how != End::Evicted {
             self.record_upstreams(&lk, end);

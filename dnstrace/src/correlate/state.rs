@@ -134,6 +134,40 @@ pub(super) enum LegKind {
     Child,
 }
 
+/// How many sightings to make room for when a leg outgrows the two it starts with.
+///
+/// A leg starts with room for its query and reply. On a node whose DNS path passes
+/// several points (a pod's socket and veth, node-local-dns's sockets, a DNAT), a leg
+/// ends with about as many sightings as the path has points; growing to that by doubling
+/// copies the leg three times over. The room is the longest recent leg, forgotten by an
+/// eighth of a sighting per leg: it follows the node's path, not a fixed guess, and a
+/// leg never seen past two sightings (a flood of unanswered queries) keeps two.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HopRoom(u16);
+
+impl HopRoom {
+    /// Doubling's first step; legs grow in steps of at least this.
+    const MIN: u16 = 4;
+    /// The room asked for at most; a longer leg grows by doubling from there.
+    const MAX: u16 = 16;
+
+    pub fn get(self) -> usize {
+        usize::from(self.0.div_ceil(8))
+    }
+
+    /// A finished leg held `n` sightings.
+    pub fn saw(&mut self, n: usize) {
+        let n = n.clamp(usize::from(Self::MIN), usize::from(Self::MAX)) as u16;
+        self.0 = (n * 8).max(self.0 - 1);
+    }
+}
+
+impl Default for HopRoom {
+    fn default() -> Self {
+        Self(Self::MIN * 8)
+    }
+}
+
 /// One DNS query message and its reply, seen at every point it passed. Its first sighting
 /// is `hops[0]` (always there): ID, transport, client and server, where and when it started.
 #[derive(Clone, Debug)]
@@ -186,7 +220,8 @@ impl Leg {
     }
 
     /// Stores a hop unless the leg is full; a hop that establishes a fact gets a little extra room.
-    pub fn push(&mut self, hop: HopRec, fact: bool) -> Option<u8> {
+    /// Adds a sighting; a leg out of room grows to `room` at once (see [`HopRoom`]).
+    pub fn push(&mut self, hop: HopRec, fact: bool, room: usize) -> Option<u8> {
         let limit = if fact {
             MAX_HOPS + FACT_SLACK
         } else {
@@ -195,6 +230,10 @@ impl Leg {
         if self.hops.len() >= limit {
             self.hops_omitted += 1;
             return None;
+        }
+        if self.hops.len() == self.hops.capacity() {
+            self.hops
+                .reserve_exact(room.saturating_sub(self.hops.len()).max(1));
         }
         self.hops.push(hop);
         Some((self.hops.len() - 1) as u8)
@@ -724,6 +763,63 @@ fn ascii_lower(w: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The room follows the longest recent leg, forgets it slowly, never asks for less than
+    /// doubling's first step nor more than its cap; a leg gets it once past two sightings.
+    #[test]
+    fn hop_room_follows_the_node_s_legs() {
+        let mut room = HopRoom::default();
+        assert_eq!(room.get(), 4);
+        room.saw(10);
+        assert_eq!(room.get(), 10);
+        // Shorter legs between the long ones do not undo it.
+        for _ in 0..7 {
+            room.saw(2);
+        }
+        assert_eq!(room.get(), 10);
+        room.saw(2);
+        assert_eq!(room.get(), 9);
+        for _ in 0..100 {
+            room.saw(1);
+        }
+        assert_eq!(room.get(), 4, "forgotten down to the floor, not below");
+        room.saw(1000);
+        assert_eq!(room.get(), 16, "capped");
+
+        let hop = HopRec {
+            ts: 1,
+            netns: 1,
+            src: "10.0.0.2:4000".parse().unwrap(),
+            dst: "10.0.0.10:53".parse().unwrap(),
+            iface: 1,
+            drop_reason: 0,
+            rcode: Rcode::NOERROR,
+            edns_udp: 0,
+            id: 7,
+            point: Point::TcIngress,
+            bits: B_DNS,
+            tcp: TcpFlags::default(),
+            tunnel: 0,
+            tunnel_sport: 0,
+        };
+        let mut leg = Leg::new(hop, LegKind::Client, None, 0, false);
+        leg.push(hop, false, 9);
+        assert_eq!(
+            leg.hops.capacity(),
+            2,
+            "a query and its reply fit as they are"
+        );
+        leg.push(hop, false, 9);
+        assert_eq!(leg.hops.capacity(), 9, "grown once, to the room");
+        for _ in 0..7 {
+            leg.push(hop, false, 9);
+        }
+        assert_eq!(leg.hops.len(), 10);
+        assert!(
+            leg.hops.capacity() >= 10,
+            "past the room it grows as a Vec does"
+        );
+    }
 
     /// The word-at-a-time hash agrees with `eq_ignore_ascii_case`: equal for names that
     /// differ only in the case of ASCII letters, different otherwise (including the bytes
