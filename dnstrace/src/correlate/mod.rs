@@ -230,7 +230,9 @@ pub struct Hop {
     /// "ingress", "egress", "socket-in", "socket-out" or "drop".
     pub dir: &'static str,
     pub netns: u64,
+    #[serde(serialize_with = "crate::decode::text::serialize_socket_addr")]
     pub src: SocketAddr,
+    #[serde(serialize_with = "crate::decode::text::serialize_socket_addr")]
     pub dst: SocketAddr,
     /// None for TCP segments without a DNS message (SYN, SYN-ACK, RST).
     pub id: Option<u16>,
@@ -254,8 +256,10 @@ pub struct Lookup {
     /// forwarded query (child) carries the number of the lookup it belongs to.
     pub id: u64,
     /// The client's address and port (JSON: "ip:port", as `Display` writes it).
+    #[serde(serialize_with = "crate::decode::text::serialize_socket_addr")]
     pub client: SocketAddr,
     /// The address and port the client sent to (before any DNAT).
+    #[serde(serialize_with = "crate::decode::text::serialize_socket_addr")]
     pub server: SocketAddr,
     /// Shared with the lookup's live state and its forwarded queries: never copied.
     pub qname: std::sync::Arc<str>,
@@ -341,10 +345,24 @@ pub struct PodRef {
 impl PodRef {
     /// "namespace/name", or "pod <uid>" when only the UID is known.
     pub fn label(&self) -> String {
+        let mut s = String::new();
+        self.push_label(&mut s);
+        s
+    }
+
+    /// Appends [`Self::label`].
+    pub fn push_label(&self, s: &mut String) {
         match (&self.namespace, &self.name) {
-            (Some(ns), Some(name)) => format!("{ns}/{name}"),
-            (None, Some(name)) => name.clone(),
-            _ => format!("pod {}", self.uid),
+            (Some(ns), Some(name)) => {
+                s.push_str(ns);
+                s.push('/');
+                s.push_str(name);
+            }
+            (None, Some(name)) => s.push_str(name),
+            _ => {
+                s.push_str("pod ");
+                s.push_str(&self.uid);
+            }
         }
     }
 }

@@ -485,7 +485,7 @@ mod tests {
         }
     }
 
-    fn lookup(t0: u64) -> Lookup {
+    pub(super) fn lookup(t0: u64) -> Lookup {
         Lookup {
             id: 1,
             client: "10.0.0.2:40000".parse().unwrap(),

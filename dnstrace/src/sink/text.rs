@@ -144,9 +144,31 @@ pub(crate) fn clock(epoch_ns: u64) -> String {
 
 /// HH:MM:SS.milli (UTC) of a Unix-epoch nanosecond timestamp: the start of a text lookup line.
 pub(crate) fn clock_ms(epoch_ns: u64) -> String {
-    let mut s = clock(epoch_ns);
-    s.truncate(s.len() - 3);
+    let mut s = String::with_capacity(12);
+    push_clock_ms(&mut s, epoch_ns);
     s
+}
+
+/// Appends [`clock_ms`]'s text, digit by digit (no formatter).
+pub(crate) fn push_clock_ms(s: &mut String, epoch_ns: u64) {
+    let secs = epoch_ns / 1_000_000_000;
+    let millis = (epoch_ns % 1_000_000_000 / 1_000_000) as u32;
+    let day = (secs % 86_400) as u32;
+    let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
+    for (i, n) in [day / 3600, day % 3600 / 60, day % 60]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push(digit(n / 10));
+        s.push(digit(n));
+    }
+    s.push('.');
+    s.push(digit(millis / 100));
+    s.push(digit(millis / 10));
+    s.push(digit(millis));
 }
 
 #[cfg(test)]
@@ -160,5 +182,13 @@ mod tests {
         assert_eq!(clock(0), "00:00:00.000000");
         assert_eq!(clock_ms(1_795_461_605_123_456_789), "19:20:05.123");
         assert_eq!(clock_ms(86_399_999_999_999), "23:59:59.999");
+        // The same text as the microsecond clock cut short, across a day's seconds.
+        for ns in (0..86_400_000_000_000u64)
+            .step_by(7_777_777_777)
+            .chain([1_795_461_605_000_999_999, 1_795_461_605_999_000_000])
+        {
+            let micro = clock(ns);
+            assert_eq!(clock_ms(ns), micro[..micro.len() - 3], "{ns}");
+        }
     }
 }
