@@ -206,7 +206,17 @@ fn build_dnstrace(task: &str, release: bool) -> Result<PathBuf> {
 /// The dnstrace to run: `--bin PATH` when given, else a fresh release build.
 fn release_dnstrace(task: &str, given: Option<&Path>) -> Result<PathBuf> {
     match given {
-        Some(bin) => Ok(std::path::absolute(bin)?),
+        Some(bin) => {
+            let bin = std::path::absolute(bin)?;
+            // Said now, not when the first section tries to start it minutes later.
+            if !bin.is_file() {
+                bail!(
+                    "--bin {}: no such file (build one with `cargo build --release -p dnstrace`, or leave --bin out to build it)",
+                    bin.display()
+                );
+            }
+            Ok(bin)
+        }
         None => build_dnstrace(task, true),
     }
 }
@@ -229,5 +239,25 @@ fn fmt_duration(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `--bin` that is not there is refused before any section runs, naming the path.
+    #[test]
+    fn a_missing_bin_is_refused_at_once() {
+        let missing = Path::new("/nonexistent/dnstrace-bin");
+        let err = release_dnstrace("bench", Some(missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/dnstrace-bin") && err.contains("no such file"),
+            "{err}"
+        );
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(release_dnstrace("bench", Some(&here)).unwrap(), here);
     }
 }
