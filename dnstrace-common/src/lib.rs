@@ -129,17 +129,16 @@ impl Counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawConfig {
-    /// DNS ports in host byte order; unused slots are 0.
+    /// DNS ports in host byte order, each once; the slots after the last repeat it, so
+    /// that a program finds the end of the list without a count (see [`Self::set_ports`]).
     pub ports: [u16; MAX_PORTS],
     /// Bytes to copy per packet, 1..=MAX_SNAPLEN.
     pub snaplen: u32,
-    /// Number of valid entries in `ports`.
-    pub nports: u32,
     /// Where the drop program finds things in kernel structs (read from BTF).
     pub skb: RawSkbOffsets,
     /// Non-zero: send a UDP payload seen again as a compact record (see [`dedup`]).
     pub dedup: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Byte offsets of kernel struct fields, resolved from the running kernel's
@@ -182,13 +181,55 @@ impl RawSkbOffsets {
 impl RawConfig {
     pub const fn empty() -> Self {
         Self {
-            ports: [53, 0, 0, 0, 0, 0, 0, 0],
+            ports: [53; MAX_PORTS],
             snaplen: 512,
-            nports: 1,
             skb: RawSkbOffsets::DISABLED,
             dedup: 1,
-            _pad: 0,
+            _pad: [0; 2],
         }
+    }
+
+    /// Writes `ports` into the table as the programs read it: each port once, in the
+    /// order given, the first [`MAX_PORTS`] distinct ones; every slot after the last holds
+    /// the last again, so the first repeated port ends the list. Port 0, which no
+    /// DNS traffic uses, is left out. Returns how many ports the table holds; with none,
+    /// it is left as it was.
+    pub fn set_ports(&mut self, ports: &[u16]) -> usize {
+        let mut table = [0u16; MAX_PORTS];
+        let mut n = 0;
+        for &p in ports {
+            if n == MAX_PORTS {
+                break;
+            }
+            if p != 0 && !table[..n].contains(&p) {
+                table[n] = p;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let last = table[n - 1];
+            table[n..].fill(last);
+            self.ports = table;
+        }
+        n
+    }
+
+    /// Whether the table, read as the programs read it, holds `port`.
+    pub fn has_port(&self, port: u16) -> bool {
+        let mut last = self.ports[0];
+        if last == port {
+            return true;
+        }
+        for &p in &self.ports[1..] {
+            if p == last {
+                return false;
+            }
+            if p == port {
+                return true;
+            }
+            last = p;
+        }
+        false
     }
 }
 
@@ -241,6 +282,31 @@ const _: () = assert!(dedup::SLOTS.is_power_of_two() && dedup::MAX_PAYLOAD.is_po
 pub struct RawEvent<const N: usize> {
     pub header: RawEventHeader,
     pub data: [u8; N],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_table_ends_at_its_first_repeat() {
+        let mut c = RawConfig::empty();
+        assert!(c.has_port(53) && !c.has_port(5353) && !c.has_port(0));
+        assert_eq!(c.set_ports(&[5353, 53, 5353, 0, 853]), 3);
+        assert_eq!(c.ports, [5353, 53, 853, 853, 853, 853, 853, 853]);
+        for p in [53, 853, 5353] {
+            assert!(c.has_port(p), "{p}");
+        }
+        for p in [0, 1, 54, 9] {
+            assert!(!c.has_port(p), "{p}");
+        }
+        // Every port from 1 to 9 fits but one: the table keeps the first eight.
+        assert_eq!(c.set_ports(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), MAX_PORTS);
+        assert!((1..=8).all(|p| c.has_port(p)) && !c.has_port(9));
+        // Nothing to hold: the table is left as it was.
+        assert_eq!(c.set_ports(&[0]), 0);
+        assert!((1..=8).all(|p| c.has_port(p)));
+    }
 }
 
 #[cfg(feature = "user")]

@@ -448,29 +448,54 @@ fn ipv6_udp<const L2: usize, const N: usize>(data: usize, end: usize) -> Option<
 
 /// The common case, IPv4 without options after `L2` bytes of Ethernet
 /// header (or none), read with a single bounds check. `N` = L2 + 24.
+///
+/// Every packet on a traced interface comes this way, so it reads words, not bytes:
+/// the ethertype with the version and header length, the fragment field, each port.
 #[inline(always)]
 fn ipv4_fast<const L2: usize, const N: usize>(data: usize, end: usize) -> Fast {
     if data + N > end {
         return Fast::Slow;
     }
-    // SAFETY: data..data+N lies inside the packet, checked just above.
-    let h = unsafe { &*(data as *const [u8; N]) };
-    if (L2 != 0 && (h[L2 - 2] != 0x08 || h[L2 - 1] != 0x00)) || h[L2] != 0x45 {
+    // SAFETY (every `at` below): data..data+N lies inside the packet, checked just
+    // above, and each read ends by L2 + 24 = N.
+    let plain = if L2 != 0 {
+        // 08 00 45 (ethertype IPv4, version 4, 20-byte header), the TOS byte masked off.
+        (unsafe { at::<u32>(data, L2 - 2) } & 0x00ff_ffff) == 0x0045_0008
+    } else {
+        (unsafe { at::<u8>(data, 0) }) == 0x45
+    };
+    if !plain {
         return Fast::Slow;
     }
-    // Only the first fragment carries the L4 header.
-    if h[L2 + 6] & 0x1f != 0 || h[L2 + 7] != 0 {
+    // Only the first fragment carries the L4 header: the 13-bit offset, read as the
+    // little-endian word of its two bytes, is zero.
+    if (unsafe { at::<u16>(data, L2 + 6) } & 0xff1f) != 0 {
         return Fast::Skip;
     }
-    let proto = h[L2 + 9];
+    let proto = unsafe { at::<u8>(data, L2 + 9) };
     if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
         return Fast::Skip;
     }
     Fast::Ports(
-        u16::from_be_bytes([h[L2 + 20], h[L2 + 21]]),
-        u16::from_be_bytes([h[L2 + 22], h[L2 + 23]]),
+        u16::from_be(unsafe { at::<u16>(data, L2 + 20) }),
+        u16::from_be(unsafe { at::<u16>(data, L2 + 22) }),
         proto == IPPROTO_UDP,
     )
+}
+
+// `ipv4_fast` reads header fields as little-endian words (bpfel, the one target built).
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// The `T` at `data + off` as one load, as the packet's bytes lie (no byte order applied).
+///
+/// # Safety
+/// `data + off .. data + off + size_of::<T>()` lies inside the packet, checked against
+/// its end on the same `data`. The verifier allows a misaligned packet load, and the JIT
+/// emits one plain load for it (see [`word`]).
+#[inline(always)]
+unsafe fn at<T: Copy>(data: usize, off: usize) -> T {
+    // SAFETY: as the caller promises.
+    unsafe { read_volatile((data + off) as *const T) }
 }
 
 /// Source and destination port of any UDP or TCP packet dnstrace parses
@@ -749,20 +774,27 @@ fn config() -> *const RawConfig {
     (&raw const CONFIG).cast()
 }
 
+/// Whether either port is one of the configured DNS ports. The table ends at its first
+/// repeated port ([`RawConfig::set_ports`]); nearly every node traces one, so the usual
+/// packet costs two loads and three compares.
 #[inline(always)]
 fn dns_port(sport: u16, dport: u16) -> bool {
     let cfg = config();
-    // SAFETY: `cfg` points at the global, valid for the program's lifetime.
-    let n = unsafe { read_volatile(addr_of!((*cfg).nports)) };
-    for i in 0..MAX_PORTS {
-        if i as u32 >= n {
+    // SAFETY (each read): `cfg` points at the global, valid for the program's lifetime;
+    // every index is below MAX_PORTS.
+    let mut last = unsafe { read_volatile(addr_of!((*cfg).ports[0])) };
+    if last == sport || last == dport {
+        return true;
+    }
+    for i in 1..MAX_PORTS {
+        let p = unsafe { read_volatile(addr_of!((*cfg).ports[i])) };
+        if p == last {
             break;
         }
-        // SAFETY: as above; i < MAX_PORTS.
-        let p = unsafe { read_volatile(addr_of!((*cfg).ports[i])) };
         if p == sport || p == dport {
             return true;
         }
+        last = p;
     }
     false
 }

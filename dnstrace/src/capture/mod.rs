@@ -26,8 +26,8 @@ use aya::{
     util::KernelVersion,
 };
 use dnstrace_common::{
-    Counter, GLOBAL_CONFIG, HEADER_LEN, MAP_COUNTERS, MAP_EVENTS, MAX_PORTS, MAX_SNAPLEN,
-    RawConfig, RawEventHeader, link, point,
+    Counter, GLOBAL_CONFIG, HEADER_LEN, MAP_COUNTERS, MAP_EVENTS, MAX_SNAPLEN, RawConfig,
+    RawEventHeader, link, point,
 };
 
 pub use attach::{AttachMode, AttachPoint, TcMode};
@@ -181,6 +181,8 @@ pub enum CaptureError {
     OldKernel { version: String },
     #[error("interface {name:?} not found in this network namespace (see `ip -br link`)")]
     NoSuchInterface { name: String },
+    #[error("no DNS port to trace: give one or more with --port (port 0 is not one)")]
+    NoPorts,
     /// Attached below the root, the socket hop would trace only that subtree.
     #[error(
         "the socket hop needs the root of the cgroup v2 tree, and dnstrace cannot reach it (attached below, it would see only that subtree): \
@@ -337,10 +339,9 @@ impl Capture {
             source,
         })?;
         let mut config = RawConfig::empty();
-        let ports = &cfg.ports[..cfg.ports.len().min(MAX_PORTS)];
-        config.ports = [0; MAX_PORTS];
-        config.ports[..ports.len()].copy_from_slice(ports);
-        config.nports = ports.len() as u32;
+        if config.set_ports(&cfg.ports) == 0 {
+            return Err(CaptureError::NoPorts);
+        }
         config.snaplen = cfg.snaplen.clamp(SNAPLEN_MIN, SNAPLEN_MAX);
         config.dedup = u32::from(cfg.dedup);
         let mut drop_reasons = Default::default();
