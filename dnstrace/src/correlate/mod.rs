@@ -640,7 +640,7 @@ impl Correlator {
             question,
             edns,
             ..
-        } = msg;
+        } = &*msg;
         let Some(q) = question else {
             self.stats.ignored += 1;
             return;
@@ -649,20 +649,21 @@ impl Correlator {
             self.stats.ignored += 1;
             return;
         }
-        hop.id = id;
-        hop.bits |= B_DNS | if qr { B_QR } else { 0 } | if flags.tc { B_TC } else { 0 };
-        if let Some(e) = &edns {
+        hop.id = *id;
+        hop.bits |= B_DNS | if *qr { B_QR } else { 0 } | if flags.tc { B_TC } else { 0 };
+        if let Some(e) = edns {
             hop.bits |= B_EDNS | if e.dnssec_ok { B_DO } else { 0 };
             hop.edns_udp = e.udp_size;
         }
         let qhash = state::question_hash(&q.name, &q.qtype, &q.qclass);
-        if qr {
-            hop.rcode = rcode;
+        if *qr {
+            hop.rcode = *rcode;
             if let Some(done) = self.on_response(hop, qhash, &q.name) {
                 out.push(done);
             }
         } else {
-            self.on_query(hop, qhash, q);
+            // The name is shared (an `Arc<str>`), the type and class static text.
+            self.on_query(hop, qhash, q.clone());
         }
         self.sweep_deadlines();
         // Evicted lookups started before anything this event finished.

@@ -307,7 +307,7 @@ pub(super) fn event(row: &Row, qname: &str, qtype: &str) -> Event {
                     .unwrap_or_else(|e| panic!("dst {:?}: {e}", row.dst)),
             ),
             tcp_flags: row.tcp_flags.as_deref().map(tcp_flags),
-            dns,
+            dns: dns.map(std::sync::Arc::new),
             issue: None,
             tunnel: row.tunnel.as_deref().map(tunnel).map(Box::new),
         },
@@ -375,7 +375,7 @@ pub(super) fn run_config(sc: &Scenario, cfg: Config) -> Outcome {
             let mut ev = event(&row, &format!("q{i}.flood.test."), "A");
             ev.packet.meta.ts_ns = t;
             ev.packet.src = Some((src_ip, 1024 + (i % 60_000) as u16).into());
-            ev.packet.dns.as_mut().expect("a query").id = i as u16;
+            std::sync::Arc::make_mut(ev.packet.dns.as_mut().expect("a query")).id = i as u16;
             lookups.extend(c.expire(t));
             lookups.extend(c.ingest(ev, t));
             live_max = live_max.max(c.lookups.len());

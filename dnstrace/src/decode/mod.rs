@@ -9,6 +9,7 @@ pub mod tunnel;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use etherparse::err::{Layer, LenError, packet::SliceError};
 use etherparse::{
@@ -101,7 +102,9 @@ pub struct Packet {
     /// For TCP segments.
     pub tcp_flags: Option<TcpFlags>,
     /// None when there is no DNS payload (e.g. a bare SYN) or it ended before the header.
-    pub dns: Option<dns::Message>,
+    /// Shared: the sightings of one message (compact records) hold the one decode, and a
+    /// packet moves through the pipeline without its message.
+    pub dns: Option<Arc<dns::Message>>,
     /// Some when something was malformed, truncated or hostile.
     pub issue: Option<Issue>,
     /// Set when the packet crossed this point inside an overlay tunnel: `src`, `dst` and
@@ -252,7 +255,7 @@ pub fn decode_known(
     meta: Meta,
     link: LinkType,
     bytes: &[u8],
-    known: &dns::Message,
+    known: &Arc<dns::Message>,
 ) -> Result<Packet, Meta> {
     if meta.cap_len < meta.wire_len {
         return Err(meta);
@@ -530,11 +533,11 @@ fn decode_message(
 ) -> Result<(), Issue> {
     match dns::parse_with(payload, detail) {
         Ok(message) => {
-            packet.dns = Some(message);
+            packet.dns = Some(Arc::new(message));
             Ok(())
         }
         Err((partial, err)) => {
-            packet.dns = partial;
+            packet.dns = partial.map(Arc::new);
             Err(dns_issue(&err, cut))
         }
     }
@@ -563,12 +566,12 @@ fn decode_tcp(
     // Some clients write the prefix and the message separately, so a segment may hold a
     // whole message without its prefix; the 2 bytes read as a prefix were then its ID.
     if let Ok(message) = dns::parse_with(payload, detail) {
-        packet.dns = Some(message);
+        packet.dns = Some(Arc::new(message));
         return Ok(());
     }
     match dns::parse_with(body, detail) {
-        Ok(message) => packet.dns = Some(message),
-        Err((partial, _)) => packet.dns = partial,
+        Ok(message) => packet.dns = Some(Arc::new(message)),
+        Err((partial, _)) => packet.dns = partial.map(Arc::new),
     }
     let announced = format!("{} of {prefix} announced bytes", body.len());
     Err(partial_issue(cut, announced))
@@ -881,8 +884,11 @@ mod tests {
         assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
         assert_eq!(packet.tcp_flags, None);
         let dns = packet.dns.unwrap();
-        assert_eq!(dns.question.unwrap().key(), "www.example.test. A IN");
-        assert_eq!(dns.edns.unwrap().udp_size, 1232);
+        assert_eq!(
+            dns.question.as_ref().unwrap().key(),
+            "www.example.test. A IN"
+        );
+        assert_eq!(dns.edns.as_ref().unwrap().udp_size, 1232);
     }
 
     #[test]
@@ -953,7 +959,7 @@ mod tests {
         assert_eq!(issue.kind, IssueKind::TcpPartial);
         assert_eq!(issue.detail, "28 of 50 announced bytes");
         let dns = packet.dns.unwrap();
-        assert_eq!((dns.id, dns.ancount, dns.question), (0x1234, 1, None));
+        assert_eq!((dns.id, dns.ancount, &dns.question), (0x1234, 1, &None));
 
         let packet = decode_all(LinkType::RawIp, &ipv4(6, 0, &tcp(TCP_PSH_ACK, &[0])));
         assert_eq!(issue_kind(&packet), Some(IssueKind::TcpPartial));
@@ -999,7 +1005,7 @@ mod tests {
         assert_eq!(packet.proto, Some(Proto::Udp));
         assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
         assert_eq!(
-            &*packet.dns.unwrap().question.unwrap().name,
+            &*packet.dns.unwrap().question.as_ref().unwrap().name,
             "www.example.test."
         );
     }
@@ -1236,7 +1242,7 @@ mod tests {
             assert_eq!(packet.proto, Some(Proto::Udp));
             assert_eq!(packet.src, Some("192.0.2.10:40000".parse().unwrap()));
             assert_eq!(packet.dst, Some("198.51.100.53:53".parse().unwrap()));
-            let question = packet.dns.unwrap().question.unwrap();
+            let question = packet.dns.unwrap().question.clone().unwrap();
             assert_eq!(question.key(), "www.example.test. A IN");
             let t = packet.tunnel.unwrap();
             assert_eq!((t.kind, t.vni), (TunnelKind::Vxlan, 42));
@@ -1529,7 +1535,7 @@ mod tests {
         }
 
         fn dns(packets: &[Packet]) -> Vec<&dns::Message> {
-            packets.iter().filter_map(|p| p.dns.as_ref()).collect()
+            packets.iter().filter_map(|p| p.dns.as_deref()).collect()
         }
 
         #[test]
@@ -1737,7 +1743,7 @@ mod tests {
                     && !m.answers.is_empty()
                 {
                     answered += 1;
-                    m.answers.clear();
+                    Arc::make_mut(m).answers.clear();
                 }
                 assert_eq!(lean, full, "{name}");
                 frames += 1;

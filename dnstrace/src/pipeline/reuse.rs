@@ -11,6 +11,8 @@
 //! message, replaced by the next full record of that slot, and a compact record is
 //! served only when the name it carries is the one held. A message that did not decode
 //! cleanly is not kept: its sightings are decoded in full, so every issue is counted.
+use std::sync::Arc;
+
 use crate::{
     capture::{Message, MessageName},
     decode::{self, LinkType, Meta, Packet, dns},
@@ -20,7 +22,7 @@ use crate::{
 /// decodes at one [`decode::Detail`], so a message held was decoded as a new one would be.
 #[derive(Default)]
 pub struct Reused {
-    slots: Vec<Option<(MessageName, dns::Message)>>,
+    slots: Vec<Option<(MessageName, Arc<dns::Message>)>>,
     /// DNS messages served from an earlier sighting's decode.
     pub served: u64,
 }
@@ -55,7 +57,7 @@ impl Reused {
         p
     }
 
-    fn held(&self, name: MessageName) -> Option<&dns::Message> {
+    fn held(&self, name: MessageName) -> Option<&Arc<dns::Message>> {
         match self.slots.get(usize::from(name.slot))? {
             Some((held, known)) if *held == name => Some(known),
             _ => None,
