@@ -23,7 +23,7 @@
 //! sighting as compact records: every sighting parsed, against one parse per message
 //! (`pipeline::Reused`). Passes of the two alternate; it prints ns per sighting for each.
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
+    alloc::{GlobalAlloc, Layout},
     collections::BTreeMap,
     fs::File,
     io::{BufReader, BufWriter},
@@ -40,10 +40,15 @@ use dnstrace::{
     pipeline::Reused,
 };
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+use tikv_jemallocator::Jemalloc;
 
-/// Counts the heap bytes held, to tell the correlator's own state from RSS; only for
-/// `run-heap` (the counting costs time).
+/// dnstrace's own allocator (jemalloc, with its options), so that the figures are
+/// dnstrace's; it also counts the heap bytes held, to tell the correlator's own state
+/// from RSS, only for `run-heap` (the counting costs time).
 struct Counting;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 47] = dnstrace::JEMALLOC_CONF;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -59,22 +64,22 @@ fn held(delta: isize) {
     HELD_PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
-// SAFETY: every call is passed on to the system allocator unchanged.
+// SAFETY: every call is passed on to jemalloc unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         held(l.size() as isize);
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(l) }
+        unsafe { Jemalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         held(-(l.size() as isize));
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(p, l) }
+        unsafe { Jemalloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         held(new as isize - l.size() as isize);
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(p, l, new) }
+        unsafe { Jemalloc.realloc(p, l, new) }
     }
 }
 

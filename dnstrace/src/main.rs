@@ -12,11 +12,9 @@ use dnstrace::{
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options (its `MALLOC_CONF`, which the environment's `_RJEM_MALLOC_CONF`
-/// overrides): one arena, as one task does nearly all the work, and freed pages
-/// given back within a second, so that the memory budget holds.
+/// jemalloc's options: [`dnstrace::JEMALLOC_CONF`].
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 47] = dnstrace::JEMALLOC_CONF;
 
 /// Exit status of a bad command line, as clap uses.
 const USAGE: u8 = 2;
