@@ -567,7 +567,7 @@ fn step(u: &mut Unstructured, now: u64) -> arbitrary::Result<Step> {
         dns: if u.ratio(1u8, 8)? {
             None
         } else {
-            Some(message(u)?)
+            Some(std::sync::Arc::new(message(u)?))
         },
         issue: match u.ratio(1u8, 8)? {
             false => None,
