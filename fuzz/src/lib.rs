@@ -164,7 +164,10 @@ fn check_known(p: &Packet, link: LinkType, bytes: &[u8]) {
         return;
     };
     if let Ok(known) = decode::decode_known(p.meta.clone(), link, bytes, m) {
-        assert_eq!(&known, p, "the header-only decode differs from the full decode");
+        assert_eq!(
+            &known, p,
+            "the header-only decode differs from the full decode"
+        );
     }
 }
 
