@@ -36,6 +36,26 @@ pub use scenarios::*;
 pub use servers::{Server, Zone};
 pub use tracer::{Trace, Tracer, fqdn, one_line, program_ids, replay};
 
+/// A scripted responder for python3: answers every datagram to ADDR (IPv4 or IPv6) on
+/// each of the PORTS after it with itself, the QR bit set (a reply of the same ID and
+/// length as its query, one byte apart). Prints `ready` once bound.
+pub const ECHO_PY: &str = r#"
+import select, socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+socks = []
+for port in sys.argv[2:]:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], int(port)))
+    socks.append(s)
+print("ready", flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        d, a = s.recvfrom(4096)
+        r = bytearray(d)
+        r[2] |= 0x80
+        s.sendto(bytes(r), a)
+"#;
+
 /// Environment variable naming the `dnstrace` binary the privileged tests run.
 pub const DNSTRACE_BIN_ENV: &str = "DNSTRACE_BIN";
 

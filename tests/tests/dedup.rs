@@ -7,7 +7,9 @@
 //! for byte. Needs root and DNSTRACE_BIN (run with `cargo xtask test`).
 use std::{path::Path, time::Duration};
 
-use dnstrace_tests::{Lab, Signal, Trace, Tracer, VethEnd, dnstrace_bin, skip_without_root};
+use dnstrace_tests::{
+    ECHO_PY, Lab, Signal, Trace, Tracer, VethEnd, dnstrace_bin, skip_without_root,
+};
 
 /// A port no other lab uses, so that both tracers see only this test's packets.
 const PORT: &str = "10053";
@@ -17,20 +19,6 @@ const PYTHON: &str = "/usr/bin/python3";
 fn ready() -> bool {
     !skip_without_root() && dnstrace_bin().is_some()
 }
-
-/// Answers every datagram on `ADDR`:PORT (IPv4 or IPv6) with itself, the QR bit set: a
-/// reply of the same ID and length as its query, one byte apart.
-const ECHO: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    d, a = s.recvfrom(4096)
-    r = bytearray(d)
-    r[2] |= 0x80
-    s.sendto(bytes(r), a)
-"#;
 
 /// Relays every query on LISTEN:PORT to UPSTREAM:PORT from a socket of its own, with
 /// the EDNS UDP size changed (same ID, same length, other bytes), and the answer back.
@@ -240,7 +228,7 @@ fn echo_rebuilt(lab: &str, cli_addr: &str, srv_addr: &str) -> (Vec<Vec<u8>>, Tra
     let (c, s) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
     veth(&lab, (&cli, &c, cli_addr), (&srv, &s, srv_addr));
     let server = srv_addr.split('/').next().unwrap();
-    start_script(&lab, &srv, "echo", ECHO, &[server, PORT]);
+    start_script(&lab, &srv, "echo", ECHO_PY, &[server, PORT]);
     let (dedup, full) = start_pair(&lab, &cli);
     let script = lab.write_file("client.py", CLIENT).expect("script");
     let out = lab
@@ -329,7 +317,7 @@ fn a_payload_changed_on_the_way_is_copied_again() {
         (&mid, &format!("{p}b"), "10.247.3.1/24"),
         (&srv, &format!("{p}s"), "10.247.3.2/24"),
     );
-    start_script(&lab, &srv, "echo", ECHO, &["10.247.3.2", PORT]);
+    start_script(&lab, &srv, "echo", ECHO_PY, &["10.247.3.2", PORT]);
     start_script(
         &lab,
         &mid,

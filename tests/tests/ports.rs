@@ -5,29 +5,12 @@
 //! Needs root and DNSTRACE_BIN (run with `cargo xtask test`).
 use std::time::Duration;
 
-use dnstrace_tests::{Lab, Signal, Tracer, VethEnd, dnstrace_bin, skip_without_root};
+use dnstrace_tests::{ECHO_PY, Lab, Signal, Tracer, VethEnd, dnstrace_bin, skip_without_root};
 
 const PYTHON: &str = "/usr/bin/python3";
 /// Ports no other test uses: the first three are traced, the last is not.
 const TRACED: [u16; 3] = [10153, 10253, 10353];
 const UNTRACED: u16 = 10453;
-
-/// Answers every datagram on ADDR and each of the PORTS with itself, the QR bit set.
-const ECHO: &str = r#"
-import select, socket, sys
-socks = []
-for port in sys.argv[2:]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((sys.argv[1], int(port)))
-    socks.append(s)
-print("ready", flush=True)
-while True:
-    for s in select.select(socks, [], [])[0]:
-        d, a = s.recvfrom(4096)
-        r = bytearray(d)
-        r[2] |= 0x80
-        s.sendto(bytes(r), a)
-"#;
 
 /// One A query for p<PORT>.ports.test to SERVER on each of the PORTS, each answered.
 const CLIENT: &str = r#"
@@ -72,7 +55,7 @@ fn each_listed_port_is_traced_and_no_other() {
         .chain([&UNTRACED])
         .map(u16::to_string)
         .collect();
-    let echo = lab.write_file("echo.py", ECHO).expect("script");
+    let echo = lab.write_file("echo.py", ECHO_PY).expect("script");
     let mut cmd = lab.cmd(&srv, PYTHON);
     cmd.arg("-u").arg(&echo).arg("10.249.0.2").args(&all);
     let server = lab.spawn_logged("echo", cmd).expect("spawn");
