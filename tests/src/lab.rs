@@ -442,6 +442,18 @@ impl Lab {
         self.spawn_with(name, cmd, Some(log))
     }
 
+    /// Writes `script` to `<lab dir>/<name>.py`, runs it with python3 in `ns` (logged, see
+    /// [`Lab::spawn_logged`]) with `args`, and waits until it prints `ready`.
+    pub fn start_python(&self, ns: &str, name: &str, script: &str, args: &[&str]) -> Result<Proc> {
+        let path = self.write_file(&format!("{name}.py"), script)?;
+        let mut cmd = self.cmd(ns, "/usr/bin/python3");
+        cmd.arg("-u").arg(&path).args(args);
+        let proc = self.spawn_logged(name, cmd)?;
+        self.wait_for_log(&proc, "ready", Duration::from_secs(10))
+            .with_context(|| format!("{name} never said it was ready"))?;
+        Ok(proc)
+    }
+
     fn spawn_with(&self, name: &str, mut cmd: Command, log: Option<PathBuf>) -> Result<Proc> {
         cmd.process_group(0);
         // SAFETY: only prctl(2), which is async-signal-safe, runs between fork and exec.

@@ -65,20 +65,6 @@ for i in range(int(sys.argv[3])):
 print("answered", n)
 "#;
 
-/// Starts a python script in `ns` and waits until it says it is ready.
-fn start_script(lab: &Lab, ns: &str, name: &str, script: &str, args: &[&str]) {
-    let path = lab
-        .write_file(&format!("{name}.py"), script)
-        .expect("script");
-    let mut cmd = lab.cmd(ns, PYTHON);
-    cmd.arg("-u").arg(&path).args(args);
-    let proc = lab.spawn_logged(name, cmd).expect("spawn");
-    lab.wait_for_log(&proc, "ready", Duration::from_secs(10))
-        .expect("script ready");
-    // The lab stops it when it is dropped.
-    std::mem::forget(proc);
-}
-
 fn veth(lab: &Lab, a: (&str, &str, &str), b: (&str, &str, &str)) {
     lab.add_veth(
         &VethEnd {
@@ -228,7 +214,8 @@ fn echo_rebuilt(lab: &str, cli_addr: &str, srv_addr: &str) -> (Vec<Vec<u8>>, Tra
     let (c, s) = (format!("{}c", lab.prefix()), format!("{}s", lab.prefix()));
     veth(&lab, (&cli, &c, cli_addr), (&srv, &s, srv_addr));
     let server = srv_addr.split('/').next().unwrap();
-    start_script(&lab, &srv, "echo", ECHO_PY, &[server, PORT]);
+    lab.start_python(&srv, "echo", ECHO_PY, &[server, PORT])
+        .expect("echo server");
     let (dedup, full) = start_pair(&lab, &cli);
     let script = lab.write_file("client.py", CLIENT).expect("script");
     let out = lab
@@ -317,14 +304,15 @@ fn a_payload_changed_on_the_way_is_copied_again() {
         (&mid, &format!("{p}b"), "10.247.3.1/24"),
         (&srv, &format!("{p}s"), "10.247.3.2/24"),
     );
-    start_script(&lab, &srv, "echo", ECHO_PY, &["10.247.3.2", PORT]);
-    start_script(
-        &lab,
+    lab.start_python(&srv, "echo", ECHO_PY, &["10.247.3.2", PORT])
+        .expect("echo server");
+    lab.start_python(
         &mid,
         "middlebox",
         MIDDLEBOX,
         &["10.247.2.2", "10.247.3.2", PORT],
-    );
+    )
+    .expect("middlebox");
     let (dedup, full) = start_pair(&lab, &mid);
     let script = lab.write_file("client.py", CLIENT).expect("script");
     let out = lab

@@ -55,12 +55,10 @@ fn each_listed_port_is_traced_and_no_other() {
         .chain([&UNTRACED])
         .map(u16::to_string)
         .collect();
-    let echo = lab.write_file("echo.py", ECHO_PY).expect("script");
-    let mut cmd = lab.cmd(&srv, PYTHON);
-    cmd.arg("-u").arg(&echo).arg("10.249.0.2").args(&all);
-    let server = lab.spawn_logged("echo", cmd).expect("spawn");
-    lab.wait_for_log(&server, "ready", Duration::from_secs(10))
-        .expect("echo ready");
+    let mut echo_args = vec!["10.249.0.2"];
+    echo_args.extend(all.iter().map(String::as_str));
+    lab.start_python(&srv, "echo", ECHO_PY, &echo_args)
+        .expect("echo server");
 
     // Out of order and one of them twice: the table holds each once.
     let listed = format!("{},{},{},{}", TRACED[2], TRACED[0], TRACED[1], TRACED[2]);
